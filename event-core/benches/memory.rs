@@ -1,0 +1,349 @@
+//! End-to-end benchmark of the in-memory broker, beside raw baselines in the same run.
+//!
+//! ```text
+//! cargo bench -p event-core --bench memory            # 1,000,000 events per run
+//! EVENTS=200000 cargo bench -p event-core --bench memory
+//! ```
+//!
+//! Runs, each on a 2-worker tokio runtime:
+//! - `raw channel`: a bounded tokio mpsc moving the same pre-encoded bytes, producer task to
+//!   consumer task (the floor for any in-process hand-off);
+//! - `prost only`: encode + decode of the event, no hand-off;
+//! - `raw broker`: `Broker::publish` of pre-encoded bytes to a raw handler (broker + delivery
+//!   loop, no typing);
+//! - `typed`: `Publisher<Tick>::publish` → memory broker → decode → no-op `async fn` handler →
+//!   ack (the whole framework path);
+//! - `typed ping-pong`: one event in flight at a time, for unloaded latency.
+//!
+//! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event.
+
+use std::alloc::System;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, handler_fn};
+use event_core::memory::MemoryBroker;
+use event_core::{Publisher, Service};
+use event_proto::bench::v1::Tick;
+use prost::Message as _;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+use tokio::sync::{Notify, mpsc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn allocations() -> u64 {
+    let stats = GLOBAL.stats();
+    (stats.allocations + stats.reallocations) as u64
+}
+
+/// Payload bytes chosen so that an encoded `Tick` is 64 bytes for typical sequence numbers.
+const PAYLOAD: usize = 58;
+
+fn tick(seq: u64) -> Tick {
+    Tick {
+        seq,
+        payload: vec![0xab; PAYLOAD].into(),
+    }
+}
+
+struct Report {
+    name: &'static str,
+    events: u64,
+    elapsed: Duration,
+    allocations: u64,
+    latencies: Vec<u64>,
+}
+
+impl Report {
+    fn print(&self, baseline_ns: Option<f64>) {
+        let per_s = self.events as f64 / self.elapsed.as_secs_f64();
+        let ns = self.elapsed.as_nanos() as f64 / self.events as f64;
+        let (p50, p99) = percentiles(&self.latencies);
+        let over = baseline_ns
+            .map(|b| format!("{:+8.0} ns", ns - b))
+            .unwrap_or_else(|| "        -".into());
+        println!(
+            "{:<18} {:>12.0} ev/s {:>8.0} ns/ev {} {:>10} {:>10} {:>8.2}",
+            self.name,
+            per_s,
+            ns,
+            over,
+            p50.map(fmt_ns).unwrap_or_else(|| "-".into()),
+            p99.map(fmt_ns).unwrap_or_else(|| "-".into()),
+            self.allocations as f64 / self.events as f64,
+        );
+    }
+}
+
+fn fmt_ns(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+fn percentiles(samples: &[u64]) -> (Option<u64>, Option<u64>) {
+    if samples.is_empty() {
+        return (None, None);
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q) as usize];
+    (Some(at(0.50)), Some(at(0.99)))
+}
+
+/// Publish-time stamps, indexed by sequence number, read by handlers for latency.
+struct Stamps {
+    start: Instant,
+    sent: Vec<AtomicU64>,
+    latency: Vec<AtomicU64>,
+    handled: AtomicUsize,
+    done: Notify,
+    target: usize,
+}
+
+impl Stamps {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(Stamps {
+            start: Instant::now(),
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            latency: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            handled: AtomicUsize::new(0),
+            done: Notify::new(),
+            target: n,
+        })
+    }
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+    fn sent(&self, seq: u64) {
+        self.sent[seq as usize].store(self.now(), Ordering::Relaxed);
+    }
+    fn handled(&self, seq: u64) {
+        let sent = self.sent[seq as usize].load(Ordering::Relaxed);
+        self.latency[seq as usize].store(self.now().saturating_sub(sent), Ordering::Relaxed);
+        if self.handled.fetch_add(1, Ordering::AcqRel) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+    fn sampled_latencies(&self) -> Vec<u64> {
+        // every 16th event keeps the sort cheap and the sample large
+        self.latency
+            .iter()
+            .step_by(16)
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+async fn raw_channel(n: u64, encoded: Bytes) -> Report {
+    let (tx, mut rx) = mpsc::channel::<(u64, Bytes)>(1024);
+    let stamps = Stamps::new(n as usize);
+    let consumer = {
+        let stamps = stamps.clone();
+        tokio::spawn(async move {
+            while let Some((seq, bytes)) = rx.recv().await {
+                std::hint::black_box(bytes);
+                stamps.handled(seq);
+            }
+        })
+    };
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        stamps.sent(seq);
+        tx.send((seq, encoded.clone()))
+            .await
+            .expect("consumer alive");
+    }
+    drop(tx);
+    consumer.await.expect("consumer");
+    Report {
+        name: "raw channel",
+        events: n,
+        elapsed: t.elapsed(),
+        allocations: allocations() - before,
+        latencies: stamps.sampled_latencies(),
+    }
+}
+
+fn prost_only(n: u64) -> Report {
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        let msg = tick(seq);
+        let mut buf = BytesMut::with_capacity(msg.encoded_len());
+        msg.encode(&mut buf).expect("room");
+        let back = Tick::decode(buf.freeze()).expect("decodes");
+        std::hint::black_box(back);
+    }
+    Report {
+        name: "prost only",
+        events: n,
+        elapsed: t.elapsed(),
+        allocations: allocations() - before,
+        latencies: Vec::new(),
+    }
+}
+
+async fn raw_broker(n: u64, encoded: Bytes) -> Report {
+    let broker = MemoryBroker::new();
+    let stamps = Stamps::new(n as usize);
+    let sub = broker
+        .subscribe(
+            "bench.raw",
+            SubscribeOptions::new(),
+            handler_fn("bench-raw", {
+                let stamps = stamps.clone();
+                move |d: Delivery| {
+                    let stamps = stamps.clone();
+                    async move {
+                        let seq = u64::from_le_bytes(d.payload()[..8].try_into().expect("8 bytes"));
+                        stamps.handled(seq);
+                        Outcome::Ack
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        let mut payload = BytesMut::with_capacity(encoded.len());
+        payload.extend_from_slice(&seq.to_le_bytes());
+        payload.extend_from_slice(&encoded[8..]);
+        stamps.sent(seq);
+        broker
+            .publish("bench.raw", Message::new(payload.freeze()))
+            .await
+            .expect("publish");
+    }
+    stamps.done.notified().await;
+    let elapsed = t.elapsed();
+    let allocations = allocations() - before;
+    sub.unsubscribe().await;
+    Report {
+        name: "raw broker",
+        events: n,
+        elapsed,
+        allocations,
+        latencies: stamps.sampled_latencies(),
+    }
+}
+
+async fn typed(n: u64) -> Report {
+    let broker = MemoryBroker::new();
+    let stamps = Stamps::new(n as usize);
+    let handler = {
+        let stamps = stamps.clone();
+        move |t: Tick| {
+            let stamps = stamps.clone();
+            async move { stamps.handled(t.seq) }
+        }
+    };
+    let running = Service::builder("bench")
+        .broker(broker)
+        .subscribe("bench.typed", handler)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let publisher: Publisher<Tick> = running.publisher("bench.typed");
+    let messages: Vec<Tick> = (0..n).map(tick).collect();
+    let before = allocations();
+    let t = Instant::now();
+    for msg in &messages {
+        stamps.sent(msg.seq);
+        publisher.publish(msg).await.expect("publish");
+    }
+    stamps.done.notified().await;
+    let elapsed = t.elapsed();
+    let allocations = allocations() - before;
+    running.shutdown().await;
+    Report {
+        name: "typed",
+        events: n,
+        elapsed,
+        allocations,
+        latencies: stamps.sampled_latencies(),
+    }
+}
+
+async fn typed_ping_pong(n: u64) -> Report {
+    let broker = MemoryBroker::new();
+    let (tx, mut rx) = mpsc::channel::<u64>(1);
+    let handler = move |t: Tick| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(t.seq).await;
+        }
+    };
+    let running = Service::builder("bench")
+        .broker(broker)
+        .subscribe("bench.pingpong", handler)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let publisher: Publisher<Tick> = running.publisher("bench.pingpong");
+    let mut latencies = Vec::with_capacity(n as usize);
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        let sent = Instant::now();
+        publisher.publish(&tick(seq)).await.expect("publish");
+        let got = rx.recv().await.expect("handler alive");
+        debug_assert_eq!(got, seq);
+        latencies.push(sent.elapsed().as_nanos() as u64);
+    }
+    let elapsed = t.elapsed();
+    let allocations = allocations() - before;
+    running.shutdown().await;
+    Report {
+        name: "typed ping-pong",
+        events: n,
+        elapsed,
+        allocations,
+        latencies,
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let encoded = Bytes::from(tick(u64::MAX >> 40).encode_to_vec());
+    println!(
+        "memory broker, {n} events of {} bytes, {} cores, tokio 2 workers",
+        encoded.len(),
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
+    println!(
+        "{:<18} {:>17} {:>14} {:>11} {:>10} {:>10} {:>8}",
+        "run", "throughput", "cost", "vs prost", "p50", "p99", "allocs/ev"
+    );
+    let channel = runtime.block_on(raw_channel(n, encoded.clone()));
+    channel.print(None);
+    let prost = prost_only(n);
+    let prost_ns = prost.elapsed.as_nanos() as f64 / n as f64;
+    prost.print(None);
+    runtime.block_on(raw_broker(n, encoded.clone())).print(None);
+    let typed = runtime.block_on(typed(n));
+    typed.print(Some(prost_ns));
+    runtime
+        .block_on(typed_ping_pong((n / 20).max(1000)))
+        .print(Some(prost_ns));
+}

@@ -1,0 +1,394 @@
+//! The shared delivery loop: fetch → handler → outcome → ack / retry / dead-letter.
+//!
+//! Written once, here, for every backend. A backend implements [`DeliverySource`] (fetch the
+//! next message) and [`Acknowledge`] (settle one message), and starts subscriptions with
+//! [`Lifecycle::spawn`]. The loop then keeps the contract of [`crate::broker`]:
+//!
+//! - at most `concurrency` handlers run at once; the source is not polled beyond that;
+//! - a message is acknowledged only after its handler succeeded or after it was dead-lettered;
+//! - failures are retried in place with the subscription's [`RetryPolicy`](super::RetryPolicy)
+//!   backoff, then dead-lettered with `x-event-*` headers; permanent failures (decode errors,
+//!   type mismatches) are dead-lettered at once;
+//! - a panicking handler is caught and counts as a failure;
+//! - on stop, fetching ends, running handlers get the drain timeout to finish, and messages
+//!   that did not finish are given back to the broker, never dead-lettered.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    Broker, BrokerError, Delivery, Failure, FailureKind, Message, Outcome, RawHandler, RetryPolicy,
+    SubscribeOptions, Subscription,
+};
+use crate::headers::names;
+use crate::ratelimit::RateLimitedLog;
+
+/// A message fetched by a backend, with the means to settle it.
+#[derive(Debug)]
+pub struct Incoming<A> {
+    /// The message and its metadata.
+    pub delivery: Delivery,
+    /// Settles the message with the broker.
+    pub acker: A,
+}
+
+/// Settles one message with its broker.
+///
+/// If an acker is dropped without [`ack`](Acknowledge::ack) or [`nack`](Acknowledge::nack)
+/// (its handler was cut off by the drain timeout), [`Acknowledge::abandon`] is called: the
+/// message must stay available for redelivery.
+pub trait Acknowledge: Send + 'static {
+    /// The message is done: the broker may forget it (commit the offset, `basic.ack`).
+    fn ack(self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// The message was not processed: give it back for redelivery.
+    fn nack(self, delivery: Delivery) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// The handler was cut off; called synchronously from a destructor. The default does
+    /// nothing, which suits brokers that redeliver whatever was not acknowledged.
+    fn abandon(self, delivery: Delivery)
+    where
+        Self: Sized,
+    {
+        let _ = delivery;
+    }
+}
+
+/// Where a subscription's messages come from.
+pub trait DeliverySource: Send + 'static {
+    /// How this source's messages are settled.
+    type Acker: Acknowledge;
+
+    /// The next message; `None` once the source is closed for good.
+    ///
+    /// Must be cancel-safe: the loop may drop the future and call again later, and no message
+    /// may be lost when that happens.
+    fn next(&mut self) -> impl Future<Output = Option<Incoming<Self::Acker>>> + Send;
+
+    /// Called once after the loop stopped and drained.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// Starts subscription loops and stops them all on shutdown; a backend keeps one.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Lifecycle {
+    /// A fresh lifecycle with no subscriptions.
+    pub fn new() -> Self {
+        Lifecycle::default()
+    }
+
+    /// Whether [`Lifecycle::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// A token cancelled at shutdown, for backend tasks of their own.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Runs the delivery loop for `source` on the current tokio runtime.
+    ///
+    /// Dead letters are published through `dead_letter_broker` to
+    /// [`SubscribeOptions::dead_letter_topic_for`] the topic.
+    pub fn spawn<S: DeliverySource>(
+        &self,
+        topic: &str,
+        source: S,
+        options: &SubscribeOptions,
+        handler: Arc<dyn RawHandler>,
+        dead_letter_broker: Arc<dyn Broker>,
+    ) -> Subscription {
+        let topic: Arc<str> = Arc::from(topic);
+        let stop = self.token.child_token();
+        let ctx = Arc::new(LoopContext {
+            dead_letter_topic: options.dead_letter_topic_for(&topic),
+            topic: topic.clone(),
+            handler,
+            retry: options.retry.clone(),
+            concurrency: options.concurrency.get(),
+            drain_timeout: options.drain_timeout,
+            dead_letter_broker,
+            stop: stop.clone(),
+            log: RateLimitedLog::new(Duration::from_secs(10)),
+        });
+        let task = self.tracker.spawn(run(source, ctx));
+        Subscription::new(topic, options.queue.as_deref().map(Arc::from), stop, task)
+    }
+
+    /// Stops every subscription and waits until each has drained.
+    pub async fn shutdown(&self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct LoopContext {
+    topic: Arc<str>,
+    dead_letter_topic: String,
+    handler: Arc<dyn RawHandler>,
+    retry: RetryPolicy,
+    concurrency: usize,
+    drain_timeout: Duration,
+    dead_letter_broker: Arc<dyn Broker>,
+    stop: CancellationToken,
+    log: RateLimitedLog,
+}
+
+enum Settled {
+    Done,
+    Returned,
+}
+
+async fn run<S: DeliverySource>(mut source: S, ctx: Arc<LoopContext>) -> super::DrainReport {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => break,
+            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            incoming = source.next(), if in_flight.len() < ctx.concurrency => match incoming {
+                Some(incoming) => in_flight.push(process(ctx.clone(), incoming)),
+                None => break,
+            },
+        }
+    }
+
+    let mut report = super::DrainReport::default();
+    if !in_flight.is_empty() {
+        let deadline = tokio::time::sleep(ctx.drain_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                settled = in_flight.next() => match settled {
+                    Some(Settled::Done) => report.completed += 1,
+                    Some(Settled::Returned) => report.returned += 1,
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    report.abandoned = in_flight.len();
+                    tracing::warn!(
+                        topic = %ctx.topic,
+                        handler = ctx.handler.name(),
+                        abandoned = report.abandoned,
+                        timeout = ?ctx.drain_timeout,
+                        "drain timeout expired; unfinished messages are given back to the broker"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    drop(in_flight);
+    source.close().await;
+    report
+}
+
+/// Holds a message until it is settled; gives it back to the broker if dropped unsettled.
+struct Pending<A: Acknowledge> {
+    delivery: Option<Delivery>,
+    acker: Option<A>,
+}
+
+impl<A: Acknowledge> Pending<A> {
+    fn delivery(&self) -> &Delivery {
+        self.delivery
+            .as_ref()
+            .expect("pending delivery present until settled")
+    }
+
+    fn take(&mut self) -> (Delivery, A) {
+        (
+            self.delivery.take().expect("settled once"),
+            self.acker.take().expect("settled once"),
+        )
+    }
+}
+
+impl<A: Acknowledge> Drop for Pending<A> {
+    fn drop(&mut self) {
+        if let (Some(delivery), Some(acker)) = (self.delivery.take(), self.acker.take()) {
+            acker.abandon(delivery);
+        }
+    }
+}
+
+async fn process<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming<A>) -> Settled {
+    let mut pending = Pending {
+        delivery: Some(incoming.delivery),
+        acker: Some(incoming.acker),
+    };
+    loop {
+        let outcome = run_handler(&*ctx.handler, pending.delivery()).await;
+        let failure = match outcome {
+            Outcome::Ack => {
+                let (_, acker) = pending.take();
+                if let Err(error) = acker.ack().await {
+                    tracing::warn!(topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
+                }
+                return Settled::Done;
+            }
+            Outcome::Retry(failure)
+                if !failure.kind().is_permanent()
+                    && ctx.retry.should_retry(pending.delivery().attempt()) =>
+            {
+                let delivery = pending.delivery.as_mut().expect("present");
+                let backoff = ctx.retry.backoff(delivery.attempt());
+                tracing::debug!(
+                    topic = %ctx.topic,
+                    handler = ctx.handler.name(),
+                    attempt = delivery.attempt(),
+                    position = %delivery.position(),
+                    ?backoff,
+                    error = %failure.describe(),
+                    "handler failed; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => delivery.next_attempt(),
+                    _ = ctx.stop.cancelled() => {
+                        let (delivery, acker) = pending.take();
+                        if let Err(error) = acker.nack(delivery).await {
+                            tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
+                        }
+                        return Settled::Returned;
+                    }
+                }
+                continue;
+            }
+            Outcome::Retry(failure) | Outcome::DeadLetter(failure) => failure,
+        };
+        return dead_letter(&ctx, pending, failure).await;
+    }
+}
+
+async fn run_handler(handler: &dyn RawHandler, delivery: &Delivery) -> Outcome {
+    match AssertUnwindSafe(handler.handle(delivery))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => Outcome::Retry(Failure::new(
+            FailureKind::Panic,
+            HandlerPanicked {
+                message: panic_message(&*panic),
+            },
+        )),
+    }
+}
+
+/// A handler panicked; the panic message is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {message}")]
+pub struct HandlerPanicked {
+    message: String,
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The dead-letter copy of a delivery: original headers, key and bytes, plus the reason.
+pub fn dead_letter_message(delivery: &Delivery, handler: &str, failure: &Failure) -> Message {
+    let mut message = delivery.message().clone();
+    let headers = &mut message.headers;
+    headers.insert(names::X_EVENT_ERROR, failure.describe());
+    headers.insert(names::X_EVENT_ERROR_KIND, failure.kind().as_str());
+    headers.insert(names::X_EVENT_ORIGINAL_TOPIC, delivery.topic());
+    headers.insert(
+        names::X_EVENT_ORIGINAL_POSITION,
+        delivery.position().to_string(),
+    );
+    headers.insert(names::X_EVENT_HANDLER, handler);
+    headers.insert(names::X_EVENT_ATTEMPTS, delivery.attempt().to_string());
+    match failure.payload_kind() {
+        Some(kind) => headers.insert(names::X_EVENT_PAYLOAD_KIND, kind),
+        None => {
+            headers.remove(names::X_EVENT_PAYLOAD_KIND);
+        }
+    }
+    message
+}
+
+async fn dead_letter<A: Acknowledge>(
+    ctx: &LoopContext,
+    mut pending: Pending<A>,
+    failure: Failure,
+) -> Settled {
+    let delivery = pending.delivery();
+    ctx.log.error(
+        (
+            ctx.topic.to_string(),
+            ctx.handler.name().to_owned(),
+            failure.kind().as_str(),
+        ),
+        |suppressed| {
+            tracing::error!(
+                topic = %ctx.topic,
+                handler = ctx.handler.name(),
+                position = %delivery.position(),
+                attempts = delivery.attempt(),
+                kind = failure.kind().as_str(),
+                dead_letter_topic = %ctx.dead_letter_topic,
+                suppressed_since_last = suppressed,
+                "dead-lettering message: {}",
+                failure.describe()
+            );
+        },
+    );
+    let message = dead_letter_message(delivery, ctx.handler.name(), &failure);
+    let mut wait = Duration::from_millis(100);
+    let mut message = message;
+    loop {
+        match ctx
+            .dead_letter_broker
+            .publish(&ctx.dead_letter_topic, message)
+            .await
+        {
+            Ok(_) => break,
+            Err(error) => {
+                tracing::error!(
+                    topic = %ctx.topic,
+                    dead_letter_topic = %ctx.dead_letter_topic,
+                    error = %crate::error_chain(&error),
+                    "publishing to the dead-letter topic failed; retrying in {wait:?}"
+                );
+                message = error.into_message();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.stop.cancelled() => {
+                        let (delivery, acker) = pending.take();
+                        if let Err(error) = acker.nack(delivery).await {
+                            tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
+                        }
+                        return Settled::Returned;
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let (_, acker) = pending.take();
+    if let Err(error) = acker.ack().await {
+        tracing::warn!(topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");
+    }
+    Settled::Done
+}

@@ -1,0 +1,378 @@
+//! [`Context`]: metadata, trace context and correlation that travel with a chain of messages.
+//!
+//! While a handler runs, the context of the message it handles is *current* (task-local), so
+//! every message the handler publishes carries the same user metadata, trace context and
+//! correlation id, with the handled message's id as its causation id, without the handler
+//! passing anything along:
+//!
+//! ```text
+//! OrderPlaced  id=A  correlation-id=A                        (published by the web service)
+//!   └ PaymentRequested  id=B  correlation-id=A  causation-id=A   (published in A's handler)
+//!       └ PaymentCaptured  id=C  correlation-id=A  causation-id=B
+//! ```
+//!
+//! Outside handlers, make a context current with [`Context::scope`] or pass it explicitly with
+//! [`Publisher::publish_with`](crate::Publisher::publish_with).
+
+use std::fmt;
+
+use crate::headers::{
+    HeaderName, HeaderValue, Headers, IntoHeaderName, InvalidHeaderName, is_reserved, names,
+};
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// User metadata: plain headers copied onto every message published in this context.
+///
+/// Names are validated and may not be reserved (see [`crate::headers::is_reserved`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    entries: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A metadata entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// The name belongs to the framework or a protocol it speaks.
+    #[error(
+        "metadata name {name:?} is reserved (ce_*, cloudEvents*, content-type, traceparent, \
+         tracestate, baggage, correlation-id, causation-id, micro-*, x-*, __*, kafka_*, spring_* \
+         are written by the framework or the protocols it speaks); choose another name"
+    )]
+    Reserved {
+        /// The refused name.
+        name: String,
+    },
+    /// The name is not a valid header name.
+    #[error("metadata name is not a valid header name")]
+    InvalidName {
+        /// Why.
+        #[source]
+        source: InvalidHeaderName,
+    },
+}
+
+impl Metadata {
+    /// No metadata.
+    pub const fn new() -> Self {
+        Metadata {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value of the same name (any case).
+    ///
+    /// # Errors
+    ///
+    /// [`MetadataError::Reserved`] for reserved names, [`MetadataError::InvalidName`] for
+    /// names that are not printable ASCII.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        value: impl Into<HeaderValue>,
+    ) -> Result<(), MetadataError> {
+        if is_reserved(name) {
+            return Err(MetadataError::Reserved {
+                name: name.to_owned(),
+            });
+        }
+        let name = HeaderName::new(name).map_err(|source| MetadataError::InvalidName { source })?;
+        let value = value.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => *entry = (name, value),
+            None => self.entries.push((name, value)),
+        }
+        Ok(())
+    }
+
+    /// The value of `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.matches(name))
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// Removes `name`; returns whether it was present.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(n, _)| !n.matches(name));
+        before != self.entries.len()
+    }
+
+    /// All entries in insertion order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> {
+        self.entries.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there is no metadata.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// W3C trace context headers, passed through untouched.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TraceContext {
+    /// `traceparent`.
+    pub traceparent: Option<HeaderValue>,
+    /// `tracestate`.
+    pub tracestate: Option<HeaderValue>,
+    /// `baggage`.
+    pub baggage: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// Reads the trace headers of a message (any case: go-micro writes `Traceparent`).
+    pub fn from_headers(headers: &Headers) -> Self {
+        TraceContext {
+            traceparent: headers.get(names::TRACEPARENT).cloned(),
+            tracestate: headers.get(names::TRACESTATE).cloned(),
+            baggage: headers.get(names::BAGGAGE).cloned(),
+        }
+    }
+
+    /// Whether no trace header is set.
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_none() && self.tracestate.is_none() && self.baggage.is_none()
+    }
+}
+
+/// Metadata, trace context, correlation id and causation id of a chain of messages.
+///
+/// ```
+/// use event_core::Context;
+///
+/// let ctx = Context::new().with_metadata("tenant", "t-42").unwrap();
+/// assert_eq!(ctx.metadata().get("tenant"), Some("t-42"));
+///
+/// // reserved names are refused, not silently overwritten
+/// let err = Context::new().with_metadata("ce_id", "x").unwrap_err();
+/// assert!(err.to_string().contains("reserved"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    metadata: Metadata,
+    trace: TraceContext,
+    correlation_id: Option<HeaderValue>,
+    causation_id: Option<HeaderValue>,
+}
+
+impl Context {
+    /// An empty context: a new chain starts here.
+    pub fn new() -> Self {
+        Context::default()
+    }
+
+    /// The current context (inside a handler or [`Context::scope`]), or an empty one.
+    pub fn current() -> Context {
+        CURRENT.try_with(Context::clone).unwrap_or_default()
+    }
+
+    /// Runs `f` with the current context, if any, without cloning it.
+    pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
+        let mut f = Some(f);
+        match CURRENT.try_with(|ctx| (f.take().expect("called once"))(Some(ctx))) {
+            Ok(r) => r,
+            Err(_) => (f.take().expect("called once"))(None),
+        }
+    }
+
+    /// Runs `future` with this context current.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// The user metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The user metadata, to change.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    /// Adds a metadata entry (builder style).
+    ///
+    /// # Errors
+    ///
+    /// As [`Metadata::insert`].
+    pub fn with_metadata(
+        mut self,
+        name: &str,
+        value: impl Into<HeaderValue>,
+    ) -> Result<Self, MetadataError> {
+        self.metadata.insert(name, value)?;
+        Ok(self)
+    }
+
+    /// The trace context.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
+    }
+
+    /// Replaces the trace context.
+    pub fn set_trace(&mut self, trace: TraceContext) {
+        self.trace = trace;
+    }
+
+    /// The correlation id: the id of the first message of the chain.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// Sets the correlation id (builder style), e.g. to a request id at the edge.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<HeaderValue>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// The causation id: the id of the message being handled.
+    pub fn causation_id(&self) -> Option<&str> {
+        self.causation_id.as_ref().and_then(|v| v.to_str().ok())
+    }
+
+    /// The context a handler of a message with these headers runs in.
+    ///
+    /// Metadata = every header that is not reserved; trace context = the W3C headers;
+    /// correlation id = the `correlation-id` header, or the message's own id when it starts a
+    /// chain; causation id = the message's id.
+    pub fn from_headers(headers: &Headers) -> Context {
+        let id = headers.message_id_value().cloned();
+        let mut metadata = Metadata::new();
+        for (name, value) in headers.iter() {
+            if !is_reserved(name.as_str()) {
+                metadata.entries.push((name.clone(), value.clone()));
+            }
+        }
+        Context {
+            metadata,
+            trace: TraceContext::from_headers(headers),
+            correlation_id: headers
+                .get(names::CORRELATION_ID)
+                .cloned()
+                .or_else(|| id.clone()),
+            causation_id: id,
+        }
+    }
+
+    /// Writes this context into the headers of a message with id `message_id`.
+    pub(crate) fn write_headers(&self, headers: &mut Headers, message_id: &HeaderValue) {
+        headers.append(
+            HeaderName::from_static(names::CORRELATION_ID),
+            self.correlation_id
+                .clone()
+                .unwrap_or_else(|| message_id.clone()),
+        );
+        if let Some(cause) = &self.causation_id {
+            headers.append(HeaderName::from_static(names::CAUSATION_ID), cause.clone());
+        }
+        for (name, value) in [
+            (names::TRACEPARENT, &self.trace.traceparent),
+            (names::TRACESTATE, &self.trace.tracestate),
+            (names::BAGGAGE, &self.trace.baggage),
+        ] {
+            if let Some(value) = value {
+                headers.append(HeaderName::from_static(name), value.clone());
+            }
+        }
+        for (name, value) in self.metadata.iter() {
+            headers.append(name.into_header_name(), value.clone());
+        }
+    }
+
+    /// Headers of a chain start published with no context at all.
+    pub(crate) fn write_empty(headers: &mut Headers, message_id: &HeaderValue) {
+        headers.append(
+            HeaderName::from_static(names::CORRELATION_ID),
+            message_id.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_context_from_headers() {
+        let mut h = Headers::new();
+        h.append("ce_id", "id-1");
+        h.append("ce_type", "x.v1.A");
+        h.append("Traceparent", "00-aa-bb-01");
+        h.append("tenant", "t-1");
+        h.append("Micro-Topic", "t");
+        let ctx = Context::from_headers(&h);
+        assert_eq!(ctx.correlation_id(), Some("id-1"));
+        assert_eq!(ctx.causation_id(), Some("id-1"));
+        assert_eq!(
+            ctx.trace().traceparent.as_ref().unwrap().to_str().unwrap(),
+            "00-aa-bb-01"
+        );
+        assert_eq!(ctx.metadata().len(), 1);
+        assert_eq!(ctx.metadata().get("TENANT"), Some("t-1"));
+
+        h.append("correlation-id", "root");
+        assert_eq!(Context::from_headers(&h).correlation_id(), Some("root"));
+    }
+
+    #[test]
+    fn write_headers_carries_chain() {
+        let mut h = Headers::new();
+        h.append("ce_id", "parent");
+        h.append("correlation-id", "root");
+        h.append("tenant", "t-1");
+        let ctx = Context::from_headers(&h);
+        let mut out = Headers::new();
+        ctx.write_headers(&mut out, &HeaderValue::from("child"));
+        assert_eq!(out.get_str("correlation-id"), Some("root"));
+        assert_eq!(out.get_str("causation-id"), Some("parent"));
+        assert_eq!(out.get_str("tenant"), Some("t-1"));
+    }
+
+    #[test]
+    fn metadata_rejects_reserved_and_invalid_names() {
+        let mut m = Metadata::new();
+        assert!(matches!(
+            m.insert("Traceparent", "x"),
+            Err(MetadataError::Reserved { .. })
+        ));
+        assert!(matches!(
+            m.insert("bad name", "x"),
+            Err(MetadataError::InvalidName { .. })
+        ));
+        m.insert("Tenant", "a").unwrap();
+        m.insert("tenant", "b").unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.get("tenant"), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn scope_makes_context_current() {
+        assert_eq!(Context::current(), Context::new());
+        let ctx = Context::new().with_metadata("k", "v").unwrap();
+        let seen = ctx
+            .clone()
+            .scope(async { Context::current().metadata().get("k").map(str::to_owned) })
+            .await;
+        assert_eq!(seen.as_deref(), Some("v"));
+        assert!(Context::with_current(|c| c.is_none()));
+    }
+}

@@ -1,0 +1,586 @@
+//! Message headers: an ordered multimap whose names are read case-insensitively.
+//!
+//! Kafka record headers and AMQP header tables are both ordered lists of name/value pairs in
+//! which one name may repeat. [`Headers`] keeps that shape: it never reorders or merges entries,
+//! and every lookup ignores ASCII case, so `Traceparent` written by go-micro is found by
+//! `headers.get("traceparent")`.
+//!
+//! The names this crate writes itself are listed in [`names`]; see the crate documentation for
+//! the full wire scheme.
+
+use std::fmt;
+use std::str::Utf8Error;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Header names written and read by the framework (DESIGN.md §3).
+///
+/// Kafka records carry them as written here (CloudEvents binary mode). Backends that need other
+/// spellings (AMQP's `cloudEvents_` prefix, go-micro's `Micro-ID`) map them at the edge.
+pub mod names {
+    /// Media type of the payload, `application/protobuf` by default.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// CloudEvents spec version, always `1.0`.
+    pub const CE_SPECVERSION: &str = "ce_specversion";
+    /// Message id: a UUID v7 string.
+    pub const CE_ID: &str = "ce_id";
+    /// Producer identity: the name of the service that published the message.
+    pub const CE_SOURCE: &str = "ce_source";
+    /// Message type: the protobuf full name of the payload (`prost::Name::full_name()`).
+    pub const CE_TYPE: &str = "ce_type";
+    /// Publication time, RFC 3339 in UTC with millisecond precision.
+    pub const CE_TIME: &str = "ce_time";
+    /// W3C trace context parent.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace context vendor state.
+    pub const TRACESTATE: &str = "tracestate";
+    /// W3C baggage.
+    pub const BAGGAGE: &str = "baggage";
+    /// Id shared by every message of one causal chain (the id of its first message).
+    pub const CORRELATION_ID: &str = "correlation-id";
+    /// Id of the message whose handler published this one.
+    pub const CAUSATION_ID: &str = "causation-id";
+    /// go-micro's message id header (`Micro-Id` before v4; read case-insensitively).
+    pub const MICRO_ID: &str = "Micro-ID";
+    /// go-micro's topic header.
+    pub const MICRO_TOPIC: &str = "Micro-Topic";
+    /// Confluent Schema Registry header carrying the value schema GUID.
+    pub const CONFLUENT_VALUE_SCHEMA_ID: &str = "__value_schema_id";
+
+    /// Dead-letter header: the error that sent the message to the dead-letter topic.
+    pub const X_EVENT_ERROR: &str = "x-event-error";
+    /// Dead-letter header: the kind of that error (`handler-error`, `decode-error`, ...).
+    pub const X_EVENT_ERROR_KIND: &str = "x-event-error-kind";
+    /// Dead-letter header: the topic the message was consumed from.
+    pub const X_EVENT_ORIGINAL_TOPIC: &str = "x-event-original-topic";
+    /// Dead-letter header: the broker position the message was consumed at.
+    pub const X_EVENT_ORIGINAL_POSITION: &str = "x-event-original-position";
+    /// Dead-letter header: the handler that gave up on the message.
+    pub const X_EVENT_HANDLER: &str = "x-event-handler";
+    /// Dead-letter header: how many times the handler ran.
+    pub const X_EVENT_ATTEMPTS: &str = "x-event-attempts";
+    /// Dead-letter header: the payload classification of a decode failure.
+    pub const X_EVENT_PAYLOAD_KIND: &str = "x-event-payload-kind";
+}
+
+/// Prefixes and names that user metadata may not set (DESIGN.md §3).
+///
+/// They belong to the framework, to CloudEvents, to W3C trace context, to go-micro, to
+/// RabbitMQ (`x-death`, ...), to the Confluent serializers and to Spring.
+const RESERVED_PREFIXES: &[&str] = &[
+    "ce_",
+    "cloudevents",
+    "micro-",
+    "x-",
+    "__",
+    "kafka_",
+    "spring_",
+];
+const RESERVED_NAMES: &[&str] = &[
+    names::CONTENT_TYPE,
+    names::TRACEPARENT,
+    names::TRACESTATE,
+    names::BAGGAGE,
+    names::CORRELATION_ID,
+    names::CAUSATION_ID,
+];
+
+/// Whether `name` is reserved for the framework or a wire protocol it speaks.
+///
+/// Reserved names are written by the framework itself; [`Metadata`](crate::Metadata) rejects
+/// them so that user metadata can never silently overwrite a message id or a trace context.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name))
+        || RESERVED_PREFIXES.iter().any(|p| {
+            name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        })
+}
+
+/// The name of a header. Cheap to clone; compared case-insensitively.
+#[derive(Clone)]
+pub struct HeaderName(NameRepr);
+
+#[derive(Clone)]
+enum NameRepr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+/// An invalid header name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidHeaderName {
+    /// The name was empty.
+    #[error("header name is empty")]
+    Empty,
+    /// The name contained a control character or a non-ASCII character.
+    #[error("header name {name:?} contains {found:?}; names are printable ASCII")]
+    BadCharacter {
+        /// The rejected name.
+        name: String,
+        /// The first character that is not allowed.
+        found: char,
+    },
+}
+
+impl HeaderName {
+    /// A header name from a string literal.
+    ///
+    /// # Panics
+    ///
+    /// Panics (at compile time when used in a `const`) if `name` is empty or not printable
+    /// ASCII.
+    pub const fn from_static(name: &'static str) -> Self {
+        let bytes = name.as_bytes();
+        assert!(!bytes.is_empty(), "header name is empty");
+        let mut i = 0;
+        while i < bytes.len() {
+            assert!(
+                bytes[i] > b' ' && bytes[i] < 0x7f,
+                "header name must be printable ASCII"
+            );
+            i += 1;
+        }
+        HeaderName(NameRepr::Static(name))
+    }
+
+    /// Validates and wraps a name received from a broker or given by a user.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`InvalidHeaderName`] if the name is empty or contains a character outside
+    /// printable ASCII.
+    pub fn new(name: impl AsRef<str>) -> Result<Self, InvalidHeaderName> {
+        let name = name.as_ref();
+        if name.is_empty() {
+            return Err(InvalidHeaderName::Empty);
+        }
+        if let Some(found) = name.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(InvalidHeaderName::BadCharacter {
+                name: name.to_owned(),
+                found,
+            });
+        }
+        Ok(HeaderName(NameRepr::Shared(Arc::from(name))))
+    }
+
+    /// Wraps a name read from the wire without validation.
+    ///
+    /// Brokers deliver whatever other producers wrote; the framework keeps such names as they
+    /// are rather than dropping the header.
+    pub fn from_wire(name: &str) -> Self {
+        HeaderName(NameRepr::Shared(Arc::from(name)))
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            NameRepr::Static(s) => s,
+            NameRepr::Shared(s) => s,
+        }
+    }
+
+    /// Whether this name equals `other`, ignoring ASCII case.
+    pub fn matches(&self, other: &str) -> bool {
+        self.as_str().eq_ignore_ascii_case(other)
+    }
+}
+
+impl PartialEq for HeaderName {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.as_str())
+    }
+}
+impl Eq for HeaderName {}
+
+impl fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for HeaderName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// The value of a header: bytes, usually UTF-8 text. Cheap to clone.
+///
+/// Kafka header values are bytes and the Confluent `__value_schema_id` header is binary, so
+/// values are not forced to be text; [`HeaderValue::to_str`] reads them as text.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct HeaderValue(Bytes);
+
+impl HeaderValue {
+    /// A value from a string literal, without allocating.
+    pub const fn from_static(value: &'static str) -> Self {
+        HeaderValue(Bytes::from_static(value.as_bytes()))
+    }
+
+    /// A value from raw bytes.
+    pub fn from_bytes(value: impl Into<Bytes>) -> Self {
+        HeaderValue(value.into())
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as UTF-8 text.
+    ///
+    /// # Errors
+    ///
+    /// Returns the UTF-8 error when the value is not text.
+    pub fn to_str(&self) -> Result<&str, Utf8Error> {
+        std::str::from_utf8(&self.0)
+    }
+
+    /// The underlying shared bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(value: String) -> Self {
+        HeaderValue(Bytes::from(value))
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(value: &str) -> Self {
+        HeaderValue(Bytes::copy_from_slice(value.as_bytes()))
+    }
+}
+
+impl From<Bytes> for HeaderValue {
+    fn from(value: Bytes) -> Self {
+        HeaderValue(value)
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_str() {
+            Ok(s) => fmt::Debug::fmt(s, f),
+            Err(_) => write!(f, "0x{}", crate::codec::hex(&self.0, 64)),
+        }
+    }
+}
+
+/// Ordered header multimap with case-insensitive lookup.
+///
+/// ```
+/// use event_core::Headers;
+///
+/// let mut headers = Headers::new();
+/// headers.append("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// headers.append("tenant", "t-1");
+/// headers.append("tenant", "t-2");
+/// assert_eq!(headers.get_str("traceparent"), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+/// assert_eq!(headers.get_str("TENANT"), Some("t-1"));
+/// assert_eq!(headers.get_all("tenant").count(), 2);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
+    }
+
+    /// No headers, with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Headers {
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends an entry, keeping any earlier entry of the same name.
+    ///
+    /// Names given as `&str` are taken as they are (see [`HeaderName::from_wire`]); use
+    /// [`HeaderName::new`] to validate them first.
+    pub fn append(&mut self, name: impl IntoHeaderName, value: impl Into<HeaderValue>) {
+        self.entries.push((name.into_header_name(), value.into()));
+    }
+
+    /// Replaces every entry named `name` (any case) by one entry at the position of the first.
+    pub fn insert(&mut self, name: impl IntoHeaderName, value: impl Into<HeaderValue>) {
+        let name = name.into_header_name();
+        let value = value.into();
+        match self.entries.iter().position(|(n, _)| n == &name) {
+            Some(first) => {
+                self.entries[first] = (name.clone(), value);
+                let mut i = first + 1;
+                while i < self.entries.len() {
+                    if self.entries[i].0 == name {
+                        self.entries.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// Removes every entry named `name` (any case); returns how many were removed.
+    pub fn remove(&mut self, name: &str) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|(n, _)| !n.matches(name));
+        before - self.entries.len()
+    }
+
+    /// The first value named `name`, ignoring ASCII case.
+    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.matches(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value named `name` as text; `None` if absent or not UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value named `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(n, _)| n.matches(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether an entry named `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// All entries in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> {
+        self.entries.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn first_of(&self, aliases: &[&str]) -> Option<&HeaderValue> {
+        aliases.iter().find_map(|name| self.get(name))
+    }
+
+    /// The message id: `ce_id`, else AMQP's `cloudEvents_id`/`cloudEvents:id`, else go-micro's
+    /// `Micro-ID`.
+    pub fn message_id_value(&self) -> Option<&HeaderValue> {
+        self.first_of(&[
+            names::CE_ID,
+            "cloudEvents_id",
+            "cloudEvents:id",
+            names::MICRO_ID,
+        ])
+    }
+
+    /// The message id as text.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id_value().and_then(|v| v.to_str().ok())
+    }
+
+    /// The message type (`ce_type`, `cloudEvents_type`, `cloudEvents:type`).
+    pub fn message_type(&self) -> Option<&str> {
+        self.first_of(&[names::CE_TYPE, "cloudEvents_type", "cloudEvents:type"])
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The content type (`content-type`, any case).
+    pub fn content_type(&self) -> Option<&str> {
+        self.get_str(names::CONTENT_TYPE)
+    }
+
+    /// The producer (`ce_source`, `cloudEvents_source`, `cloudEvents:source`).
+    pub fn source(&self) -> Option<&str> {
+        self.first_of(&[names::CE_SOURCE, "cloudEvents_source", "cloudEvents:source"])
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The publication time (`ce_time`, `cloudEvents_time`, `cloudEvents:time`), parsed as
+    /// RFC 3339.
+    pub fn time(&self) -> Option<std::time::SystemTime> {
+        self.first_of(&[names::CE_TIME, "cloudEvents_time", "cloudEvents:time"])
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<N: IntoHeaderName, V: Into<HeaderValue>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Headers {
+            entries: iter
+                .into_iter()
+                .map(|(n, v)| (n.into_header_name(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (HeaderName, HeaderValue);
+    type IntoIter = std::vec::IntoIter<(HeaderName, HeaderValue)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+impl<N: IntoHeaderName, V: Into<HeaderValue>> Extend<(N, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, iter: I) {
+        self.entries.extend(
+            iter.into_iter()
+                .map(|(n, v)| (n.into_header_name(), v.into())),
+        );
+    }
+}
+
+/// Types that can name a header: [`HeaderName`], `&str` and `String`.
+pub trait IntoHeaderName {
+    /// Converts into a [`HeaderName`].
+    fn into_header_name(self) -> HeaderName;
+}
+
+impl IntoHeaderName for HeaderName {
+    fn into_header_name(self) -> HeaderName {
+        self
+    }
+}
+
+impl IntoHeaderName for &HeaderName {
+    fn into_header_name(self) -> HeaderName {
+        self.clone()
+    }
+}
+
+impl IntoHeaderName for &str {
+    fn into_header_name(self) -> HeaderName {
+        HeaderName::from_wire(self)
+    }
+}
+
+impl IntoHeaderName for String {
+    fn into_header_name(self) -> HeaderName {
+        HeaderName(NameRepr::Shared(Arc::from(self)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_ignores_case_and_keeps_order() {
+        let mut h = Headers::new();
+        h.append("Micro-Id", "a");
+        h.append("x", "1");
+        h.append("X", "2");
+        assert_eq!(h.get_str("micro-id"), Some("a"));
+        assert_eq!(h.get_str("MICRO-ID"), Some("a"));
+        let xs: Vec<_> = h.get_all("x").map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(xs, ["1", "2"]);
+        let order: Vec<_> = h.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(order, ["Micro-Id", "x", "X"]);
+    }
+
+    #[test]
+    fn insert_replaces_all_spellings_at_first_position() {
+        let mut h = Headers::new();
+        h.append("a", "0");
+        h.append("Tenant", "1");
+        h.append("b", "0");
+        h.append("TENANT", "2");
+        h.insert("tenant", "3");
+        let all: Vec<_> = h
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                ("a".to_owned(), "0".to_owned()),
+                ("tenant".to_owned(), "3".to_owned()),
+                ("b".to_owned(), "0".to_owned())
+            ]
+        );
+        assert_eq!(h.remove("TENANT"), 1);
+        assert!(!h.contains("tenant"));
+    }
+
+    #[test]
+    fn reserved_names() {
+        for name in [
+            "ce_id",
+            "CE_TYPE",
+            "cloudEvents_type",
+            "cloudEvents:id",
+            "Content-Type",
+            "Traceparent",
+            "tracestate",
+            "baggage",
+            "Micro-ID",
+            "x-death",
+            "X-Event-Error",
+            "__value_schema_id",
+            "correlation-id",
+            "kafka_key",
+            "spring_json_header_types",
+        ] {
+            assert!(is_reserved(name), "{name} should be reserved");
+        }
+        for name in ["tenant", "user-id", "c", "cex", "trace"] {
+            assert!(!is_reserved(name), "{name} should be free");
+        }
+    }
+
+    #[test]
+    fn header_name_validation() {
+        assert_eq!(HeaderName::new(""), Err(InvalidHeaderName::Empty));
+        assert!(matches!(
+            HeaderName::new("a b"),
+            Err(InvalidHeaderName::BadCharacter { found: ' ', .. })
+        ));
+        assert_eq!(
+            HeaderName::new("Tenant").unwrap(),
+            HeaderName::from_static("tenant")
+        );
+    }
+
+    #[test]
+    fn binary_values_survive_and_debug_as_hex() {
+        let v = HeaderValue::from_bytes(vec![0x01, 0xff]);
+        assert!(v.to_str().is_err());
+        assert_eq!(format!("{v:?}"), "0x01ff");
+    }
+}

@@ -1,0 +1,547 @@
+//! The in-memory broker (`memory://`), the embedded default.
+//!
+//! It keeps the same contract as the network brokers, inside one process:
+//!
+//! - **Queue groups**: a group has one queue shared by its members; each message goes to one
+//!   member. Every group and every broadcast subscriber gets its own copy of each message.
+//! - **Ack after handler**: a message holds a slot of its queue until its handler finished (or
+//!   it was dead-lettered). A message given back unfinished (shutdown) goes to the front of
+//!   its queue for another member.
+//! - **Bounded, lossless backpressure**: each queue holds at most
+//!   [`MemoryBrokerBuilder::capacity`] unacknowledged messages. A publish waits for room
+//!   (at most [`MemoryBrokerBuilder::publish_timeout`], then fails and gives the message back);
+//!   nothing is dropped because a consumer is slow.
+//!
+//! It has no persistence: a message published to a topic with no subscriber is discarded (the
+//! receipt's sequence still counts it), and a queue group's queue exists while the group has
+//! members. Subscribe to `<topic>.dlq` to keep dead letters.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::broker::delivery::{Acknowledge, DeliverySource, Incoming, Lifecycle};
+use crate::broker::{
+    Broker, BrokerError, BrokerUrlError, Capabilities, Delivery, Message, Position, PublishError,
+    RawHandler, Receipt, SubscribeOptions, Subscription, validate_topic,
+};
+
+const BROKER_NAME: &str = "memory";
+
+/// The in-memory broker. Cheap to clone: clones share the same topics.
+///
+/// ```
+/// use event_core::memory::MemoryBroker;
+/// use std::time::Duration;
+///
+/// let broker = MemoryBroker::builder().capacity(4096).publish_timeout(Duration::from_secs(5)).build();
+/// # let _ = broker;
+/// ```
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    capacity: usize,
+    publish_timeout: Duration,
+    closed: AtomicBool,
+    lifecycle: Mutex<Lifecycle>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+#[derive(Default)]
+struct Topic {
+    sequence: AtomicU64,
+    /// Copy-on-write list of queues: publishers take a cheap snapshot.
+    queues: RwLock<Arc<[Arc<Queue>]>>,
+}
+
+struct Queue {
+    group: Option<String>,
+    members: AtomicUsize,
+    entries: Mutex<VecDeque<Entry>>,
+    ready: Notify,
+    slots: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+struct Entry {
+    message: Message,
+    sequence: u64,
+    attempt: u32,
+    slot: OwnedSemaphorePermit,
+}
+
+impl fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("name", &self.inner.name)
+            .field("capacity", &self.inner.capacity)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`MemoryBroker`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryBrokerBuilder {
+    name: String,
+    capacity: usize,
+    publish_timeout: Duration,
+}
+
+impl MemoryBrokerBuilder {
+    /// Names the broker (shown in its address, `memory://NAME`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Unacknowledged messages each queue may hold (default 1024, at least 1).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// How long a publish waits for room in a full queue before failing (default 30 s).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Builds the broker.
+    pub fn build(self) -> MemoryBroker {
+        MemoryBroker {
+            inner: Arc::new(Inner {
+                name: self.name,
+                capacity: self.capacity,
+                publish_timeout: self.publish_timeout,
+                closed: AtomicBool::new(false),
+                lifecycle: Mutex::new(Lifecycle::new()),
+                topics: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with default settings.
+    pub fn new() -> Self {
+        MemoryBroker::builder().build()
+    }
+
+    /// Configures a broker.
+    pub fn builder() -> MemoryBrokerBuilder {
+        MemoryBrokerBuilder {
+            name: String::new(),
+            capacity: 1024,
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The process-wide broker named `name` (`""` is the default one, `memory://`), created on
+    /// first use. Services in one process that use `EVENT_BROKER=memory://` share it.
+    pub fn shared(name: &str) -> MemoryBroker {
+        static SHARED: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
+        let mut all = SHARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.entry(name.to_owned())
+            .or_insert_with(|| MemoryBroker::builder().name(name).build())
+            .clone()
+    }
+
+    /// Builds a broker from a `memory://NAME?capacity=N&publish_timeout_ms=N` URL.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerUrlError::Invalid`] for an unknown or malformed query parameter.
+    pub fn from_url(url: &::url::Url) -> Result<MemoryBroker, BrokerUrlError> {
+        let name = url.host_str().unwrap_or("").to_owned();
+        let mut builder = None::<MemoryBrokerBuilder>;
+        for (key, value) in url.query_pairs() {
+            let b = builder.get_or_insert_with(|| MemoryBroker::builder().name(name.clone()));
+            let parsed = value.parse::<u64>().map_err(|_| BrokerUrlError::Invalid {
+                url: url.to_string(),
+                problem: format!("query parameter {key} must be a whole number, not {value:?}"),
+            })?;
+            *b = match &*key {
+                "capacity" => b.clone().capacity(parsed as usize),
+                "publish_timeout_ms" => b.clone().publish_timeout(Duration::from_millis(parsed)),
+                other => {
+                    return Err(BrokerUrlError::Invalid {
+                        url: url.to_string(),
+                        problem: format!(
+                            "unknown query parameter {other:?}; the memory broker knows capacity and publish_timeout_ms"
+                        ),
+                    });
+                }
+            };
+        }
+        Ok(match builder {
+            // settings given: a private broker with those settings
+            Some(builder) => builder.build(),
+            None => MemoryBroker::shared(&name),
+        })
+    }
+
+    /// How many messages wait in, or are being handled from, the queues of `topic`
+    /// (summed over groups and broadcast subscribers).
+    pub fn pending(&self, topic: &str) -> usize {
+        let Some(topic) = self.topic(topic) else {
+            return 0;
+        };
+        let queues = topic.snapshot();
+        queues
+            .iter()
+            .map(|q| self.inner.capacity - q.slots.available_permits())
+            .sum()
+    }
+
+    fn topic(&self, topic: &str) -> Option<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    fn topic_or_create(&self, topic: &str) -> Arc<Topic> {
+        if let Some(t) = self.topic(topic) {
+            return t;
+        }
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(topic.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn closed_error(&self) -> BrokerError {
+        BrokerError::Closed {
+            broker: BROKER_NAME,
+            address: self.address(),
+        }
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        self.inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Topic {
+    fn snapshot(&self) -> Arc<[Arc<Queue>]> {
+        self.queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Joins `group` (or adds a broadcast queue) and returns the member's queue.
+    fn join(&self, group: Option<&str>, capacity: usize) -> Arc<Queue> {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(group) = group
+            && let Some(q) = queues
+                .iter()
+                .find(|q| q.group.as_deref() == Some(group) && !q.closed.load(Ordering::Acquire))
+        {
+            q.members.fetch_add(1, Ordering::AcqRel);
+            return q.clone();
+        }
+        let queue = Arc::new(Queue {
+            group: group.map(str::to_owned),
+            members: AtomicUsize::new(1),
+            entries: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            slots: Arc::new(Semaphore::new(capacity)),
+            closed: AtomicBool::new(false),
+        });
+        let mut next: Vec<_> = queues.iter().cloned().collect();
+        next.push(queue.clone());
+        *queues = next.into();
+        queue
+    }
+
+    /// Leaves the queue; the last member removes it and its waiting messages.
+    fn leave(&self, queue: &Arc<Queue>) {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if queue.members.fetch_sub(1, Ordering::AcqRel) == 1 {
+            queue.closed.store(true, Ordering::Release);
+            queue.slots.close();
+            let dropped = {
+                let mut entries = queue.entries.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::take(&mut *entries).len()
+            };
+            if dropped > 0 {
+                tracing::warn!(
+                    group = queue.group.as_deref().unwrap_or("(broadcast)"),
+                    dropped,
+                    "the last member left; the in-memory queue and its waiting messages are gone"
+                );
+            }
+            let next: Vec<_> = queues
+                .iter()
+                .filter(|q| !Arc::ptr_eq(q, queue))
+                .cloned()
+                .collect();
+            *queues = next.into();
+        }
+    }
+}
+
+impl Queue {
+    fn push(&self, entry: Entry) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(entry);
+        self.ready.notify_one();
+    }
+
+    fn push_front(&self, entry: Entry) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_front(entry);
+        self.ready.notify_one();
+    }
+
+    fn pop(&self) -> Option<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+struct MemorySource {
+    topic_name: Arc<str>,
+    topic: Arc<Topic>,
+    queue: Arc<Queue>,
+}
+
+struct MemoryAcker {
+    queue: Arc<Queue>,
+    slot: OwnedSemaphorePermit,
+    sequence: u64,
+}
+
+impl MemoryAcker {
+    fn give_back(self, delivery: Delivery) {
+        let attempt = delivery.attempt() + 1;
+        self.queue.push_front(Entry {
+            message: delivery.into_message(),
+            sequence: self.sequence,
+            attempt,
+            slot: self.slot,
+        });
+    }
+}
+
+impl Acknowledge for MemoryAcker {
+    async fn ack(self) -> Result<(), BrokerError> {
+        drop(self.slot);
+        Ok(())
+    }
+
+    async fn nack(self, delivery: Delivery) -> Result<(), BrokerError> {
+        self.give_back(delivery);
+        Ok(())
+    }
+
+    fn abandon(self, delivery: Delivery) {
+        self.give_back(delivery);
+    }
+}
+
+impl DeliverySource for MemorySource {
+    type Acker = MemoryAcker;
+
+    async fn next(&mut self) -> Option<Incoming<MemoryAcker>> {
+        loop {
+            let ready = self.queue.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(entry) = self.queue.pop() {
+                // more may be waiting: pass the wake-up on to another member
+                if !self
+                    .queue
+                    .entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                {
+                    self.queue.ready.notify_one();
+                }
+                let delivery = Delivery::new(
+                    self.topic_name.clone(),
+                    entry.message,
+                    Position::Sequence {
+                        sequence: entry.sequence,
+                    },
+                )
+                .with_attempt(entry.attempt);
+                return Some(Incoming {
+                    delivery,
+                    acker: MemoryAcker {
+                        queue: self.queue.clone(),
+                        slot: entry.slot,
+                        sequence: entry.sequence,
+                    },
+                });
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            ready.await;
+        }
+    }
+
+    async fn close(self) {
+        self.topic.leave(&self.queue);
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        BROKER_NAME
+    }
+
+    fn address(&self) -> String {
+        format!("memory://{}", self.inner.name)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ordered_per_key: true,
+            ..Capabilities::none()
+        }
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        let mut lifecycle = self
+            .inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if lifecycle.is_shut_down() {
+            *lifecycle = Lifecycle::new();
+        }
+        self.inner.closed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    async fn disconnect(&self) -> Result<(), BrokerError> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.lifecycle().shutdown().await;
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError> {
+        if let Err(error) = validate_topic(topic) {
+            return Err(PublishError::new(topic, message, error));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::new(topic, message, self.closed_error()));
+        }
+        let state = self.topic_or_create(topic);
+        let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let queues = state.snapshot();
+        let mut message = Some(message);
+        for (i, queue) in queues.iter().enumerate() {
+            let slot = match queue.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(tokio::sync::TryAcquireError::Closed) => continue,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let wait = queue.slots.clone().acquire_owned();
+                    match tokio::time::timeout(self.inner.publish_timeout, wait).await {
+                        Ok(Ok(slot)) => slot,
+                        Ok(Err(_closed)) => continue,
+                        Err(_elapsed) => {
+                            let message = message.take().expect("message present");
+                            return Err(PublishError::new(
+                                topic,
+                                message,
+                                BrokerError::Timeout {
+                                    broker: BROKER_NAME,
+                                    operation: "publish (queue full)",
+                                    timeout: self.inner.publish_timeout,
+                                },
+                            ));
+                        }
+                    }
+                }
+            };
+            let copy = if i + 1 == queues.len() {
+                message.take().expect("message present")
+            } else {
+                message.clone().expect("message present")
+            };
+            queue.push(Entry {
+                message: copy,
+                sequence,
+                attempt: 1,
+                slot,
+            });
+        }
+        Ok(Receipt::new(Position::Sequence { sequence }))
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: Arc<dyn RawHandler>,
+    ) -> Result<Subscription, BrokerError> {
+        validate_topic(topic)?;
+        if let Some(queue) = options.queue_name()
+            && queue.is_empty()
+        {
+            return Err(BrokerError::InvalidQueue {
+                queue: queue.to_owned(),
+                reason: "a queue group name cannot be empty",
+            });
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        let state = self.topic_or_create(topic);
+        let queue = state.join(options.queue_name(), self.inner.capacity);
+        let source = MemorySource {
+            topic_name: Arc::from(topic),
+            topic: state,
+            queue,
+        };
+        Ok(self
+            .lifecycle()
+            .spawn(topic, source, &options, handler, Arc::new(self.clone())))
+    }
+}
+
+crate::register_broker_scheme!("memory", |url| Ok(Arc::new(MemoryBroker::from_url(url)?)));

@@ -1,0 +1,1 @@
+//! Runnable examples of the event framework: `cargo run --example quickstart`.
