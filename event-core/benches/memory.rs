@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p event-core --bench memory            # 1,000,000 events per run
-//! EVENTS=200000 cargo bench -p event-core --bench memory
+//! EVENTS=200000 RUNS=typed,raw-broker cargo bench -p event-core --bench memory
 //! ```
 //!
 //! Runs, each on a 2-worker tokio runtime:
@@ -335,15 +335,28 @@ fn main() {
         "{:<18} {:>17} {:>14} {:>11} {:>10} {:>10} {:>8}",
         "run", "throughput", "cost", "vs prost", "p50", "p99", "allocs/ev"
     );
-    let channel = runtime.block_on(raw_channel(n, encoded.clone()));
-    channel.print(None);
+    // RUNS=typed,raw-broker picks runs (default: all)
+    let runs = std::env::var("RUNS").unwrap_or_default();
+    let wanted = |name: &str| runs.is_empty() || runs.split(',').any(|r| r == name);
+    if wanted("raw-channel") {
+        runtime
+            .block_on(raw_channel(n, encoded.clone()))
+            .print(None);
+    }
     let prost = prost_only(n);
     let prost_ns = prost.elapsed.as_nanos() as f64 / n as f64;
-    prost.print(None);
-    runtime.block_on(raw_broker(n, encoded.clone())).print(None);
-    let typed = runtime.block_on(typed(n));
-    typed.print(Some(prost_ns));
-    runtime
-        .block_on(typed_ping_pong((n / 20).max(1000)))
-        .print(Some(prost_ns));
+    if wanted("prost") {
+        prost.print(None);
+    }
+    if wanted("raw-broker") {
+        runtime.block_on(raw_broker(n, encoded.clone())).print(None);
+    }
+    if wanted("typed") {
+        runtime.block_on(typed(n)).print(Some(prost_ns));
+    }
+    if wanted("ping-pong") {
+        runtime
+            .block_on(typed_ping_pong((n / 20).max(1000)))
+            .print(Some(prost_ns));
+    }
 }

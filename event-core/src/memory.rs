@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::broker::delivery::{Acknowledge, DeliverySource, Incoming, Lifecycle};
 use crate::broker::{
@@ -32,6 +32,9 @@ use crate::broker::{
 };
 
 const BROKER_NAME: &str = "memory";
+
+/// How often an idle consumer yields before it parks.
+const SPIN_YIELDS: usize = 16;
 
 /// The in-memory broker. Cheap to clone: clones share the same topics.
 ///
@@ -67,16 +70,77 @@ struct Queue {
     group: Option<String>,
     members: AtomicUsize,
     entries: Mutex<VecDeque<Entry>>,
+    /// Wakes consumers when an entry arrives.
     ready: Notify,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     closed: AtomicBool,
+}
+
+/// Counts unacknowledged messages of a queue: taken when a message is queued, given back
+/// when it is acknowledged. A message given back for redelivery keeps its slot.
+struct Slots {
+    used: AtomicUsize,
+    capacity: usize,
+    /// Wakes publishers waiting for room.
+    freed: Notify,
+}
+
+impl Slots {
+    fn new(capacity: usize) -> Self {
+        Slots {
+            used: AtomicUsize::new(0),
+            capacity,
+            freed: Notify::new(),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.capacity).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// Waits for a slot; `false` if the queue closed meanwhile.
+    async fn take(&self, closed: &AtomicBool) -> bool {
+        loop {
+            if closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.try_take() {
+                return true;
+            }
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.try_take() {
+                return true;
+            }
+            freed.await;
+        }
+    }
+
+    fn give_back(&self) {
+        let before = self.used.fetch_sub(1, Ordering::AcqRel);
+        if before == self.capacity {
+            // somebody may be waiting for room
+            self.freed.notify_waiters();
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 struct Entry {
     message: Message,
     sequence: u64,
     attempt: u32,
-    slot: OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -207,10 +271,7 @@ impl MemoryBroker {
             return 0;
         };
         let queues = topic.snapshot();
-        queues
-            .iter()
-            .map(|q| self.inner.capacity - q.slots.available_permits())
-            .sum()
+        queues.iter().map(|q| q.slots.in_use()).sum()
     }
 
     fn topic(&self, topic: &str) -> Option<Arc<Topic>> {
@@ -275,7 +336,7 @@ impl Topic {
             members: AtomicUsize::new(1),
             entries: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
-            slots: Arc::new(Semaphore::new(capacity)),
+            slots: Slots::new(capacity),
             closed: AtomicBool::new(false),
         });
         let mut next: Vec<_> = queues.iter().cloned().collect();
@@ -289,7 +350,7 @@ impl Topic {
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         if queue.members.fetch_sub(1, Ordering::AcqRel) == 1 {
             queue.closed.store(true, Ordering::Release);
-            queue.slots.close();
+            queue.slots.freed.notify_waiters();
             let dropped = {
                 let mut entries = queue.entries.lock().unwrap_or_else(|e| e.into_inner());
                 std::mem::take(&mut *entries).len()
@@ -331,11 +392,10 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    fn pop(&self) -> Option<Entry> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    /// The first entry, and whether more are waiting.
+    fn pop(&self) -> Option<(Entry, bool)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.pop_front().map(|e| (e, !entries.is_empty()))
     }
 }
 
@@ -347,7 +407,6 @@ struct MemorySource {
 
 struct MemoryAcker {
     queue: Arc<Queue>,
-    slot: OwnedSemaphorePermit,
     sequence: u64,
 }
 
@@ -358,14 +417,13 @@ impl MemoryAcker {
             message: delivery.into_message(),
             sequence: self.sequence,
             attempt,
-            slot: self.slot,
         });
     }
 }
 
 impl Acknowledge for MemoryAcker {
     async fn ack(self) -> Result<(), BrokerError> {
-        drop(self.slot);
+        self.queue.slots.give_back();
         Ok(())
     }
 
@@ -379,41 +437,60 @@ impl Acknowledge for MemoryAcker {
     }
 }
 
+impl MemorySource {
+    fn incoming(&self, entry: Entry) -> Incoming<MemoryAcker> {
+        let delivery = Delivery::new(
+            self.topic_name.clone(),
+            entry.message,
+            Position::Sequence {
+                sequence: entry.sequence,
+            },
+        )
+        .with_attempt(entry.attempt);
+        Incoming {
+            delivery,
+            acker: MemoryAcker {
+                queue: self.queue.clone(),
+                sequence: entry.sequence,
+            },
+        }
+    }
+}
+
 impl DeliverySource for MemorySource {
     type Acker = MemoryAcker;
 
     async fn next(&mut self) -> Option<Incoming<MemoryAcker>> {
         loop {
+            if let Some((entry, more)) = self.queue.pop() {
+                if more {
+                    // pass the wake-up on to another member of the group
+                    self.queue.ready.notify_one();
+                }
+                return Some(self.incoming(entry));
+            }
+            if self.queue.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            // A publisher is often about to push: yield a few times before parking, which
+            // saves a thread wake-up per message when the consumer is faster than the producer.
+            for _ in 0..SPIN_YIELDS {
+                tokio::task::yield_now().await;
+                if let Some((entry, more)) = self.queue.pop() {
+                    if more {
+                        self.queue.ready.notify_one();
+                    }
+                    return Some(self.incoming(entry));
+                }
+            }
             let ready = self.queue.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            if let Some(entry) = self.queue.pop() {
-                // more may be waiting: pass the wake-up on to another member
-                if !self
-                    .queue
-                    .entries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
-                {
+            if let Some((entry, more)) = self.queue.pop() {
+                if more {
                     self.queue.ready.notify_one();
                 }
-                let delivery = Delivery::new(
-                    self.topic_name.clone(),
-                    entry.message,
-                    Position::Sequence {
-                        sequence: entry.sequence,
-                    },
-                )
-                .with_attempt(entry.attempt);
-                return Some(Incoming {
-                    delivery,
-                    acker: MemoryAcker {
-                        queue: self.queue.clone(),
-                        slot: entry.slot,
-                        sequence: entry.sequence,
-                    },
-                });
+                return Some(self.incoming(entry));
             }
             if self.queue.closed.load(Ordering::Acquire) {
                 return None;
@@ -475,29 +552,25 @@ impl Broker for MemoryBroker {
         let queues = state.snapshot();
         let mut message = Some(message);
         for (i, queue) in queues.iter().enumerate() {
-            let slot = match queue.slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(tokio::sync::TryAcquireError::Closed) => continue,
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    let wait = queue.slots.clone().acquire_owned();
-                    match tokio::time::timeout(self.inner.publish_timeout, wait).await {
-                        Ok(Ok(slot)) => slot,
-                        Ok(Err(_closed)) => continue,
-                        Err(_elapsed) => {
-                            let message = message.take().expect("message present");
-                            return Err(PublishError::new(
-                                topic,
-                                message,
-                                BrokerError::Timeout {
-                                    broker: BROKER_NAME,
-                                    operation: "publish (queue full)",
-                                    timeout: self.inner.publish_timeout,
-                                },
-                            ));
-                        }
+            if !queue.slots.try_take() {
+                let wait = queue.slots.take(&queue.closed);
+                match tokio::time::timeout(self.inner.publish_timeout, wait).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_elapsed) => {
+                        let message = message.take().expect("message present");
+                        return Err(PublishError::new(
+                            topic,
+                            message,
+                            BrokerError::Timeout {
+                                broker: BROKER_NAME,
+                                operation: "publish (queue full)",
+                                timeout: self.inner.publish_timeout,
+                            },
+                        ));
                     }
                 }
-            };
+            }
             let copy = if i + 1 == queues.len() {
                 message.take().expect("message present")
             } else {
@@ -507,7 +580,6 @@ impl Broker for MemoryBroker {
                 message: copy,
                 sequence,
                 attempt: 1,
-                slot,
             });
         }
         Ok(Receipt::new(Position::Sequence { sequence }))

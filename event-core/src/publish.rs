@@ -205,7 +205,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
-        let id = new_message_id();
+        let (id, time) = new_id_and_time();
         let mut headers = Headers::with_capacity(9 + ctx.map_or(0, |c| c.metadata().len() + 3));
         headers.append(HeaderName::from_static(names::CE_SPECVERSION), SPECVERSION);
         headers.append(HeaderName::from_static(names::CE_ID), id.clone());
@@ -217,7 +217,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
             HeaderName::from_static(names::CE_TYPE),
             self.inner.message_type.clone(),
         );
-        headers.append(HeaderName::from_static(names::CE_TIME), now_rfc3339());
+        headers.append(HeaderName::from_static(names::CE_TIME), time);
         headers.append(
             HeaderName::from_static(names::CONTENT_TYPE),
             CONTENT_TYPE_PROTOBUF,
@@ -251,14 +251,66 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     }
 }
 
-fn new_message_id() -> HeaderValue {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
+
+/// A new UUID v7 message id and the current time (RFC 3339, UTC, milliseconds), sharing one
+/// allocation.
+fn new_id_and_time() -> (HeaderValue, HeaderValue) {
+    let mut buf = [0u8; ID_LEN + TIME_LEN];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf[..ID_LEN]);
+    format_rfc3339_millis(SystemTime::now(), &mut buf[ID_LEN..]);
+    // shared from the start, so that cloning the id (correlation-id) does not allocate
+    let shared = Bytes::from_owner(buf);
+    (
+        HeaderValue::from_bytes(shared.slice(..ID_LEN)),
+        HeaderValue::from_bytes(shared.slice(ID_LEN..)),
+    )
 }
 
-fn now_rfc3339() -> HeaderValue {
-    HeaderValue::from(humantime::format_rfc3339_millis(SystemTime::now()).to_string())
+/// Writes `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (24 bytes) into `out`.
+fn format_rfc3339_millis(time: SystemTime, out: &mut [u8]) {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let millis = since_epoch.subsec_millis();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // civil date from days since 1970-01-01 (proleptic Gregorian calendar)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut put = |at: usize, value: u64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year.clamp(0, 9999) as u64, 4);
+    put(5, month as u64, 2);
+    put(8, day as u64, 2);
+    put(11, hour, 2);
+    put(14, minute, 2);
+    put(17, second, 2);
+    put(20, u64::from(millis), 3);
+    out[4] = b'-';
+    out[7] = b'-';
+    out[10] = b'T';
+    out[13] = b':';
+    out[16] = b':';
+    out[19] = b'.';
+    out[23] = b'Z';
 }
 
 #[cfg(test)]
@@ -266,13 +318,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_uuid_v7_and_time_is_rfc3339_millis() {
-        let id = new_message_id();
+    fn ids_are_uuid_v7() {
+        let (id, _) = new_id_and_time();
         let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
-        let t = now_rfc3339();
-        let s = t.to_str().unwrap();
-        assert_eq!(s.len(), "2026-08-20T12:34:56.789Z".len(), "{s}");
-        assert!(s.ends_with('Z'));
+    }
+
+    #[test]
+    fn time_formatting_matches_a_reference_implementation() {
+        // humantime is the reference; check dates across leap years and centuries
+        for secs in [
+            0u64,
+            951_782_400,   // 2000-02-29
+            1_709_164_800, // 2024-02-29
+            1_787_228_096,
+            4_102_444_799, // 2099-12-31T23:59:59
+            253_402_300_799,
+        ] {
+            for millis in [0u64, 7, 999] {
+                let t =
+                    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + millis);
+                let mut out = [0u8; TIME_LEN];
+                format_rfc3339_millis(t, &mut out);
+                assert_eq!(
+                    std::str::from_utf8(&out).unwrap(),
+                    humantime::format_rfc3339_millis(t).to_string()
+                );
+            }
+        }
     }
 }

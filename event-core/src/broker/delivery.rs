@@ -153,15 +153,73 @@ enum Settled {
     Returned,
 }
 
-async fn run<S: DeliverySource>(mut source: S, ctx: Arc<LoopContext>) -> super::DrainReport {
+async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> super::DrainReport {
+    if ctx.concurrency == 1 {
+        run_sequential(source, ctx).await
+    } else {
+        run_concurrent(source, ctx).await
+    }
+}
+
+/// Fetches the next message unless the loop was told to stop.
+///
+/// The source is polled first: under load it is always ready, so the stop token's waiter is
+/// only registered when there is nothing to do; the flag check before each fetch makes a busy
+/// loop stop fetching as soon as it is told to.
+async fn fetch<S: DeliverySource>(source: &mut S, ctx: &LoopContext) -> Option<Incoming<S::Acker>> {
+    if ctx.stop.is_cancelled() {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        incoming = source.next() => incoming,
+        _ = ctx.stop.cancelled() => None,
+    }
+}
+
+/// Concurrency 1: handle each message inline, in order.
+async fn run_sequential<S: DeliverySource>(
+    mut source: S,
+    ctx: Arc<LoopContext>,
+) -> super::DrainReport {
+    let mut report = super::DrainReport::default();
+    while let Some(incoming) = fetch(&mut source, &ctx).await {
+        let processing = process(&ctx, incoming);
+        tokio::pin!(processing);
+        tokio::select! {
+            biased;
+            _ = &mut processing => continue,
+            _ = ctx.stop.cancelled() => {}
+        }
+        // stopped while handling: give the handler the drain timeout
+        match tokio::time::timeout(ctx.drain_timeout, processing).await {
+            Ok(Settled::Done) => report.completed += 1,
+            Ok(Settled::Returned) => report.returned += 1,
+            Err(_) => {
+                report.abandoned = 1;
+                warn_abandoned(&ctx, 1);
+            }
+        }
+        break;
+    }
+    source.close().await;
+    report
+}
+
+async fn run_concurrent<S: DeliverySource>(
+    mut source: S,
+    ctx: Arc<LoopContext>,
+) -> super::DrainReport {
     let mut in_flight = FuturesUnordered::new();
+    let stopped = ctx.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
-            _ = ctx.stop.cancelled() => break,
+            _ = &mut stopped => break,
             Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
             incoming = source.next(), if in_flight.len() < ctx.concurrency => match incoming {
-                Some(incoming) => in_flight.push(process(ctx.clone(), incoming)),
+                Some(incoming) => in_flight.push(process_owned(ctx.clone(), incoming)),
                 None => break,
             },
         }
@@ -180,13 +238,7 @@ async fn run<S: DeliverySource>(mut source: S, ctx: Arc<LoopContext>) -> super::
                 },
                 _ = &mut deadline => {
                     report.abandoned = in_flight.len();
-                    tracing::warn!(
-                        topic = %ctx.topic,
-                        handler = ctx.handler.name(),
-                        abandoned = report.abandoned,
-                        timeout = ?ctx.drain_timeout,
-                        "drain timeout expired; unfinished messages are given back to the broker"
-                    );
+                    warn_abandoned(&ctx, report.abandoned);
                     break;
                 }
             }
@@ -195,6 +247,16 @@ async fn run<S: DeliverySource>(mut source: S, ctx: Arc<LoopContext>) -> super::
     drop(in_flight);
     source.close().await;
     report
+}
+
+fn warn_abandoned(ctx: &LoopContext, abandoned: usize) {
+    tracing::warn!(
+        topic = %ctx.topic,
+        handler = ctx.handler.name(),
+        abandoned,
+        timeout = ?ctx.drain_timeout,
+        "drain timeout expired; unfinished messages are given back to the broker"
+    );
 }
 
 /// Holds a message until it is settled; gives it back to the broker if dropped unsettled.
@@ -226,7 +288,11 @@ impl<A: Acknowledge> Drop for Pending<A> {
     }
 }
 
-async fn process<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming<A>) -> Settled {
+async fn process_owned<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming<A>) -> Settled {
+    process(&ctx, incoming).await
+}
+
+async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Settled {
     let mut pending = Pending {
         delivery: Some(incoming.delivery),
         acker: Some(incoming.acker),
@@ -270,7 +336,7 @@ async fn process<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming<A>) -
             }
             Outcome::Retry(failure) | Outcome::DeadLetter(failure) => failure,
         };
-        return dead_letter(&ctx, pending, failure).await;
+        return dead_letter(ctx, pending, failure).await;
     }
 }
 

@@ -34,22 +34,18 @@ pub const PROTOBUF: &str = "application/protobuf";
 /// (go-micro's gRPC codec) and go-micro's `application/grpc`, `application/grpc+proto`
 /// (raw protobuf when written by its gRPC client), ignoring parameters and case.
 pub fn is_protobuf(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    matches!(
-        essence.as_str(),
-        "application/protobuf"
-            | "application/x-protobuf"
-            | "application/x-protobuffer"
-            | "application/vnd.google.protobuf"
-            | "application/octet-stream"
-            | "application/grpc"
-            | "application/grpc+proto"
-    )
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    [
+        "application/protobuf",
+        "application/x-protobuf",
+        "application/x-protobuffer",
+        "application/vnd.google.protobuf",
+        "application/octet-stream",
+        "application/grpc",
+        "application/grpc+proto",
+    ]
+    .iter()
+    .any(|known| known.eq_ignore_ascii_case(essence))
 }
 
 /// Lower-case hex of the first `max` bytes.
