@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/event-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-echo "== cargo test (workspace, all features)"
-cargo test --workspace --all-features --no-fail-fast
-
-echo "== quickstart"
+echo "== quickstart (must exit 0 on its own)"
 cargo run --quiet --example quickstart > "$CARGO_TARGET_DIR/quickstart.out"
 tail -n 1 "$CARGO_TARGET_DIR/quickstart.out"
+
+echo "== cargo test (workspace, all features: unit, integration, trybuild, doc tests)"
+cargo test --workspace --all-features --no-fail-fast

@@ -15,6 +15,10 @@
 //! It has no persistence: a message published to a topic with no subscriber is discarded (the
 //! receipt's sequence still counts it), and a queue group's queue exists while the group has
 //! members. Subscribe to `<topic>.dlq` to keep dead letters.
+//!
+//! A publish that times out on a full queue gives the message back, but the queues of the
+//! topic that had room already hold it: publishing it again delivers a duplicate to those
+//! (at-least-once, like every broker here).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -240,6 +244,14 @@ impl MemoryBroker {
         let mut builder = None::<MemoryBrokerBuilder>;
         for (key, value) in url.query_pairs() {
             let b = builder.get_or_insert_with(|| MemoryBroker::builder().name(name.clone()));
+            if !matches!(&*key, "capacity" | "publish_timeout_ms") {
+                return Err(BrokerUrlError::Invalid {
+                    url: url.to_string(),
+                    problem: format!(
+                        "unknown query parameter {key:?}; the memory broker knows capacity and publish_timeout_ms"
+                    ),
+                });
+            }
             let parsed = value.parse::<u64>().map_err(|_| BrokerUrlError::Invalid {
                 url: url.to_string(),
                 problem: format!("query parameter {key} must be a whole number, not {value:?}"),

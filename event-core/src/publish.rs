@@ -238,7 +238,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     }
 
     async fn send(&self, message: Message) -> Result<Receipt, PublishError> {
-        let id: Option<Arc<str>> = message.headers.message_id().map(Arc::from);
+        let id = message.headers.message_id_value().cloned();
         let receipt = self
             .inner
             .broker

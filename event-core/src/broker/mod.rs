@@ -146,7 +146,7 @@ impl fmt::Display for Position {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     position: Position,
-    message_id: Option<Arc<str>>,
+    message_id: Option<crate::headers::HeaderValue>,
 }
 
 impl Receipt {
@@ -160,7 +160,7 @@ impl Receipt {
 
     /// Attaches the message id (typed publishers do this).
     #[must_use]
-    pub fn with_message_id(mut self, id: impl Into<Arc<str>>) -> Self {
+    pub fn with_message_id(mut self, id: impl Into<crate::headers::HeaderValue>) -> Self {
         self.message_id = Some(id.into());
         self
     }
@@ -172,7 +172,7 @@ impl Receipt {
 
     /// The id of the published message, when it had one.
     pub fn message_id(&self) -> Option<&str> {
-        self.message_id.as_deref()
+        self.message_id.as_ref().and_then(|id| id.to_str().ok())
     }
 }
 

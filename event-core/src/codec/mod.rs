@@ -3,11 +3,11 @@
 //! Payloads are protobuf binary (`application/protobuf`), the body and nothing else. On the
 //! way in, a typed subscriber checks the message before decoding it (DESIGN.md §5):
 //!
-//! 1. a content type that is not protobuf (JSON, CloudEvents structured, ...) is refused;
-//! 2. a type header (`ce_type`) naming another type than the subscriber's is refused, and
+//! 1. a type header (`ce_type`) naming another type than the subscriber's is refused, and
 //!    nothing is decoded;
+//! 2. a content type that is not protobuf (JSON, CloudEvents structured, ...) is refused;
 //! 3. the bytes are decoded; if that fails, or if a message *without* a type header turns out
-//!    to be a JSON document, the payload is classified ([`PayloadKind`]).
+//!    to be empty or a JSON document, the payload is classified ([`PayloadKind`]).
 //!
 //! Each refusal is a [`DecodeError`] whose [`Diagnosis`] names the topic, position, message
 //! id, expected and found type, content type, what the bytes look like and a hint. The
@@ -112,6 +112,9 @@ impl Diagnosis {
                 self.expected_type
             ),
             Some(_) => self.payload_kind.hint().to_owned(),
+            None if self.payload_kind.hint().contains("raw Broker API") => {
+                self.payload_kind.hint().to_owned()
+            }
             None => format!(
                 "{} (the message has no type header: published with the raw Broker API or by \
                  another framework?)",
@@ -176,8 +179,8 @@ pub enum DecodeError {
         #[source]
         source: prost::DecodeError,
     },
-    /// The bytes decoded as protobuf by accident, but they are something else (a JSON
-    /// document), and no type header vouches for them.
+    /// No type header vouches for the bytes and they are empty, or a JSON document that
+    /// decoded as protobuf by accident.
     #[error("payload is {}, not protobuf ({diagnosis})", diagnosis.payload_kind)]
     NotProtobuf {
         /// The diagnosis.
@@ -223,18 +226,18 @@ pub(crate) fn decode<T: prost::Message + Default>(
 ) -> Result<Decoded<T>, DecodeError> {
     let headers = delivery.headers();
     let diagnose = || Box::new(Diagnosis::of(delivery, expected_type));
-    if let Some(ct) = headers.content_type()
-        && !is_protobuf(ct)
-    {
-        return Err(DecodeError::UnsupportedContentType {
-            diagnosis: diagnose(),
-        });
-    }
     let found = headers.message_type();
     if let Some(found) = found
         && found != expected_type
     {
         return Err(DecodeError::TypeMismatch {
+            diagnosis: diagnose(),
+        });
+    }
+    if let Some(ct) = headers.content_type()
+        && !is_protobuf(ct)
+    {
+        return Err(DecodeError::UnsupportedContentType {
             diagnosis: diagnose(),
         });
     }
@@ -248,6 +251,14 @@ pub(crate) fn decode<T: prost::Message + Default>(
             });
         }
     };
+    // Without a type header nothing vouches for the bytes: an empty payload (a Kafka
+    // tombstone, a producer that sent nothing) or a JSON document that happens to parse as
+    // protobuf is refused rather than handed over as a default-valued message.
+    if found.is_none() && payload.is_empty() {
+        return Err(DecodeError::NotProtobuf {
+            diagnosis: diagnose(),
+        });
+    }
     if found.is_none() && payload.first().is_some_and(|b| matches!(b, b'{' | b'[')) {
         let kind = classify(headers, payload);
         if matches!(

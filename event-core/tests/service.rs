@@ -1,0 +1,570 @@
+//! Service bootstrap: what `ServiceBuilder::build` refuses, broker URLs, reserved metadata,
+//! explicit dead-lettering, draining on shutdown and the in-memory broker's backpressure.
+//!
+//! Subscribers are added with `ServiceBuilder::subscribe` (no `#[subscriber]` in this binary).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use event_core::broker::{
+    self, Broker, BrokerError, BrokerUrlError, Delivery, Message, Outcome, RetryPolicy,
+    SubscribeOptions, handler_fn,
+};
+use event_core::context::MetadataError;
+use event_core::headers::names;
+use event_core::memory::MemoryBroker;
+use event_core::{Context, Service, ServiceError, State};
+use event_proto::users::v1::{UserCreated, WelcomeEmailSent};
+
+const TOPIC: &str = "users.created";
+/// Upper bound of every wait; nothing here is expected to take more than milliseconds.
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// Receives what handlers send, with bounded waits.
+struct Collector<T> {
+    rx: mpsc::UnboundedReceiver<T>,
+}
+
+impl<T: std::fmt::Debug> Collector<T> {
+    fn new() -> (mpsc::UnboundedSender<T>, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Collector { rx })
+    }
+
+    async fn next(&mut self, what: &str) -> T {
+        match tokio::time::timeout(WAIT, self.rx.recv()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => panic!("{what}: every sender is gone"),
+            Err(_) => panic!("{what}: nothing arrived within {WAIT:?}"),
+        }
+    }
+
+    /// Asserts nothing was received so far (no waiting).
+    fn assert_empty(&mut self, what: &str) {
+        if let Ok(item) = self.rx.try_recv() {
+            panic!("{what}: expected nothing, got {item:?}");
+        }
+    }
+}
+
+/// A raw subscriber forwarding every delivery of `topic` to a collector.
+async fn collect_raw(
+    broker: &MemoryBroker,
+    topic: &str,
+) -> (broker::Subscription, Collector<Delivery>) {
+    let (tx, collector) = Collector::new();
+    let subscription = broker
+        .subscribe(
+            topic,
+            SubscribeOptions::new(),
+            handler_fn("collector", move |delivery: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(delivery);
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .expect("raw subscribe");
+    (subscription, collector)
+}
+
+fn user() -> UserCreated {
+    UserCreated {
+        user_id: "u-1".into(),
+        email: "ada@example.com".into(),
+        display_name: "Ada".into(),
+    }
+}
+
+fn mailer() -> SubscribeOptions {
+    SubscribeOptions::new().queue("mailer")
+}
+
+async fn send_welcome(_user: UserCreated) {}
+
+async fn record_signup(_user: UserCreated) {}
+
+async fn audit_welcome(_sent: WelcomeEmailSent) {}
+
+#[derive(Clone, Debug)]
+struct Db;
+
+async fn store_user(_user: UserCreated, State(_db): State<Db>) {}
+
+// ---- build-time checks --------------------------------------------------------------------
+
+#[test]
+fn duplicate_subscription_is_rejected_with_both_locations() {
+    let builder = Service::builder("mailer").broker(MemoryBroker::new());
+    let first_line = line!() + 1;
+    let builder = builder.subscribe_with(TOPIC, mailer(), send_welcome);
+    // Another handler, or the same handler in another queue group, is fine.
+    let builder = builder.subscribe_with(TOPIC, mailer(), record_signup);
+    let builder =
+        builder.subscribe_with(TOPIC, SubscribeOptions::new().queue("audit"), send_welcome);
+    let second_line = line!() + 1;
+    let builder = builder.subscribe_with(TOPIC, mailer(), send_welcome);
+
+    let error = builder
+        .build()
+        .expect_err("a duplicate subscription must be refused");
+    let text = error.to_string();
+    match &error {
+        ServiceError::DuplicateSubscriber {
+            service,
+            handler,
+            topic,
+            queue,
+            first,
+            second,
+        } => {
+            assert_eq!(service, "mailer");
+            assert!(handler.ends_with("send_welcome"), "{handler}");
+            assert_eq!(topic, TOPIC);
+            assert_eq!(queue.as_deref(), Some("mailer"));
+            assert_eq!((first.line, second.line), (first_line, second_line));
+            assert!(first.file.ends_with("tests/service.rs"), "{first}");
+            assert!(second.file.ends_with("tests/service.rs"), "{second}");
+        }
+        other => panic!("expected DuplicateSubscriber, got {other:?}"),
+    }
+    for line in [first_line, second_line] {
+        let location = format!("tests/service.rs:{line}:");
+        assert!(text.contains(&location), "{location} missing in: {text}");
+    }
+    assert!(text.contains("send_welcome"), "{text}");
+    assert!(text.contains("(queue mailer)"), "{text}");
+}
+
+#[tokio::test]
+async fn different_message_types_on_one_topic_conflict_before_anything_is_consumed() {
+    let broker = MemoryBroker::new();
+    let first_line = line!() + 3;
+    let error = Service::builder("mailer")
+        .broker(broker.clone())
+        .subscribe(TOPIC, send_welcome)
+        .subscribe(TOPIC, record_signup)
+        .subscribe(TOPIC, audit_welcome)
+        .build()
+        .expect_err("two message types on one topic must be refused");
+    let second_line = first_line + 2;
+    let text = error.to_string();
+    match &error {
+        ServiceError::TopicTypeConflict {
+            topic,
+            first_handler,
+            first_type,
+            first,
+            second_handler,
+            second_type,
+            second,
+            ..
+        } => {
+            assert_eq!(topic, TOPIC);
+            assert!(first_handler.ends_with("send_welcome"), "{first_handler}");
+            assert_eq!(first_type, "users.v1.UserCreated");
+            assert_eq!(first.line, first_line);
+            assert!(
+                second_handler.ends_with("audit_welcome"),
+                "{second_handler}"
+            );
+            assert_eq!(second_type, "users.v1.WelcomeEmailSent");
+            assert_eq!(second.line, second_line);
+        }
+        other => panic!("expected TopicTypeConflict, got {other:?}"),
+    }
+    for fragment in [
+        "users.v1.UserCreated",
+        "users.v1.WelcomeEmailSent",
+        "send_welcome",
+        "audit_welcome",
+        "a topic carries one type",
+    ] {
+        assert!(text.contains(fragment), "{fragment:?} missing in: {text}");
+    }
+
+    // Nothing was subscribed: a message published now waits in no queue.
+    broker
+        .publish(TOPIC, Message::new(user().encode_to_vec()))
+        .await
+        .expect("publish");
+    assert_eq!(broker.pending(TOPIC), 0, "no subscriber queue exists");
+}
+
+#[test]
+fn missing_state_is_named() {
+    let line = line!() + 3;
+    let error = Service::builder("users")
+        .broker(MemoryBroker::new())
+        .subscribe(TOPIC, store_user)
+        .build()
+        .expect_err("a handler needing state the service lacks must be refused");
+    let text = error.to_string();
+    match &error {
+        ServiceError::MissingState {
+            handler,
+            location,
+            state,
+            ..
+        } => {
+            assert!(handler.ends_with("store_user"), "{handler}");
+            assert_eq!(*state, std::any::type_name::<Db>());
+            assert_eq!(location.line, line);
+        }
+        other => panic!("expected MissingState, got {other:?}"),
+    }
+    let wanted = format!("State<{}>", std::any::type_name::<Db>());
+    assert!(text.contains(&wanted), "{wanted} missing in: {text}");
+    assert!(text.contains("ServiceBuilder::state"), "{text}");
+
+    Service::builder("users")
+        .broker(MemoryBroker::new())
+        .state(Db)
+        .subscribe(TOPIC, store_user)
+        .build()
+        .expect("with the state it builds");
+}
+
+#[test]
+fn registered_subscribers_missing_explains_the_linker_pitfall() {
+    assert!(
+        event_core::subscribe::registered().is_empty(),
+        "this test binary has no #[subscriber]"
+    );
+    let error = Service::builder("empty")
+        .broker(MemoryBroker::new())
+        .with_registered_subscribers()
+        .build()
+        .expect_err("no registered subscriber must be an error");
+    assert!(
+        matches!(&error, ServiceError::NoRegisteredSubscribers { service } if service == "empty"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    for fragment in [
+        "none are registered in this binary",
+        "the linker drops that crate",
+        "use that_crate as _;",
+        "ServiceBuilder::subscribe",
+    ] {
+        assert!(text.contains(fragment), "{fragment:?} missing in: {text}");
+    }
+}
+
+// ---- broker URLs --------------------------------------------------------------------------
+
+#[test]
+fn unknown_broker_scheme_lists_the_known_ones() {
+    let error = broker::connect("nats://x").expect_err("nats is not linked");
+    match &error {
+        BrokerUrlError::UnknownScheme { scheme, known, .. } => {
+            assert_eq!(scheme, "nats");
+            assert!(known.contains(&"memory"), "{known:?}");
+        }
+        other => panic!("expected UnknownScheme, got {other:?}"),
+    }
+    let text = error.to_string();
+    assert!(text.contains("\"nats\""), "{text}");
+    assert!(text.contains("known schemes: memory"), "{text}");
+}
+
+#[test]
+fn invalid_memory_urls_are_refused() {
+    for (url, problem) in [
+        (
+            "memory://name?capacity=abc",
+            "query parameter capacity must be a whole number, not \"abc\"",
+        ),
+        (
+            "memory://name?colour=1",
+            "unknown query parameter \"colour\"; the memory broker knows capacity and publish_timeout_ms",
+        ),
+    ] {
+        match broker::connect(url) {
+            Err(BrokerUrlError::Invalid {
+                url: reported,
+                problem: found,
+            }) => {
+                assert_eq!(reported, url);
+                assert_eq!(found, problem);
+            }
+            other => panic!("{url}: expected Invalid, got {other:?}"),
+        }
+    }
+    let broker =
+        broker::connect("memory://name?capacity=8&publish_timeout_ms=100").expect("valid settings");
+    assert_eq!(broker.address(), "memory://name");
+}
+
+// ---- context ------------------------------------------------------------------------------
+
+#[test]
+fn reserved_metadata_names_are_refused() {
+    for name in [
+        "ce_id",
+        "Traceparent",
+        "x-death",
+        "Micro-ID",
+        "content-type",
+    ] {
+        let error = Context::new()
+            .with_metadata(name, "spoofed")
+            .expect_err(name);
+        assert_eq!(
+            error,
+            MetadataError::Reserved {
+                name: name.to_owned()
+            }
+        );
+        assert!(error.to_string().contains("is reserved"), "{error}");
+
+        let mut ctx = Context::new();
+        assert!(
+            ctx.metadata_mut().insert(name, "spoofed").is_err(),
+            "{name}"
+        );
+        assert!(ctx.metadata().is_empty(), "{name} was set anyway");
+    }
+    let ctx = Context::new()
+        .with_metadata("tenant", "t-1")
+        .expect("plain names are fine");
+    assert_eq!(ctx.metadata().get("TENANT"), Some("t-1"));
+}
+
+// ---- running ------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Calls(mpsc::UnboundedSender<String>);
+
+async fn reject_blocked(user: UserCreated, State(calls): State<Calls>) -> Outcome {
+    let _ = calls.0.send(user.user_id.clone());
+    Outcome::dead_letter(format!("user {} is blocklisted", user.user_id))
+}
+
+#[tokio::test]
+async fn explicit_dead_letter_is_rejected_after_one_attempt() {
+    let broker = MemoryBroker::new();
+    let (dlq_subscription, mut dead_letters) = collect_raw(&broker, &format!("{TOPIC}.dlq")).await;
+    let (calls_tx, mut calls) = Collector::new();
+    let running = Service::builder("mailer")
+        .broker(broker.clone())
+        .state(Calls(calls_tx))
+        .subscribe_with(
+            TOPIC,
+            mailer().retry(RetryPolicy::exponential(5, Duration::from_millis(1))),
+            reject_blocked,
+        )
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let receipt = running
+        .publisher::<UserCreated>(TOPIC)
+        .publish(&user())
+        .await
+        .expect("publish");
+
+    let dead = dead_letters.next("the dead letter").await;
+    assert_eq!(calls.next("the handler").await, "u-1");
+    let headers = dead.headers();
+    assert_eq!(headers.get_str(names::X_EVENT_ERROR_KIND), Some("rejected"));
+    assert_eq!(
+        headers.get_str(names::X_EVENT_ERROR),
+        Some("user u-1 is blocklisted")
+    );
+    assert_eq!(headers.get_str(names::X_EVENT_ATTEMPTS), Some("1"));
+    assert_eq!(headers.get_str(names::X_EVENT_ORIGINAL_TOPIC), Some(TOPIC));
+    assert_eq!(
+        headers.get_str(names::X_EVENT_ORIGINAL_POSITION),
+        Some(receipt.position().to_string().as_str())
+    );
+    assert!(
+        headers
+            .get_str(names::X_EVENT_HANDLER)
+            .is_some_and(|h| h.ends_with("reject_blocked")),
+        "{headers:?}"
+    );
+    assert!(
+        !headers.contains(names::X_EVENT_PAYLOAD_KIND),
+        "{headers:?}"
+    );
+    assert_eq!(headers.message_id(), receipt.message_id());
+    assert_eq!(headers.message_type(), Some("users.v1.UserCreated"));
+    assert_eq!(dead.payload().as_ref(), user().encode_to_vec().as_slice());
+
+    let report = running.stop().await;
+    assert!(!report.timed_out, "{report:?}");
+    dlq_subscription.unsubscribe().await;
+    calls.assert_empty("the handler ran once");
+    dead_letters.assert_empty("one dead letter");
+}
+
+/// A handler that reports when it starts and ends, and waits for the gate in between.
+#[derive(Clone)]
+struct Slow {
+    gate: Arc<Semaphore>,
+    entered: mpsc::UnboundedSender<String>,
+    finished: mpsc::UnboundedSender<String>,
+}
+
+async fn slow_welcome(user: UserCreated, State(slow): State<Slow>) {
+    let _ = slow.entered.send(user.user_id.clone());
+    slow.gate
+        .acquire()
+        .await
+        .expect("the gate is never closed")
+        .forget();
+    let _ = slow.finished.send(user.user_id);
+}
+
+// Paused clock: the runtime advances time only when every task is idle, so an elapsed timeout
+// below proves that `run_until` is blocked (waiting for the handler), not merely slow.
+#[tokio::test(start_paused = true)]
+async fn run_until_drains_in_flight_handlers() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = Collector::new();
+    let (finished_tx, mut finished) = Collector::new();
+    let service = Service::builder("mailer")
+        .broker(MemoryBroker::new())
+        .state(Slow {
+            gate: gate.clone(),
+            entered: entered_tx,
+            finished: finished_tx,
+        })
+        .subscribe_with(TOPIC, mailer(), slow_welcome)
+        .build()
+        .expect("build");
+    let users = service.publisher::<UserCreated>(TOPIC);
+    let (started_tx, started) = oneshot::channel();
+    let (stop_tx, stop) = oneshot::channel::<()>();
+    // `run_until` awaits its signal only once the service has started.
+    let mut run = tokio::spawn(service.run_until(async move {
+        let _ = started_tx.send(());
+        let _ = stop.await;
+    }));
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the service starts")
+        .expect("signal polled");
+
+    users.publish(&user()).await.expect("publish");
+    assert_eq!(entered.next("the handler starts").await, "u-1");
+    stop_tx.send(()).expect("run_until listens");
+
+    let still_running = tokio::time::timeout(Duration::from_secs(1), &mut run).await;
+    assert!(
+        still_running.is_err(),
+        "run_until returned while a handler was in flight: {still_running:?}"
+    );
+    finished.assert_empty("the handler is still blocked");
+
+    gate.add_permits(1);
+    let report = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("run_until returns once the handler finished")
+        .expect("the run task")
+        .expect("run_until");
+    assert_eq!(finished.next("the handler finished").await, "u-1");
+    assert!(!report.timed_out, "{report:?}");
+    assert_eq!(report.disconnect_error, None);
+    assert_eq!(report.drained.len(), 1, "{report:?}");
+    let (topic, drained) = &report.drained[0];
+    assert_eq!(topic, TOPIC);
+    assert_eq!(
+        (drained.completed, drained.returned, drained.abandoned),
+        (1, 0, 0),
+        "{drained:?}"
+    );
+}
+
+// Paused clock: the 200 ms publish timeout elapses as soon as every task is idle.
+#[tokio::test(start_paused = true)]
+async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
+    let broker = MemoryBroker::builder()
+        .capacity(2)
+        .publish_timeout(Duration::from_millis(200))
+        .build();
+    let gate = Arc::new(Semaphore::new(0));
+    let (handled_tx, mut handled) = Collector::new();
+    let subscription = broker
+        .subscribe(
+            TOPIC,
+            SubscribeOptions::new(),
+            handler_fn("blocked", {
+                let gate = gate.clone();
+                move |delivery: Delivery| {
+                    let gate = gate.clone();
+                    let handled_tx = handled_tx.clone();
+                    async move {
+                        gate.acquire()
+                            .await
+                            .expect("the gate is never closed")
+                            .forget();
+                        let _ = handled_tx.send(delivery.payload().clone());
+                        Outcome::Ack
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let message = |n: u8| {
+        Message::new(vec![n])
+            .with_header("ce_id", format!("m-{n}"))
+            .with_key("user-1")
+    };
+
+    // One message in the (blocked) handler and one waiting fill the two slots.
+    broker
+        .publish(TOPIC, message(1))
+        .await
+        .expect("first publish");
+    broker
+        .publish(TOPIC, message(2))
+        .await
+        .expect("second publish");
+    let error = broker
+        .publish(TOPIC, message(3))
+        .await
+        .expect_err("the third publish finds the queue full");
+    match error.broker_error() {
+        BrokerError::Timeout {
+            broker, timeout, ..
+        } => {
+            assert_eq!(*broker, "memory");
+            assert_eq!(*timeout, Duration::from_millis(200));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(error.topic(), TOPIC);
+    let returned = error.into_message();
+    assert_eq!(returned, message(3), "headers, key and payload given back");
+    handled.assert_empty("the handler is still blocked");
+
+    gate.add_permits(16);
+    broker
+        .publish(TOPIC, returned)
+        .await
+        .expect("publishing works again");
+    broker.publish(TOPIC, message(4)).await.expect("and again");
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(handled.next("every accepted message").await);
+    }
+    assert_eq!(
+        got,
+        [[1u8], [2], [3], [4]].map(|b| bytes::Bytes::copy_from_slice(&b))
+    );
+    let report = subscription.unsubscribe().await;
+    assert_eq!(report.abandoned, 0, "{report:?}");
+    handled.assert_empty("each message handled once");
+}

@@ -1,0 +1,7 @@
+use event_core::subscriber;
+use event_proto::users::v1::UserCreated;
+
+#[subscriber(topic = "users.created", queue = "mailer", queue = "crm")]
+async fn send_welcome(_user: UserCreated) {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use event_core::subscriber;
+
+#[subscriber(topic = "users.created")]
+struct Mailer;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use event_core::subscriber;
+use event_proto::users::v1::UserCreated;
+
+#[subscriber(topic = "users.created")]
+fn send_welcome(_user: UserCreated) {}
+
+fn main() {}
