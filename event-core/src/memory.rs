@@ -450,6 +450,16 @@ impl Acknowledge for MemoryAcker {
 }
 
 impl MemorySource {
+    /// The next waiting message, if any.
+    fn take_next(&self) -> Option<Incoming<MemoryAcker>> {
+        let (entry, more) = self.queue.pop()?;
+        if more {
+            // pass the wake-up on to another member of the group
+            self.queue.ready.notify_one();
+        }
+        Some(self.incoming(entry))
+    }
+
     fn incoming(&self, entry: Entry) -> Incoming<MemoryAcker> {
         let delivery = Delivery::new(
             self.topic_name.clone(),
@@ -474,12 +484,8 @@ impl DeliverySource for MemorySource {
 
     async fn next(&mut self) -> Option<Incoming<MemoryAcker>> {
         loop {
-            if let Some((entry, more)) = self.queue.pop() {
-                if more {
-                    // pass the wake-up on to another member of the group
-                    self.queue.ready.notify_one();
-                }
-                return Some(self.incoming(entry));
+            if let Some(incoming) = self.take_next() {
+                return Some(incoming);
             }
             if self.queue.closed.load(Ordering::Acquire) {
                 return None;
@@ -488,21 +494,15 @@ impl DeliverySource for MemorySource {
             // saves a thread wake-up per message when the consumer is faster than the producer.
             for _ in 0..SPIN_YIELDS {
                 tokio::task::yield_now().await;
-                if let Some((entry, more)) = self.queue.pop() {
-                    if more {
-                        self.queue.ready.notify_one();
-                    }
-                    return Some(self.incoming(entry));
+                if let Some(incoming) = self.take_next() {
+                    return Some(incoming);
                 }
             }
             let ready = self.queue.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            if let Some((entry, more)) = self.queue.pop() {
-                if more {
-                    self.queue.ready.notify_one();
-                }
-                return Some(self.incoming(entry));
+            if let Some(incoming) = self.take_next() {
+                return Some(incoming);
             }
             if self.queue.closed.load(Ordering::Acquire) {
                 return None;

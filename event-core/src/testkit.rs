@@ -143,6 +143,13 @@ impl<T: std::fmt::Debug> Collector<T> {
         items
     }
 
+    /// Asserts nothing has arrived so far, without waiting.
+    pub fn assert_empty(&mut self, what: &str) {
+        if let Ok(item) = self.rx.try_recv() {
+            panic!("{what}: expected nothing, got {item:?}");
+        }
+    }
+
     /// Asserts nothing arrives within `window` (for "must not happen" checks only).
     pub async fn assert_quiet(&mut self, what: &str, window: Duration) {
         if let Ok(Some(item)) = tokio::time::timeout(window, self.rx.recv()).await {

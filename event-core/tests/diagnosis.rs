@@ -21,6 +21,7 @@ use event_core::broker::{
 use event_core::codec::{PayloadKind, classify};
 use event_core::headers::{HeaderValue, names};
 use event_core::memory::MemoryBroker;
+use event_core::testkit::Collector;
 use event_core::{Event, Publisher, RunningService, Service, State};
 use event_proto::bench::v1::Tick;
 use event_proto::shop::v1::{LineItem, OrderPlaced};
@@ -36,33 +37,6 @@ const NO_TYPE_HEADER_HINT: &str = "(the message has no type header: published wi
                                    Broker API or by another framework?)";
 
 // ---- helpers ------------------------------------------------------------------------------
-
-/// Receives what handlers send, with bounded waits.
-struct Collector<T> {
-    rx: mpsc::UnboundedReceiver<T>,
-}
-
-impl<T: std::fmt::Debug> Collector<T> {
-    fn new() -> (mpsc::UnboundedSender<T>, Self) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (tx, Collector { rx })
-    }
-
-    async fn next(&mut self, what: &str) -> T {
-        match tokio::time::timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => panic!("{what}: every sender is gone"),
-            Err(_) => panic!("{what}: nothing arrived within {WAIT:?}"),
-        }
-    }
-
-    /// Asserts nothing was received so far (no waiting).
-    fn assert_empty(&mut self, what: &str) {
-        if let Ok(item) = self.rx.try_recv() {
-            panic!("{what}: expected nothing, got {item:?}");
-        }
-    }
-}
 
 /// What the typed handler saw.
 #[derive(Debug)]
@@ -97,7 +71,7 @@ struct Harness {
 impl Harness {
     async fn start() -> Harness {
         let broker = MemoryBroker::new();
-        let (dlq_tx, dead_letters) = Collector::new();
+        let (dlq_tx, dead_letters) = Collector::new(WAIT);
         let dlq_subscription = broker
             .subscribe(
                 DLQ,
@@ -112,7 +86,7 @@ impl Harness {
             )
             .await
             .expect("subscribe to the dead-letter topic");
-        let (calls_tx, calls) = Collector::new();
+        let (calls_tx, calls) = Collector::new(WAIT);
         let service = Service::builder("diagnosis-test")
             .broker(broker.clone())
             .state(Calls(calls_tx))

@@ -16,6 +16,7 @@ use event_core::broker::{
 use event_core::context::MetadataError;
 use event_core::headers::names;
 use event_core::memory::MemoryBroker;
+use event_core::testkit::Collector;
 use event_core::{Context, Service, ServiceError, State};
 use event_proto::users::v1::{UserCreated, WelcomeEmailSent};
 
@@ -25,39 +26,12 @@ const WAIT: Duration = Duration::from_secs(5);
 
 // ---- helpers ------------------------------------------------------------------------------
 
-/// Receives what handlers send, with bounded waits.
-struct Collector<T> {
-    rx: mpsc::UnboundedReceiver<T>,
-}
-
-impl<T: std::fmt::Debug> Collector<T> {
-    fn new() -> (mpsc::UnboundedSender<T>, Self) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (tx, Collector { rx })
-    }
-
-    async fn next(&mut self, what: &str) -> T {
-        match tokio::time::timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(item)) => item,
-            Ok(None) => panic!("{what}: every sender is gone"),
-            Err(_) => panic!("{what}: nothing arrived within {WAIT:?}"),
-        }
-    }
-
-    /// Asserts nothing was received so far (no waiting).
-    fn assert_empty(&mut self, what: &str) {
-        if let Ok(item) = self.rx.try_recv() {
-            panic!("{what}: expected nothing, got {item:?}");
-        }
-    }
-}
-
 /// A raw subscriber forwarding every delivery of `topic` to a collector.
 async fn collect_raw(
     broker: &MemoryBroker,
     topic: &str,
 ) -> (broker::Subscription, Collector<Delivery>) {
-    let (tx, collector) = Collector::new();
+    let (tx, collector) = Collector::new(WAIT);
     let subscription = broker
         .subscribe(
             topic,
@@ -352,7 +326,7 @@ async fn reject_blocked(user: UserCreated, State(calls): State<Calls>) -> Outcom
 async fn explicit_dead_letter_is_rejected_after_one_attempt() {
     let broker = MemoryBroker::new();
     let (dlq_subscription, mut dead_letters) = collect_raw(&broker, &format!("{TOPIC}.dlq")).await;
-    let (calls_tx, mut calls) = Collector::new();
+    let (calls_tx, mut calls) = Collector::new(WAIT);
     let running = Service::builder("mailer")
         .broker(broker.clone())
         .state(Calls(calls_tx))
@@ -430,8 +404,8 @@ async fn slow_welcome(user: UserCreated, State(slow): State<Slow>) {
 #[tokio::test(start_paused = true)]
 async fn run_until_drains_in_flight_handlers() {
     let gate = Arc::new(Semaphore::new(0));
-    let (entered_tx, mut entered) = Collector::new();
-    let (finished_tx, mut finished) = Collector::new();
+    let (entered_tx, mut entered) = Collector::new(WAIT);
+    let (finished_tx, mut finished) = Collector::new(WAIT);
     let service = Service::builder("mailer")
         .broker(MemoryBroker::new())
         .state(Slow {
@@ -493,7 +467,7 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
         .publish_timeout(Duration::from_millis(200))
         .build();
     let gate = Arc::new(Semaphore::new(0));
-    let (handled_tx, mut handled) = Collector::new();
+    let (handled_tx, mut handled) = Collector::new(WAIT);
     let subscription = broker
         .subscribe(
             TOPIC,
