@@ -287,8 +287,7 @@ fn planned_from(registration: &'static Registration) -> Planned {
         options = options.concurrency(n);
     }
     if let Some(n) = registration.max_attempts {
-        let policy = RetryPolicy::default();
-        options = options.retry(RetryPolicy::exponential(n, policy.backoff(1)));
+        options = options.retry(RetryPolicy::default().with_max_attempts(n));
     }
     if let Some(topic) = registration.dead_letter {
         options = options.dead_letter_topic(topic);

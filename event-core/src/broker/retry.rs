@@ -59,6 +59,13 @@ impl RetryPolicy {
         }
     }
 
+    /// Sets the total number of handler runs (at least 1), keeping the backoff.
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
     /// Caps the backoff.
     #[must_use]
     pub fn with_max_backoff(mut self, max: Duration) -> Self {
