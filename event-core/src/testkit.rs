@@ -213,9 +213,10 @@ async fn seq_subscriber(
         .unwrap_or_else(|e| panic!("subscribe to {topic}: {}", crate::error_chain(&e)))
 }
 
-/// Subscribes a raw handler that forwards whole deliveries (dead-letter observers).
-async fn delivery_subscriber(
-    broker: &Arc<dyn Broker>,
+/// Subscribes a raw handler that forwards every delivery of `topic` (broadcast) to `tx` and
+/// acknowledges it; for observers such as dead-letter watchers.
+pub async fn delivery_subscriber<B: Broker + ?Sized>(
+    broker: &B,
     topic: &str,
     tx: mpsc::UnboundedSender<Delivery>,
 ) -> Subscription {
@@ -259,7 +260,7 @@ pub async fn publish_subscribe<F: BrokerFactory>(factory: &F) {
     let topic = unique("pubsub");
     factory.create_topic(&topic).await;
     let (tx, mut rx) = Collector::new(factory.timeout());
-    let sub = delivery_subscriber(&broker, &topic, tx).await;
+    let sub = delivery_subscriber(&*broker, &topic, tx).await;
     let run = uuid::Uuid::now_v7().to_string();
     for i in 0..100u64 {
         let message = Message::new(i.to_string())
@@ -449,7 +450,7 @@ pub async fn continue_after_errors<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&topic).await;
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
-    let dlq_sub = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
     let (tx, mut rx) = Collector::new(factory.timeout());
     let sub = broker
         .subscribe(
@@ -760,7 +761,7 @@ pub async fn typed_headers_roundtrip<F: BrokerFactory>(factory: &F) {
     let topic = unique("typed");
     factory.create_topic(&topic).await;
     let (tx, mut rx) = Collector::new(factory.timeout());
-    let sub = delivery_subscriber(&broker, &topic, tx).await;
+    let sub = delivery_subscriber(&*broker, &topic, tx).await;
     let publisher = Publisher::<Probe>::new(broker.clone(), "testkit-source", topic.as_str());
     let mut ctx = Context::new()
         .with_metadata("tenant", "t-42")
@@ -822,7 +823,7 @@ pub async fn context_propagates<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&first).await;
     factory.create_topic(&second).await;
     let (tx, mut rx) = Collector::new(factory.timeout());
-    let observer = delivery_subscriber(&broker, &second, tx).await;
+    let observer = delivery_subscriber(&*broker, &second, tx).await;
     let follow_up = Publisher::<OtherProbe>::new(broker.clone(), "relay", second.as_str());
     let relay = move |probe: Probe| {
         let follow_up = follow_up.clone();
@@ -880,7 +881,7 @@ pub async fn type_mismatch_dead_lettered<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&topic).await;
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
-    let dlq_sub = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -944,7 +945,7 @@ pub async fn dead_letter_after_retries<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&topic).await;
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
-    let dlq_sub = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -1011,7 +1012,7 @@ pub async fn panic_is_contained<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&topic).await;
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
-    let dlq_sub = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
     let (tx, mut rx) = Collector::new(factory.timeout());
     let sub = broker
         .subscribe(
@@ -1060,7 +1061,7 @@ pub async fn drain_on_shutdown<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&topic).await;
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
-    let dlq_sub = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
     let release = Gate::new();
     let finished = Arc::new(AtomicUsize::new(0));
     let (tx, mut started) = Collector::new(factory.timeout());

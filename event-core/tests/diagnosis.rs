@@ -15,13 +15,12 @@ use prost::{Message as _, Name as _};
 use tokio::sync::mpsc;
 
 use event_core::broker::{
-    Broker, Delivery, Message, Outcome, Receipt, RetryPolicy, SubscribeOptions, Subscription,
-    handler_fn,
+    Broker, Delivery, Message, Receipt, RetryPolicy, SubscribeOptions, Subscription,
 };
 use event_core::codec::{PayloadKind, classify};
 use event_core::headers::{HeaderValue, names};
 use event_core::memory::MemoryBroker;
-use event_core::testkit::Collector;
+use event_core::testkit::{self, Collector};
 use event_core::{Event, Publisher, RunningService, Service, State};
 use event_proto::bench::v1::Tick;
 use event_proto::shop::v1::{LineItem, OrderPlaced};
@@ -72,20 +71,7 @@ impl Harness {
     async fn start() -> Harness {
         let broker = MemoryBroker::new();
         let (dlq_tx, dead_letters) = Collector::new(WAIT);
-        let dlq_subscription = broker
-            .subscribe(
-                DLQ,
-                SubscribeOptions::new(),
-                handler_fn("dead-letters", move |delivery: Delivery| {
-                    let dlq_tx = dlq_tx.clone();
-                    async move {
-                        let _ = dlq_tx.send(delivery);
-                        Outcome::Ack
-                    }
-                }),
-            )
-            .await
-            .expect("subscribe to the dead-letter topic");
+        let dlq_subscription = testkit::delivery_subscriber(&broker, DLQ, dlq_tx).await;
         let (calls_tx, calls) = Collector::new(WAIT);
         let service = Service::builder("diagnosis-test")
             .broker(broker.clone())

@@ -16,7 +16,7 @@ use event_core::broker::{
 use event_core::context::MetadataError;
 use event_core::headers::names;
 use event_core::memory::MemoryBroker;
-use event_core::testkit::Collector;
+use event_core::testkit::{self, Collector};
 use event_core::{Context, Service, ServiceError, State};
 use event_proto::users::v1::{UserCreated, WelcomeEmailSent};
 
@@ -32,21 +32,10 @@ async fn collect_raw(
     topic: &str,
 ) -> (broker::Subscription, Collector<Delivery>) {
     let (tx, collector) = Collector::new(WAIT);
-    let subscription = broker
-        .subscribe(
-            topic,
-            SubscribeOptions::new(),
-            handler_fn("collector", move |delivery: Delivery| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(delivery);
-                    Outcome::Ack
-                }
-            }),
-        )
-        .await
-        .expect("raw subscribe");
-    (subscription, collector)
+    (
+        testkit::delivery_subscriber(broker, topic, tx).await,
+        collector,
+    )
 }
 
 fn user() -> UserCreated {
