@@ -646,7 +646,10 @@ pub async fn consumer_groups<F: BrokerFactory>(factory: &F) {
 }
 
 /// Within one queue group, members share the work: no message is handled twice, and with
-/// two members both get some (each holds one message until released).
+/// two members both get some (each holds its first message until both hold one).
+///
+/// Messages carry distinct keys, so a broker that shares work by partition (Kafka) spreads
+/// them over the members' partitions too.
 pub async fn queue_group_splits<F: BrokerFactory>(factory: &F) {
     let broker = factory.broker().await;
     let topic = unique("split");
@@ -658,6 +661,7 @@ pub async fn queue_group_splits<F: BrokerFactory>(factory: &F) {
     for member in 0..2usize {
         let tx = tx.clone();
         let release = release.clone();
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
         subs.push(
             broker
                 .subscribe(
@@ -666,11 +670,11 @@ pub async fn queue_group_splits<F: BrokerFactory>(factory: &F) {
                     handler_fn("testkit-member", move |d: Delivery| {
                         let tx = tx.clone();
                         let release = release.clone();
+                        let first = first.swap(false, Ordering::SeqCst);
                         async move {
-                            let seq = seq_of(&d);
-                            let _ = tx.send((member, seq));
-                            if seq < 2 {
-                                // hold the first two messages until both members have one
+                            let _ = tx.send((member, seq_of(&d)));
+                            if first {
+                                // hold this member's first message until both members have one
                                 release.wait().await;
                             }
                             Outcome::Ack
@@ -681,13 +685,30 @@ pub async fn queue_group_splits<F: BrokerFactory>(factory: &F) {
                 .expect("subscribe"),
         );
     }
-    publish_seqs(&broker, &topic, 0..2).await;
-    let first = rx.until("both members busy", |s| s.len() == 2).await;
-    let members: BTreeSet<usize> = first.iter().map(|(m, _)| *m).collect();
-    assert_eq!(members.len(), 2, "each member holds one message: {first:?}");
+    let publish_keyed = |range: std::ops::Range<u64>| {
+        let broker = broker.clone();
+        let topic = topic.clone();
+        async move {
+            for i in range {
+                broker
+                    .publish(
+                        &topic,
+                        Message::new(i.to_string()).with_key(format!("split-{i}")),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {i}: {}", crate::error_chain(&e)));
+            }
+        }
+    };
+    publish_keyed(0..16).await;
+    let first = rx
+        .until("both members busy", |s| {
+            s.iter().map(|(m, _)| *m).collect::<BTreeSet<_>>().len() == 2
+        })
+        .await;
     release.open(2);
-    publish_seqs(&broker, &topic, 2..40).await;
-    let rest = rx.until("rest", |s| s.len() == 38).await;
+    publish_keyed(16..40).await;
+    let rest = rx.until("rest", |s| s.len() + first.len() >= 40).await;
     let all: Vec<u64> = first.iter().chain(rest.iter()).map(|(_, s)| *s).collect();
     assert_eq!(
         all.len(),
@@ -698,6 +719,65 @@ pub async fn queue_group_splits<F: BrokerFactory>(factory: &F) {
     for s in subs {
         s.unsubscribe().await;
     }
+}
+
+/// A queue group that stops and comes back resumes where it left off: it gets what was
+/// published meanwhile and nothing it had already handled (brokers with persistence).
+pub async fn group_resumes<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let topic = unique("resume");
+    factory.create_topic(&topic).await;
+    let group = unique("g");
+    let (tx, mut rx) = Collector::new(factory.timeout());
+    let sub = seq_subscriber(&broker, &topic, SubscribeOptions::new().queue(&group), tx).await;
+    publish_seqs(&broker, &topic, 0..10).await;
+    let got = rx.until("first run", |s| distinct_count(s) == 10).await;
+    assert_all("first run", &got, 0..10);
+    let report = sub.unsubscribe().await;
+    assert_eq!(report.abandoned, 0, "{report:?}");
+
+    publish_seqs(&broker, &topic, 10..20).await;
+    let (tx, mut rx) = Collector::new(factory.timeout());
+    let sub = seq_subscriber(&broker, &topic, SubscribeOptions::new().queue(&group), tx).await;
+    let got = rx.until("second run", |s| distinct_count(s) == 10).await;
+    assert_all(
+        "second run: what was published while the group was away",
+        &got,
+        10..20,
+    );
+    rx.assert_quiet(
+        "second run: redelivery of handled messages",
+        Duration::from_millis(200),
+    )
+    .await;
+    sub.unsubscribe().await;
+}
+
+/// A new broadcast subscriber told to start from the earliest message replays what was
+/// published before it; one starting from the latest sees only what comes after it
+/// (brokers that keep messages).
+pub async fn replays_from_earliest<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let topic = unique("replay");
+    factory.create_topic(&topic).await;
+    publish_seqs(&broker, &topic, 0..10).await;
+    let (tx_early, mut early) = Collector::new(factory.timeout());
+    let (tx_late, mut late) = Collector::new(factory.timeout());
+    let replay = seq_subscriber(
+        &broker,
+        &topic,
+        SubscribeOptions::new().start_from(crate::broker::StartFrom::Earliest),
+        tx_early,
+    )
+    .await;
+    let latest = seq_subscriber(&broker, &topic, SubscribeOptions::new(), tx_late).await;
+    publish_seqs(&broker, &topic, 10..15).await;
+    let got = early.until("replay", |s| distinct_count(s) == 15).await;
+    assert_all("subscriber from earliest", &got, 0..15);
+    let got = late.until("latest", |s| distinct_count(s) == 5).await;
+    assert_all("subscriber from latest", &got, 10..15);
+    replay.unsubscribe().await;
+    latest.unsubscribe().await;
 }
 
 /// Without a queue, every subscriber gets every message.
@@ -1054,7 +1134,10 @@ pub async fn panic_is_contained<F: BrokerFactory>(factory: &F) {
 }
 
 /// Unsubscribing while handlers run lets them finish and acknowledges them; nothing is
-/// dead-lettered because of the shutdown.
+/// dead-lettered because of the shutdown, and no handler starts after it.
+///
+/// How many of the four messages run at once depends on the broker (Kafka runs one per
+/// partition); the case holds whatever started and checks each of those finished.
 pub async fn drain_on_shutdown<F: BrokerFactory>(factory: &F) {
     let broker = factory.broker().await;
     let topic = unique("drain");
@@ -1089,9 +1172,17 @@ pub async fn drain_on_shutdown<F: BrokerFactory>(factory: &F) {
         )
         .await
         .expect("subscribe");
-    publish_seqs(&broker, &topic, 0..4).await;
-    started
-        .until("four handlers in flight", |s| s.len() == 4)
+    for i in 0..4u64 {
+        broker
+            .publish(
+                &topic,
+                Message::new(i.to_string()).with_key(format!("drain-{i}")),
+            )
+            .await
+            .expect("publish");
+    }
+    let mut in_flight = started
+        .until("a handler in flight", |s| !s.is_empty())
         .await;
     // the first poll signals stop; the handlers are still blocked, so the drain waits
     let mut drain = Box::pin(sub.unsubscribe());
@@ -1101,9 +1192,18 @@ pub async fn drain_on_shutdown<F: BrokerFactory>(factory: &F) {
     );
     release.open(4);
     let report = drain.await;
-    assert_eq!(report.completed, 4, "{report:?}");
+    // every handler that ran was given a message fetched before the stop
+    while let Ok(seq) = started.rx.try_recv() {
+        in_flight.push(seq);
+    }
+    assert_eq!(
+        report.completed,
+        in_flight.len(),
+        "{report:?}, started {in_flight:?}, finished {}",
+        finished.load(Ordering::SeqCst)
+    );
     assert_eq!(report.abandoned, 0);
-    assert_eq!(finished.load(Ordering::SeqCst), 4);
+    assert_eq!(finished.load(Ordering::SeqCst), in_flight.len());
     dlq.assert_quiet(
         "dead letters caused by shutdown",
         Duration::from_millis(100),
@@ -1118,11 +1218,19 @@ pub async fn drain_on_shutdown<F: BrokerFactory>(factory: &F) {
 /// event_core::conformance_suite!(memory, event_core::testkit::MemoryFactory::default());
 /// ```
 ///
-/// The cases that need a capability the broker lacks are not generated here; call
-/// [`order_per_key`] yourself when the broker promises order per key.
+/// The cases that need a capability the broker lacks are not generated by default; name the
+/// ones the broker promises after `extra:` — [`order_per_key`], [`group_resumes`]
+/// (persistence), [`replays_from_earliest`]:
+///
+/// ```ignore
+/// event_core::conformance_suite!(kafka, KafkaFactory::new(), extra: [order_per_key, group_resumes]);
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
     ($module:ident, $factory:expr) => {
+        $crate::conformance_suite!($module, $factory, extra: []);
+    };
+    ($module:ident, $factory:expr, extra: [$($extra:ident),* $(,)?]) => {
         mod $module {
             #[allow(unused_imports)]
             use super::*;
@@ -1133,6 +1241,7 @@ macro_rules! conformance_suite {
                 concurrent_close, typed_headers_roundtrip, context_propagates,
                 type_mismatch_dead_lettered, dead_letter_after_retries, panic_is_contained,
                 drain_on_shutdown);
+            $crate::conformance_suite!(@cases $factory; $($extra),*);
         }
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -153,6 +153,15 @@ enum Settled {
     Returned,
 }
 
+impl super::DrainReport {
+    fn tally(&mut self, settled: Settled) {
+        match settled {
+            Settled::Done => self.completed += 1,
+            Settled::Returned => self.returned += 1,
+        }
+    }
+}
+
 async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> super::DrainReport {
     if ctx.concurrency == 1 {
         run_sequential(source, ctx).await
@@ -211,13 +220,20 @@ async fn run_concurrent<S: DeliverySource>(
     ctx: Arc<LoopContext>,
 ) -> super::DrainReport {
     let mut in_flight = FuturesUnordered::new();
+    let mut report = super::DrainReport::default();
     let stopped = ctx.stop.cancelled();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
             _ = &mut stopped => break,
-            Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                // a handler can finish in the same wake-up that brings the stop: it belongs
+                // to the drain
+                if ctx.stop.is_cancelled() {
+                    report.tally(settled);
+                }
+            }
             incoming = source.next(), if in_flight.len() < ctx.concurrency => match incoming {
                 Some(incoming) => in_flight.push(process_owned(ctx.clone(), incoming)),
                 None => break,
@@ -225,15 +241,13 @@ async fn run_concurrent<S: DeliverySource>(
         }
     }
 
-    let mut report = super::DrainReport::default();
     if !in_flight.is_empty() {
         let deadline = tokio::time::sleep(ctx.drain_timeout);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 settled = in_flight.next() => match settled {
-                    Some(Settled::Done) => report.completed += 1,
-                    Some(Settled::Returned) => report.returned += 1,
+                    Some(settled) => report.tally(settled),
                     None => break,
                 },
                 _ = &mut deadline => {

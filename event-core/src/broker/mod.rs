@@ -622,6 +622,38 @@ pub enum BrokerError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The topic does not exist and the broker does not create topics on demand.
+    #[error("topic {topic:?} does not exist on the {broker} broker at {address}; {hint}")]
+    TopicNotFound {
+        /// Backend name.
+        broker: &'static str,
+        /// Broker address.
+        address: String,
+        /// The missing topic.
+        topic: String,
+        /// How to create it.
+        hint: &'static str,
+    },
+    /// The broker accepted the message but no queue or subscription was bound to receive it.
+    #[error("no queue on the {broker} broker receives messages for topic {topic:?}; {hint}")]
+    Unroutable {
+        /// Backend name.
+        broker: &'static str,
+        /// The topic the message was published to.
+        topic: String,
+        /// What usually causes it.
+        hint: &'static str,
+    },
+    /// The connection to the broker is down and did not come back in time.
+    #[error("the {broker} broker at {address} is unreachable; gave up after {waited:?}")]
+    Unavailable {
+        /// Backend name.
+        broker: &'static str,
+        /// Broker address.
+        address: String,
+        /// How long the operation waited for the connection.
+        waited: Duration,
+    },
     /// The operation did not finish in time.
     #[error("{operation} on the {broker} broker timed out after {timeout:?}")]
     Timeout {
