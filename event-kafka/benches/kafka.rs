@@ -1,0 +1,302 @@
+//! Typed `Publisher<T>` and typed subscribers on Kafka, beside raw rdkafka in the same run,
+//! against the same broker and configuration.
+//!
+//! ```text
+//! cargo bench -p event-kafka --bench kafka                   # 20,000 records per run
+//! EVENTS=50000 EVENT_TEST_KAFKA=127.0.0.1:9092 cargo bench -p event-kafka --bench kafka
+//! ```
+//!
+//! Runs, for 64 B and 1 KiB events (`bench.v1.Tick`), each on its own fresh topic:
+//! - `publish raw`: `FutureProducer::send_result` of the pre-encoded bytes with the same
+//!   header set a typed publish writes, up to `WINDOW` delivery reports outstanding;
+//! - `publish typed`: `Publisher<Tick>::publish` (id, time, headers, encode, produce, delivery
+//!   report), `WINDOW` publishes in flight;
+//! - `consume raw`: a `StreamConsumer` in a new group reading the topic from the start, storing
+//!   each offset after a no-op "handler", committing every second (what a careful raw consumer
+//!   does);
+//! - `consume typed`: a `Service` with a no-op `async fn(Tick)` handler in a new group, from
+//!   the start (decode, delivery loop, offset store after the handler).
+//!
+//! Raw and typed alternate twice and the best of each is kept; consume rates are measured from
+//! the first record to the last, so the group join is not counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_core::broker::{Broker, StartFrom, SubscribeOptions};
+use event_core::{Publisher, Service};
+use event_kafka::{KafkaBroker, TopicSpec};
+use event_proto::bench::v1::Tick;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Notify;
+
+const WINDOW: usize = 1000;
+const LINGER_MS: &str = "5";
+
+fn bootstrap() -> String {
+    std::env::var("EVENT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn tick(seq: u64, size: usize) -> Tick {
+    // a Tick of `size` bytes encoded: seq (up to 4 bytes with tag) + payload tag and length
+    Tick {
+        seq,
+        payload: vec![0xab; size.saturating_sub(8)].into(),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("bench.{prefix}.{:016x}", fastrand_u64())
+}
+
+fn fastrand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    nanos ^ (std::process::id() as u64).rotate_left(32)
+}
+
+async fn broker() -> KafkaBroker {
+    let broker = KafkaBroker::builder(bootstrap())
+        .client_id("event-bench")
+        .linger(Duration::from_millis(5))
+        .build()
+        .expect("config");
+    broker.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "no Kafka-protocol broker at {} (scripts/test.sh starts one): {e}",
+            bootstrap()
+        )
+    });
+    broker
+}
+
+async fn topic(broker: &KafkaBroker, prefix: &str) -> String {
+    let name = unique(prefix);
+    broker
+        .ensure_topics(&[TopicSpec::new(&name).partitions(3)])
+        .await
+        .expect("create topic");
+    name
+}
+
+fn raw_producer() -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("client.id", "raw-bench")
+        .set("linger.ms", LINGER_MS)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("raw producer")
+}
+
+/// The headers a typed publish writes, with fixed values.
+fn typed_like_headers() -> Vec<(&'static str, Bytes)> {
+    vec![
+        ("ce_specversion", Bytes::from_static(b"1.0")),
+        ("ce_type", Bytes::from_static(b"bench.v1.Tick")),
+        ("ce_source", Bytes::from_static(b"bench")),
+        (
+            "ce_id",
+            Bytes::from_static(b"01a2006b-4b28-76c4-ac5d-889287192b16"),
+        ),
+        ("ce_time", Bytes::from_static(b"2026-11-21T23:00:00.000Z")),
+        ("content-type", Bytes::from_static(b"application/protobuf")),
+    ]
+}
+
+async fn publish_raw(n: u64, size: usize) -> f64 {
+    let admin = broker().await;
+    let topic = topic(&admin, "pubraw").await;
+    let producer = raw_producer();
+    let payloads: Vec<Bytes> = (0..n)
+        .map(|i| tick(i, size).encode_to_vec().into())
+        .collect();
+    let headers = typed_like_headers();
+    let t = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for payload in &payloads {
+        let h = headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(6), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(&v[..]),
+                })
+            });
+        let record = FutureRecord::<(), _>::to(&topic)
+            .payload(&payload[..])
+            .headers(h);
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        in_flight.push(async move { delivery.await.expect("report").map_err(|(e, _)| e) });
+        if in_flight.len() >= WINDOW {
+            in_flight
+                .next()
+                .await
+                .expect("in flight")
+                .expect("delivery");
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        r.expect("delivery");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn publish_typed(n: u64, size: usize) -> f64 {
+    let broker = broker().await;
+    let topic = topic(&broker, "pubtyped").await;
+    let publisher: Publisher<Tick> =
+        Publisher::new(Arc::new(broker.clone()), "bench", topic.as_str());
+    let messages: Vec<Tick> = (0..n).map(|i| tick(i, size)).collect();
+    let t = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for msg in &messages {
+        if in_flight.len() >= WINDOW {
+            in_flight.next().await.expect("in flight");
+        }
+        let publisher = publisher.clone();
+        in_flight.push(async move { publisher.publish(msg).await.expect("publish") });
+    }
+    while in_flight.next().await.is_some() {}
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A topic holding `n` typed events.
+async fn filled_topic(n: u64, size: usize) -> String {
+    let broker = broker().await;
+    let topic = topic(&broker, "consume").await;
+    let publisher: Publisher<Tick> =
+        Publisher::new(Arc::new(broker.clone()), "bench", topic.as_str());
+    let messages: Vec<Tick> = (0..n).map(|i| tick(i, size)).collect();
+    let mut in_flight = FuturesUnordered::new();
+    for msg in &messages {
+        if in_flight.len() >= WINDOW {
+            in_flight.next().await.expect("in flight");
+        }
+        let publisher = publisher.clone();
+        in_flight.push(async move { publisher.publish(msg).await.expect("fill") });
+    }
+    while in_flight.next().await.is_some() {}
+    broker.disconnect().await.expect("flush");
+    topic
+}
+
+async fn consume_raw(topic: &str, n: u64) -> f64 {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("rawgroup"))
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut first = None;
+    for _ in 0..n {
+        let record = consumer.recv().await.expect("record");
+        first.get_or_insert_with(Instant::now);
+        // the no-op handler, then the offset store a careful consumer does after it
+        std::hint::black_box(record.payload());
+        consumer.store_offset_from_message(&record).expect("store");
+    }
+    n as f64 / first.expect("records").elapsed().as_secs_f64()
+}
+
+async fn consume_typed(topic: &str, n: u64) -> f64 {
+    let broker = broker().await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let done = Arc::new(Notify::new());
+    let handler = {
+        let (handled, first, done) = (handled.clone(), first.clone(), done.clone());
+        move |t: Tick| {
+            let (handled, first, done) = (handled.clone(), first.clone(), done.clone());
+            async move {
+                first.get_or_init(Instant::now);
+                std::hint::black_box(t);
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    done.notify_one();
+                }
+            }
+        }
+    };
+    let running = Service::builder("bench")
+        .broker(broker.clone())
+        .subscribe_with(
+            topic,
+            SubscribeOptions::new()
+                .queue(unique("typedgroup"))
+                .start_from(StartFrom::Earliest),
+            handler,
+        )
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    done.notified().await;
+    let rate = n as f64 / first.get().expect("records").elapsed().as_secs_f64();
+    running.shutdown().await;
+    rate
+}
+
+fn row(what: &str, size: usize, raw: f64, typed: f64) {
+    println!(
+        "{what:<8} {size:>5} B {raw:>12.0} {typed:>12.0} {:>9.1}%",
+        typed / raw * 100.0
+    );
+}
+
+fn main() {
+    let n: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        println!(
+            "{n} records per run, broker {}, linger {LINGER_MS} ms, acks=all, window {WINDOW}",
+            bootstrap()
+        );
+        println!(
+            "{:<8} {:>7} {:>12} {:>12} {:>10}",
+            "run", "size", "raw rec/s", "typed rec/s", "typed/raw"
+        );
+        for size in [64usize, 1024] {
+            let (mut raw, mut typed) = (0f64, 0f64);
+            for _ in 0..2 {
+                raw = raw.max(publish_raw(n, size).await);
+                typed = typed.max(publish_typed(n, size).await);
+            }
+            row("publish", size, raw, typed);
+        }
+        for size in [64usize, 1024] {
+            let topic = filled_topic(n, size).await;
+            let (mut raw, mut typed) = (0f64, 0f64);
+            for _ in 0..2 {
+                raw = raw.max(consume_raw(&topic, n).await);
+                typed = typed.max(consume_typed(&topic, n).await);
+            }
+            row("consume", size, raw, typed);
+        }
+    });
+}

@@ -1,0 +1,590 @@
+//! [`KafkaBroker`]: the core [`Broker`] contract over rdkafka.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use event_core::broker::delivery::Lifecycle;
+use event_core::broker::{
+    Broker, BrokerError, BrokerUrlError, Capabilities, Message, Position, PublishError, RawHandler,
+    Receipt, SubscribeOptions, Subscription, validate_topic,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::NAME;
+use crate::admin::TopicSpec;
+use crate::config::KafkaBrokerBuilder;
+use crate::consumer::{ConsumerSettings, KafkaConsumer, KafkaSource, Shared, SubscriptionContext};
+use crate::error::{KafkaBackendError, backend};
+
+const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
+    KafkaBrokerBuilder::ensure_topic), or enable auto.create.topics.enable on the cluster";
+
+/// A [`Broker`] over Kafka (any broker speaking the Kafka protocol).
+///
+/// - **Publish**: record value = the message bytes, headers as they are (DESIGN §3: the
+///   `ce_*` CloudEvents binary-mode names), key = the message key. Publishing is pipelined:
+///   each call enqueues at once and resolves on the delivery report with the partition and
+///   offset; a failure (timeout, broker down, too large) gives the message back.
+/// - **Subscribe**: a queue group is a Kafka consumer group; without one the subscription is a
+///   broadcast reader that is assigned every partition itself (no group, no commits), starting
+///   at the end of each partition or, with [`StartFrom::Earliest`], at the beginning.
+/// - **At least once**: an offset is committed only after its handler's outcome (ack or
+///   dead-lettered), and never past a record that is still unfinished. Records of one
+///   partition (or, with [`parallel_keys`](KafkaBrokerBuilder::parallel_keys), of one key) are
+///   handled in order; different partitions run in parallel up to the subscription's
+///   concurrency.
+///
+/// [`StartFrom::Earliest`]: event_core::broker::StartFrom::Earliest
+///
+/// ```no_run
+/// use event_core::broker::Broker;
+/// use event_kafka::{KafkaBroker, TopicSpec};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = KafkaBroker::builder("127.0.0.1:9092")
+///     .client_id("mailer")
+///     .ensure_topic(TopicSpec::new("users.created").partitions(6))
+///     .ensure_topic(TopicSpec::new("users.created.dlq"))
+///     .build()?;
+/// broker.connect().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: KafkaBrokerBuilder,
+    producer: FutureProducer,
+    lifecycle: Mutex<Lifecycle>,
+    closed: AtomicBool,
+    known_topics: RwLock<HashSet<String>>,
+}
+
+impl fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("bootstrap_servers", &self.inner.config.bootstrap_servers)
+            .field("client_id", &self.inner.config.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaBroker {
+    /// A builder for a broker with these bootstrap servers (`host:port[,host:port…]`).
+    pub fn builder(bootstrap_servers: impl Into<String>) -> KafkaBrokerBuilder {
+        KafkaBrokerBuilder::new(bootstrap_servers)
+    }
+
+    /// A broker from a `kafka://` URL; see [`KafkaBrokerBuilder::from_url`].
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerUrlError::Invalid`] for a bad parameter or a configuration librdkafka rejects.
+    pub fn from_url(url: &url::Url) -> Result<Self, BrokerUrlError> {
+        KafkaBrokerBuilder::from_url(url)?
+            .build()
+            .map_err(|error| BrokerUrlError::Invalid {
+                url: event_core::broker::redact(url),
+                problem: error.to_string(),
+            })
+    }
+
+    pub(crate) fn from_builder(config: KafkaBrokerBuilder) -> Result<Self, KafkaBackendError> {
+        let producer: FutureProducer = config
+            .producer_config()
+            .create()
+            .map_err(|source| KafkaBackendError::Config { source })?;
+        // consumers are created per subscription; check their configuration now, not then
+        config
+            .consumer_config(Some("event-config-check"), true)
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map_err(|source| KafkaBackendError::Config { source })?;
+        Ok(KafkaBroker {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                lifecycle: Mutex::new(Lifecycle::new()),
+                closed: AtomicBool::new(false),
+                known_topics: RwLock::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The bootstrap servers.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.inner.config.bootstrap_servers
+    }
+
+    /// The underlying rdkafka producer, for what this crate does not cover (transactions,
+    /// custom partitioning). Records sent through it bypass the header scheme.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.inner.producer
+    }
+
+    /// Creates the topics that do not exist yet (existing ones are left as they are).
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Backend`] when the admin request fails or the broker refuses a topic.
+    pub async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), BrokerError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        for topic in topics {
+            validate_topic(&topic.name)?;
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .inner
+            .config
+            .admin_config()
+            .create()
+            .map_err(|source| BrokerError::Backend {
+                broker: NAME,
+                operation: "create admin client",
+                source: Box::new(KafkaBackendError::Config { source }),
+            })?;
+        let configs: Vec<Vec<(&str, &str)>> = topics
+            .iter()
+            .map(|t| {
+                t.config
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .collect();
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .zip(&configs)
+            .map(|(t, config)| {
+                config.iter().fold(
+                    NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(t.replication),
+                    ),
+                    |nt, (k, v)| nt.set(k, v),
+                )
+            })
+            .collect();
+        let options =
+            AdminOptions::new().operation_timeout(Some(self.inner.config.operation_timeout));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|e| backend("create topics", e))?;
+        for result in results {
+            match result {
+                Ok(topic) | Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.known_topic(&topic);
+                }
+                Err((topic, code)) => {
+                    return Err(BrokerError::Backend {
+                        broker: NAME,
+                        operation: "create topics",
+                        source: Box::new(KafkaBackendError::CreateTopic { topic, code }),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn known_topic(&self, topic: &str) {
+        self.inner
+            .known_topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned());
+    }
+
+    fn is_known_topic(&self, topic: &str) -> bool {
+        self.inner
+            .known_topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+
+    fn check_open(&self) -> Result<(), BrokerError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed {
+                broker: NAME,
+                address: self.address(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The topic's partition numbers; [`BrokerError::TopicNotFound`] when it does not exist.
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
+        let producer = self.inner.producer.clone();
+        let timeout = self.inner.config.operation_timeout;
+        let name = topic.to_owned();
+        let metadata = blocking("read topic metadata", move || {
+            producer.client().fetch_metadata(Some(&name), timeout)
+        })
+        .await?
+        .map_err(|error| match error {
+            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut) => {
+                BrokerError::Unavailable {
+                    broker: NAME,
+                    address: self.address(),
+                    waited: timeout,
+                }
+            }
+            error => backend("read topic metadata", error),
+        })?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        match found {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                self.known_topic(topic);
+                Ok(t.partitions().iter().map(|p| p.id()).collect())
+            }
+            _ => Err(BrokerError::TopicNotFound {
+                broker: NAME,
+                address: self.address(),
+                topic: topic.to_owned(),
+                hint: TOPIC_HINT,
+            }),
+        }
+    }
+
+    async fn start_subscription(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+        partitions: Vec<i32>,
+    ) -> Result<KafkaSource, BrokerError> {
+        let config = &self.inner.config;
+        let settings = ConsumerSettings {
+            topic: Arc::from(topic),
+            group: options.queue_name().map(str::to_owned),
+            start_from: options.start_position(),
+            parallel_keys: config.parallel_keys,
+            max_buffered: config.max_buffered_per_partition,
+            operation_timeout: config.operation_timeout,
+        };
+        let shared = Shared::new(settings.clone());
+        // librdkafka needs a group id even for self-assigned partitions; a broadcast reader
+        // gets a unique one and never commits with it
+        let client_group = match &settings.group {
+            Some(group) => group.clone(),
+            None => format!(
+                "event-broadcast-{}-{:016x}",
+                config.client_id,
+                fastrand::u64(..)
+            ),
+        };
+        let mut client = config.consumer_config(Some(&client_group), settings.group.is_some());
+        if matches!(
+            options.start_position(),
+            event_core::broker::StartFrom::Earliest
+        ) {
+            client.set("auto.offset.reset", "earliest");
+        }
+        let consumer: KafkaConsumer = client
+            .create_with_context(SubscriptionContext {
+                shared: shared.clone(),
+            })
+            .map_err(|source| BrokerError::Backend {
+                broker: NAME,
+                operation: "create consumer",
+                source: Box::new(KafkaBackendError::Config { source }),
+            })?;
+        let consumer = Arc::new(consumer);
+
+        match &settings.group {
+            Some(_) => {
+                if let Err(error) = consumer.subscribe(&[topic]) {
+                    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                    return Err(backend("subscribe", error));
+                }
+            }
+            None => {
+                // broadcast: read every partition from its end (or its beginning)
+                let c = consumer.clone();
+                let t = topic.to_owned();
+                let start_from = options.start_position();
+                let timeout = config.operation_timeout;
+                let starts = blocking("read watermarks", move || {
+                    let consumer = c;
+                    let c = &consumer;
+                    let mut tpl = TopicPartitionList::new();
+                    let mut starts = Vec::with_capacity(partitions.len());
+                    for p in partitions {
+                        let (low, high) = c.fetch_watermarks(&t, p, timeout)?;
+                        let start = match start_from {
+                            event_core::broker::StartFrom::Earliest => low,
+                            _ => high,
+                        };
+                        tpl.add_partition_offset(&t, p, Offset::Offset(start))?;
+                        starts.push((p, Some(start)));
+                    }
+                    c.assign(&tpl)?;
+                    Ok::<_, KafkaError>(starts)
+                })
+                .await?
+                .map_err(|e| backend("assign partitions", e));
+                let starts = match starts {
+                    Ok(starts) => starts,
+                    Err(error) => {
+                        // closing a consumer blocks: not on an async worker
+                        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                        return Err(error);
+                    }
+                };
+                shared.assigned(starts);
+            }
+        }
+
+        let stop_poller = CancellationToken::new();
+        let poller = tokio::spawn(crate::consumer::poll(
+            consumer.clone(),
+            shared.clone(),
+            stop_poller.clone(),
+        ));
+        let source = KafkaSource {
+            consumer,
+            shared: shared.clone(),
+            poller: Some(poller),
+            stop_poller,
+        };
+        if settings.group.is_some() && !shared.wait_assigned(config.join_timeout).await {
+            source_close(source).await;
+            return Err(BrokerError::Timeout {
+                broker: NAME,
+                operation: "joining the consumer group",
+                timeout: config.join_timeout,
+            });
+        }
+        Ok(source)
+    }
+}
+
+async fn source_close(source: KafkaSource) {
+    use event_core::broker::delivery::DeliverySource;
+    source.close().await;
+}
+
+/// Runs a blocking librdkafka call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    operation: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| BrokerError::Backend {
+            broker: NAME,
+            operation,
+            source: Box::new(KafkaBackendError::Cancelled { operation }),
+        })
+}
+
+fn record_headers(message: &Message) -> OwnedHeaders {
+    message.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(message.headers.len()),
+        |headers, (name, value)| {
+            headers.insert(Header {
+                key: name.as_str(),
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
+
+fn is_queue_full(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    )
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn address(&self) -> String {
+        format!("kafka://{}", self.inner.config.bootstrap_servers)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.persistent = true;
+        c.replays_to_new_subscribers = true;
+        c.ordered_per_key = true;
+        c
+    }
+
+    async fn connect(&self) -> Result<(), BrokerError> {
+        {
+            let mut lifecycle = self
+                .inner
+                .lifecycle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if lifecycle.is_shut_down() {
+                *lifecycle = Lifecycle::new();
+            }
+        }
+        self.inner.closed.store(false, Ordering::Release);
+        let producer = self.inner.producer.clone();
+        let timeout = self.inner.config.operation_timeout;
+        blocking("connect", move || {
+            producer.client().fetch_metadata(None, timeout)
+        })
+        .await?
+        .map_err(|error| match error {
+            KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)
+            | KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown)
+            | KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) => {
+                BrokerError::Unavailable {
+                    broker: NAME,
+                    address: self.address(),
+                    waited: timeout,
+                }
+            }
+            error => backend("connect", error),
+        })?;
+        self.ensure_topics(&self.inner.config.ensure_topics.clone())
+            .await
+    }
+
+    async fn disconnect(&self) -> Result<(), BrokerError> {
+        let lifecycle = self
+            .inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // drain first: handlers still running may publish (follow-ups, dead letters)
+        lifecycle.shutdown().await;
+        self.inner.closed.store(true, Ordering::Release);
+        let producer = self.inner.producer.clone();
+        let timeout = self.inner.config.flush_timeout;
+        let flushed = blocking("flush", move || {
+            let result = producer.flush(timeout);
+            (result, producer.in_flight_count())
+        })
+        .await?;
+        match flushed {
+            (Ok(()), _) => Ok(()),
+            (Err(_), pending) => {
+                tracing::error!(
+                    pending,
+                    ?timeout,
+                    "records still queued after the flush timeout; their publishes fail with the message given back"
+                );
+                Err(BrokerError::Timeout {
+                    broker: NAME,
+                    operation: "flushing queued records",
+                    timeout,
+                })
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError> {
+        if let Err(error) = validate_topic(topic).and_then(|()| self.check_open()) {
+            return Err(PublishError::new(topic, message, error));
+        }
+        if !self.is_known_topic(topic)
+            && let Err(error) = self.partitions(topic).await
+        {
+            return Err(PublishError::new(topic, message, error));
+        }
+        let deadline = Instant::now() + self.inner.config.delivery_timeout;
+        let mut wait = Duration::from_millis(1);
+        let delivery = loop {
+            let mut record = FutureRecord::to(topic)
+                .payload(&message.payload[..])
+                .headers(record_headers(&message));
+            if let Some(key) = &message.key {
+                record = record.key(&key[..]);
+            }
+            match self.inner.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((error, _)) if is_queue_full(&error) && Instant::now() < deadline => {
+                    // the local queue is full: wait for delivery reports to make room
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Err((error, _)) => {
+                    return Err(PublishError::new(topic, message, backend("publish", error)));
+                }
+            }
+        };
+        match delivery.await {
+            Ok(Ok(report)) => {
+                let receipt = Receipt::new(Position::Offset {
+                    partition: report.partition,
+                    offset: report.offset,
+                });
+                Ok(match message.headers.message_id_value() {
+                    Some(id) => receipt.with_message_id(id.clone()),
+                    None => receipt,
+                })
+            }
+            Ok(Err((error, _))) => {
+                Err(PublishError::new(topic, message, backend("publish", error)))
+            }
+            Err(_cancelled) => Err(PublishError::new(
+                topic,
+                message,
+                BrokerError::Closed {
+                    broker: NAME,
+                    address: self.address(),
+                },
+            )),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+        handler: Arc<dyn RawHandler>,
+    ) -> Result<Subscription, BrokerError> {
+        validate_topic(topic)?;
+        if let Some(queue) = options.queue_name()
+            && queue.is_empty()
+        {
+            return Err(BrokerError::InvalidQueue {
+                queue: queue.to_owned(),
+                reason: "a consumer group name cannot be empty",
+            });
+        }
+        self.check_open()?;
+        let partitions = self.partitions(topic).await?;
+        let source = self.start_subscription(topic, &options, partitions).await?;
+        let lifecycle = self
+            .inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if lifecycle.is_shut_down() {
+            // disconnected while this subscription was being set up
+            source_close(source).await;
+            return Err(BrokerError::Closed {
+                broker: NAME,
+                address: self.address(),
+            });
+        }
+        Ok(lifecycle.spawn(topic, source, &options, handler, Arc::new(self.clone())))
+    }
+}

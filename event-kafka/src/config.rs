@@ -1,0 +1,553 @@
+//! The typed builder and the `kafka://` URL form of the same settings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use event_core::broker::BrokerUrlError;
+
+use crate::KafkaBroker;
+use crate::admin::TopicSpec;
+use crate::error::KafkaBackendError;
+
+/// How many replicas must acknowledge a record before its publish resolves (`acks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Acks {
+    /// Fire and forget (`acks=0`): the receipt proves nothing. Not recommended.
+    None,
+    /// The partition leader has it (`acks=1`).
+    Leader,
+    /// Every in-sync replica has it (`acks=all`), the default.
+    #[default]
+    All,
+}
+
+impl Acks {
+    fn as_str(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+/// Record batch compression (`compression.type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// No compression, the default.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Builds a [`KafkaBroker`].
+///
+/// The typed methods cover the common settings; [`set`](KafkaBrokerBuilder::set) passes any
+/// other librdkafka property through (TLS and SASL included: `security.protocol`,
+/// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`, …; TLS needs this crate's `ssl`
+/// feature). A passthrough property wins over the typed setting of the same key.
+///
+/// ```
+/// use std::time::Duration;
+/// use event_kafka::{Acks, Compression, KafkaBroker};
+///
+/// let broker = KafkaBroker::builder("127.0.0.1:9092")
+///     .client_id("orders-service")
+///     .linger(Duration::from_millis(5))
+///     .acks(Acks::All)
+///     .compression(Compression::Lz4)
+///     .set("socket.keepalive.enable", "true")
+///     .build()
+///     .expect("valid configuration");
+/// assert_eq!(broker.bootstrap_servers(), "127.0.0.1:9092");
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct KafkaBrokerBuilder {
+    pub(crate) bootstrap_servers: String,
+    pub(crate) client_id: String,
+    pub(crate) linger: Duration,
+    pub(crate) acks: Acks,
+    pub(crate) idempotence: bool,
+    pub(crate) compression: Compression,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) join_timeout: Duration,
+    pub(crate) parallel_keys: bool,
+    pub(crate) max_buffered_per_partition: usize,
+    pub(crate) ensure_topics: Vec<TopicSpec>,
+    pub(crate) producer_properties: BTreeMap<String, String>,
+    pub(crate) consumer_properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+impl KafkaBrokerBuilder {
+    pub(crate) fn new(bootstrap_servers: impl Into<String>) -> Self {
+        KafkaBrokerBuilder {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "event".to_owned(),
+            linger: Duration::from_millis(5),
+            acks: Acks::All,
+            idempotence: false,
+            compression: Compression::None,
+            delivery_timeout: Duration::from_secs(30),
+            operation_timeout: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(60),
+            parallel_keys: false,
+            max_buffered_per_partition: 512,
+            ensure_topics: Vec::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// `client.id`, shown in broker logs and quotas (default `event`).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// How long the producer waits to fill a batch (`linger.ms`, default 5 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Acknowledgements a publish waits for (default [`Acks::All`]).
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
+    }
+
+    /// Idempotent producer (`enable.idempotence`): no duplicates from producer retries, order
+    /// kept per partition. Off by default because not every Kafka-compatible broker supports it.
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.idempotence = on;
+        self
+    }
+
+    /// Batch compression (default none).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// How long a publish may take, retries included, before it fails and gives the message
+    /// back (`message.timeout.ms`, default 30 s).
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Time limit of metadata, offset and admin requests, and of joining a consumer group
+    /// (default 10 s).
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// How long [`disconnect`](event_core::broker::Broker::disconnect) waits for queued records
+    /// (default 30 s).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout;
+        self
+    }
+
+    /// How long subscribing to a queue group waits for the group to assign partitions
+    /// (default 60 s).
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
+    /// Handle different keys of one partition concurrently (default off: one message per
+    /// partition at a time). Order per key is kept either way, and the committed offset never
+    /// passes an unfinished message.
+    pub fn parallel_keys(mut self, on: bool) -> Self {
+        self.parallel_keys = on;
+        self
+    }
+
+    /// How many fetched messages of one partition may wait for a handler before fetching from
+    /// that partition pauses (default 512).
+    pub fn max_buffered_per_partition(mut self, n: usize) -> Self {
+        self.max_buffered_per_partition = n.max(1);
+        self
+    }
+
+    /// Creates `topic` on [`connect`](event_core::broker::Broker::connect) when it does not
+    /// exist (many clusters do not create topics on demand).
+    pub fn ensure_topic(mut self, topic: TopicSpec) -> Self {
+        self.ensure_topics.push(topic);
+        self
+    }
+
+    /// Any librdkafka property, for the producer and every consumer.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// A librdkafka property for the producer only.
+    pub fn set_producer(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// A librdkafka property for consumers only.
+    pub fn set_consumer(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builds the broker; nothing connects until
+    /// [`connect`](event_core::broker::Broker::connect).
+    ///
+    /// # Errors
+    ///
+    /// [`KafkaBackendError::Config`] when librdkafka rejects a property (the message names it).
+    pub fn build(self) -> Result<KafkaBroker, KafkaBackendError> {
+        let strategy = self
+            .consumer_properties
+            .get("partition.assignment.strategy")
+            .or_else(|| self.properties.get("partition.assignment.strategy"));
+        if let Some(strategy) = strategy
+            && strategy.contains("cooperative")
+        {
+            return Err(KafkaBackendError::Unsupported {
+                setting: format!("partition.assignment.strategy={strategy}"),
+                reason: "the consumer commits and hands partitions over with the eager protocol \
+                         (range, roundrobin); cooperative rebalancing is not supported yet",
+            });
+        }
+        KafkaBroker::from_builder(self)
+    }
+
+    /// The producer's librdkafka configuration.
+    pub(crate) fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut config = self.common_config();
+        config
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("acks", self.acks.as_str())
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("compression.type", self.compression.as_str())
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().max(1).to_string(),
+            );
+        for (k, v) in self.properties.iter().chain(&self.producer_properties) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// A consumer's librdkafka configuration.
+    pub(crate) fn consumer_config(
+        &self,
+        group: Option<&str>,
+        commit: bool,
+    ) -> rdkafka::ClientConfig {
+        let mut config = self.common_config();
+        if let Some(group) = group {
+            config.set("group.id", group);
+        }
+        config
+            .set(
+                "enable.auto.commit",
+                (commit && group.is_some()).to_string(),
+            )
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            // the start of a new group is resolved by the rebalance handler; this is the
+            // fallback when that fails
+            .set("auto.offset.reset", "latest")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "range,roundrobin");
+        for (k, v) in self.properties.iter().chain(&self.consumer_properties) {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// The admin client's librdkafka configuration.
+    pub(crate) fn admin_config(&self) -> rdkafka::ClientConfig {
+        let mut config = self.common_config();
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    fn common_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set("allow.auto.create.topics", "false")
+            .set("log_level", "3");
+        config
+    }
+
+    /// Parses `url` and reads it with [`from_url`](Self::from_url).
+    ///
+    /// ```
+    /// let builder = event_kafka::KafkaBrokerBuilder::parse("kafka://127.0.0.1:9092?linger_ms=1")
+    ///     .expect("valid URL");
+    /// let broker = builder.client_id("orders").build().expect("valid configuration");
+    /// assert_eq!(broker.bootstrap_servers(), "127.0.0.1:9092");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerUrlError::Parse`] when it is not a URL, else as [`from_url`](Self::from_url).
+    pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
+        let parsed = url::Url::parse(url).map_err(|source| BrokerUrlError::Parse {
+            url: url.to_owned(),
+            source,
+        })?;
+        Self::from_url(&parsed)
+    }
+
+    /// Reads a `kafka://host:port[,host:port…]?key=value…` URL.
+    ///
+    /// More than one bootstrap server: `bootstrap_servers=host1:9092,host2:9092` (a URL has
+    /// one host). Other query parameters: `client_id`, `linger_ms`, `acks` (`0`, `1`, `all`), `idempotence`,
+    /// `compression`, `delivery_timeout_ms`, `operation_timeout_ms`, `flush_timeout_ms`, `join_timeout_ms`,
+    /// `parallel_keys`, `max_buffered_per_partition`; any parameter with a dot in its name is
+    /// a librdkafka property (`security.protocol=sasl_ssl`, `sasl.mechanism=PLAIN`, …).
+    /// `kafkas://` sets `security.protocol=ssl`.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerUrlError::Invalid`] naming the parameter that is wrong.
+    pub fn from_url(url: &url::Url) -> Result<Self, BrokerUrlError> {
+        let invalid = |problem: String| BrokerUrlError::Invalid {
+            url: event_core::broker::redact(url),
+            problem,
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| invalid("the URL names no host (kafka://HOST:PORT)".to_owned()))?;
+        let servers = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => format!("{host}:9092"),
+        };
+        let mut builder = KafkaBrokerBuilder::new(servers);
+        if url.scheme().eq_ignore_ascii_case("kafkas") {
+            builder = builder.set("security.protocol", "ssl");
+        }
+        if !url.username().is_empty() {
+            builder = builder
+                .set("sasl.username", percent_decode(url.username()))
+                .set(
+                    "sasl.password",
+                    percent_decode(url.password().unwrap_or("")),
+                );
+        }
+        for (key, value) in url.query_pairs() {
+            let (key, value) = (key.into_owned(), value.into_owned());
+            let number = |value: &str| {
+                value.parse::<u64>().map_err(|_| {
+                    invalid(format!(
+                        "query parameter {key} must be a whole number, not {value:?}"
+                    ))
+                })
+            };
+            let flag = |value: &str| match value {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(invalid(format!(
+                    "query parameter {key} must be true or false, not {value:?}"
+                ))),
+            };
+            builder = match key.as_str() {
+                "bootstrap_servers" => {
+                    builder.bootstrap_servers = value;
+                    builder
+                }
+                "client_id" => builder.client_id(value),
+                "linger_ms" => builder.linger(Duration::from_millis(number(&value)?)),
+                "acks" => builder.acks(match value.as_str() {
+                    "0" => Acks::None,
+                    "1" => Acks::Leader,
+                    "all" | "-1" => Acks::All,
+                    _ => return Err(invalid(format!("acks must be 0, 1 or all, not {value:?}"))),
+                }),
+                "idempotence" => builder.idempotence(flag(&value)?),
+                "compression" => builder.compression(match value.as_str() {
+                    "none" => Compression::None,
+                    "gzip" => Compression::Gzip,
+                    "snappy" => Compression::Snappy,
+                    "lz4" => Compression::Lz4,
+                    "zstd" => Compression::Zstd,
+                    _ => {
+                        return Err(invalid(format!(
+                            "compression must be none, gzip, snappy, lz4 or zstd, not {value:?}"
+                        )));
+                    }
+                }),
+                "delivery_timeout_ms" => {
+                    builder.delivery_timeout(Duration::from_millis(number(&value)?))
+                }
+                "operation_timeout_ms" => {
+                    builder.operation_timeout(Duration::from_millis(number(&value)?))
+                }
+                "flush_timeout_ms" => builder.flush_timeout(Duration::from_millis(number(&value)?)),
+                "join_timeout_ms" => builder.join_timeout(Duration::from_millis(number(&value)?)),
+                "parallel_keys" => builder.parallel_keys(flag(&value)?),
+                "max_buffered_per_partition" => {
+                    builder.max_buffered_per_partition(number(&value)? as usize)
+                }
+                property if property.contains('.') => builder.set(property, value),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown query parameter {other:?}; known: bootstrap_servers, client_id, linger_ms, acks, \
+                         idempotence, compression, delivery_timeout_ms, operation_timeout_ms, \
+                         flush_timeout_ms, join_timeout_ms, parallel_keys, max_buffered_per_partition, or any \
+                         librdkafka property (a name with a dot)"
+                    )));
+                }
+            };
+        }
+        Ok(builder)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<KafkaBrokerBuilder, BrokerUrlError> {
+        KafkaBrokerBuilder::from_url(&url::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn url_maps_onto_the_builder() {
+        let b = parse("kafka://127.0.0.1:9092?client_id=orders&linger_ms=20&acks=1&compression=zstd&parallel_keys=true&socket.keepalive.enable=true").unwrap();
+        assert_eq!(b.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(b.client_id, "orders");
+        assert_eq!(b.linger, Duration::from_millis(20));
+        assert_eq!(b.acks, Acks::Leader);
+        assert_eq!(b.compression, Compression::Zstd);
+        assert!(b.parallel_keys);
+        assert_eq!(
+            b.properties
+                .get("socket.keepalive.enable")
+                .map(String::as_str),
+            Some("true")
+        );
+        let config = b.producer_config();
+        assert_eq!(config.get("linger.ms"), Some("20"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("socket.keepalive.enable"), Some("true"));
+    }
+
+    #[test]
+    fn url_defaults_port_and_lists_servers() {
+        assert_eq!(
+            parse("kafka://broker").unwrap().bootstrap_servers,
+            "broker:9092"
+        );
+        assert_eq!(
+            parse("kafka://a:9092?bootstrap_servers=a:9092,b:9093")
+                .unwrap()
+                .bootstrap_servers,
+            "a:9092,b:9093"
+        );
+    }
+
+    #[test]
+    fn url_credentials_become_sasl_and_kafkas_means_tls() {
+        let b = parse("kafkas://user:p%40ss@broker:9093?sasl.mechanism=PLAIN").unwrap();
+        assert_eq!(b.properties["security.protocol"], "ssl");
+        assert_eq!(b.properties["sasl.username"], "user");
+        assert_eq!(b.properties["sasl.password"], "p@ss");
+        assert_eq!(b.properties["sasl.mechanism"], "PLAIN");
+    }
+
+    #[test]
+    fn url_errors_name_the_parameter() {
+        let err = parse("kafka://h:9092?lingr_ms=5").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown query parameter \"lingr_ms\""),
+            "{err}"
+        );
+        let err = parse("kafka://h:9092?linger_ms=soon")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linger_ms must be a whole number"), "{err}");
+        let err = parse("kafka://h:9092?acks=2").unwrap_err().to_string();
+        assert!(err.contains("acks must be 0, 1 or all"), "{err}");
+    }
+
+    #[test]
+    fn cooperative_rebalancing_is_refused_with_the_reason() {
+        let err = KafkaBrokerBuilder::new("h:9092")
+            .set_consumer("partition.assignment.strategy", "cooperative-sticky")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cooperative-sticky") && err.contains("eager"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn passthrough_wins_over_typed_settings() {
+        let b = KafkaBrokerBuilder::new("h:9092")
+            .linger(Duration::from_millis(5))
+            .set_producer("linger.ms", "50");
+        assert_eq!(b.producer_config().get("linger.ms"), Some("50"));
+        let consumer = b
+            .set_consumer("auto.commit.interval.ms", "200")
+            .consumer_config(Some("g"), true);
+        assert_eq!(consumer.get("auto.commit.interval.ms"), Some("200"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+    }
+}

@@ -1,0 +1,651 @@
+//! Consuming: partition assignment, per-partition (or per-key) lanes, and offsets that never
+//! pass an unfinished message.
+//!
+//! A poller task reads records from librdkafka and files each under its partition. A record
+//! goes to the ready queue (where the core delivery loop picks it up) only when its lane is
+//! free: one lane per partition, or one per key within a partition with
+//! [`parallel_keys`](crate::KafkaBrokerBuilder::parallel_keys). So order per partition (per
+//! key) holds whatever the subscription's concurrency, while different partitions run in
+//! parallel. Every received offset is *unfinished* until its handler's outcome; the offset
+//! stored for commit is the lowest unfinished one (or the next one to fetch), so a commit
+//! never skips a message that is still in a handler, in a retry backoff or waiting in a lane.
+//! When too many received records wait for a handler, the poller stops reading until half of
+//! them are taken (librdkafka's own fetch buffer is bounded too), so memory stays bounded.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_core::broker::delivery::{Acknowledge, DeliverySource, Incoming};
+use event_core::broker::{BrokerError, Delivery, Message, Position, StartFrom};
+use event_core::headers::{HeaderName, Headers};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The consumer type of one subscription.
+pub(crate) type KafkaConsumer = StreamConsumer<SubscriptionContext>;
+
+/// Settings one subscription's consumer works with.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSettings {
+    pub(crate) topic: Arc<str>,
+    /// The consumer group; `None` for a broadcast subscription (manual assignment, no commits).
+    pub(crate) group: Option<String>,
+    pub(crate) start_from: StartFrom,
+    pub(crate) parallel_keys: bool,
+    pub(crate) max_buffered: usize,
+    pub(crate) operation_timeout: Duration,
+}
+
+/// State shared by the poller, the delivery source, the ackers and the rebalance callback.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    settings: ConsumerSettings,
+    state: Mutex<State>,
+    ready_signal: Notify,
+    room: Notify,
+    assignments: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    partitions: HashMap<i32, PartitionState>,
+    ready: VecDeque<Ready>,
+    next_generation: u64,
+    /// Records received but not yet handed to the delivery loop, all partitions.
+    queued_total: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Ready {
+    partition: i32,
+    generation: u64,
+    lane: u64,
+    delivery: Delivery,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    /// Changes each time the partition is (re)assigned; ackers of an older generation are
+    /// ignored, so a revoked partition's late acks never move its offset.
+    generation: u64,
+    /// Received offsets whose outcome is not known yet.
+    unfinished: BTreeSet<i64>,
+    /// One past the highest offset received (or the start position before any).
+    next_offset: Option<i64>,
+    /// The highest offset stored for commit.
+    stored: i64,
+    /// Busy lanes and the records waiting behind their running one.
+    lanes: HashMap<u64, VecDeque<Delivery>>,
+    /// Records received but not yet handed to the delivery loop.
+    queued: usize,
+}
+
+impl PartitionState {
+    fn new(generation: u64, start: Option<i64>) -> Self {
+        PartitionState {
+            generation,
+            unfinished: BTreeSet::new(),
+            next_offset: start,
+            stored: start.unwrap_or(-1),
+            lanes: HashMap::new(),
+            queued: 0,
+        }
+    }
+
+    /// The offset a commit may name: the lowest unfinished one, else the next to fetch.
+    fn committable(&self) -> Option<i64> {
+        self.unfinished.first().copied().or(self.next_offset)
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(settings: ConsumerSettings) -> Arc<Self> {
+        Arc::new(Shared {
+            settings,
+            state: Mutex::new(State::default()),
+            ready_signal: Notify::new(),
+            room: Notify::new(),
+            assignments: watch::Sender::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // a panic while holding the lock leaves consistent data (every update is one step)
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn commits(&self) -> bool {
+        self.settings.group.is_some()
+    }
+
+    /// Waits until the consumer has its first assignment (group subscriptions).
+    pub(crate) async fn wait_assigned(&self, timeout: Duration) -> bool {
+        let mut rx = self.assignments.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Starts tracking partitions assigned at explicit offsets.
+    pub(crate) fn assigned(&self, partitions: impl IntoIterator<Item = (i32, Option<i64>)>) {
+        let mut state = self.lock();
+        for (partition, start) in partitions {
+            state.next_generation += 1;
+            let generation = state.next_generation;
+            if let Some(old) = state
+                .partitions
+                .insert(partition, PartitionState::new(generation, start))
+            {
+                // assigned again without a revoke in between: forget the old generation
+                state.queued_total -= old.queued;
+                state.ready.retain(|r| r.partition != partition);
+            }
+        }
+        drop(state);
+        self.assignments.send_modify(|n| *n += 1);
+    }
+
+    /// Files a fetched record under its lane.
+    fn receive(&self, record: &BorrowedMessage<'_>) {
+        let partition = record.partition();
+        let offset = record.offset();
+        let lane = if self.settings.parallel_keys {
+            record.key().map_or(0, |key| {
+                let mut h = DefaultHasher::new();
+                key.hash(&mut h);
+                h.finish() | 1
+            })
+        } else {
+            0
+        };
+        let delivery = to_delivery(&self.settings.topic, record);
+        let mut state = self.lock();
+        let State {
+            partitions,
+            ready,
+            queued_total,
+            ..
+        } = &mut *state;
+        let Some(ps) = partitions.get_mut(&partition) else {
+            // the partition was revoked while this record was in flight: its new owner reads it
+            return;
+        };
+        ps.unfinished.insert(offset);
+        ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
+        ps.queued += 1;
+        match ps.lanes.get_mut(&lane) {
+            Some(backlog) => backlog.push_back(delivery),
+            None => {
+                ps.lanes.insert(lane, VecDeque::new());
+                ready.push_back(Ready {
+                    partition,
+                    generation: ps.generation,
+                    lane,
+                    delivery,
+                });
+                self.ready_signal.notify_one();
+            }
+        }
+        *queued_total += 1;
+    }
+
+    /// How many received records may wait for a handler before the poller stops reading.
+    fn limit(&self, partitions: usize) -> usize {
+        self.settings.max_buffered * partitions.max(1)
+    }
+
+    /// The poller reads again once the waiting records drop to this.
+    fn room_threshold(&self, partitions: usize) -> usize {
+        self.limit(partitions) / 2
+    }
+
+    fn is_full(&self) -> bool {
+        let state = self.lock();
+        state.queued_total >= self.limit(state.partitions.len())
+    }
+
+    /// Takes the next record whose lane is free.
+    fn take_ready(&self) -> Option<Result<Ready, ()>> {
+        let mut state = self.lock();
+        let State {
+            partitions,
+            ready,
+            closed,
+            queued_total,
+            ..
+        } = &mut *state;
+        while let Some(next) = ready.pop_front() {
+            let Some(ps) = partitions
+                .get_mut(&next.partition)
+                .filter(|ps| ps.generation == next.generation)
+            else {
+                continue;
+            };
+            ps.queued -= 1;
+            *queued_total -= 1;
+            if *queued_total <= self.room_threshold(partitions.len()) {
+                self.room.notify_one();
+            }
+            return Some(Ok(next));
+        }
+        closed.then_some(Err(()))
+    }
+
+    /// Records the outcome of one record; frees its lane.
+    fn settle(&self, consumer: &KafkaConsumer, acked: &Acker, done: Option<Delivery>) {
+        let mut state = self.lock();
+        let State {
+            partitions,
+            ready,
+            queued_total,
+            ..
+        } = &mut *state;
+        let Some(ps) = partitions
+            .get_mut(&acked.partition)
+            .filter(|ps| ps.generation == acked.generation)
+        else {
+            // revoked meanwhile: the offset stays uncommitted for the partition's new owner
+            return;
+        };
+        if let Some(delivery) = done {
+            // given back: the offset stays unfinished and the record goes first in line again
+            ps.queued += 1;
+            *queued_total += 1;
+            ready.push_front(Ready {
+                partition: acked.partition,
+                generation: acked.generation,
+                lane: acked.lane,
+                delivery,
+            });
+            self.ready_signal.notify_one();
+            return;
+        }
+        ps.unfinished.remove(&acked.offset);
+        if let Some(commit_to) = ps.committable()
+            && commit_to > ps.stored
+        {
+            ps.stored = commit_to;
+            if self.commits() {
+                let mut tpl = TopicPartitionList::with_capacity(1);
+                let _ = tpl.add_partition_offset(
+                    &self.settings.topic,
+                    acked.partition,
+                    Offset::Offset(commit_to),
+                );
+                if let Err(error) = consumer.store_offsets(&tpl) {
+                    tracing::debug!(topic = %self.settings.topic, partition = acked.partition, %error, "storing an offset failed (partition revoked?)");
+                }
+            }
+        }
+        match ps.lanes.get_mut(&acked.lane).and_then(VecDeque::pop_front) {
+            Some(delivery) => {
+                ready.push_back(Ready {
+                    partition: acked.partition,
+                    generation: acked.generation,
+                    lane: acked.lane,
+                    delivery,
+                });
+                self.ready_signal.notify_one();
+            }
+            None => {
+                ps.lanes.remove(&acked.lane);
+            }
+        }
+    }
+
+    /// Stops tracking `revoked` partitions and returns the offsets to commit for them.
+    fn revoke(&self, revoked: &[i32]) -> TopicPartitionList {
+        let mut state = self.lock();
+        let mut commit = TopicPartitionList::new();
+        for partition in revoked {
+            if let Some(ps) = state.partitions.remove(partition) {
+                state.queued_total -= ps.queued;
+                if let Some(offset) = ps.committable() {
+                    let _ = commit.add_partition_offset(
+                        &self.settings.topic,
+                        *partition,
+                        Offset::Offset(offset),
+                    );
+                }
+            }
+        }
+        state.ready.retain(|r| !revoked.contains(&r.partition));
+        drop(state);
+        self.room.notify_one();
+        commit
+    }
+
+    /// The offsets to commit for every tracked partition.
+    fn final_offsets(&self) -> TopicPartitionList {
+        let state = self.lock();
+        let mut commit = TopicPartitionList::new();
+        for (partition, ps) in &state.partitions {
+            if let Some(offset) = ps.committable() {
+                let _ = commit.add_partition_offset(
+                    &self.settings.topic,
+                    *partition,
+                    Offset::Offset(offset),
+                );
+            }
+        }
+        commit
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready_signal.notify_one();
+    }
+
+    /// Resolves where each newly assigned partition starts: its committed offset, else the
+    /// configured start. New positions are committed at once so that the group exists from
+    /// this moment: a later owner of the partition starts here, not at a later "latest".
+    fn resolve_assignment(
+        &self,
+        consumer: &BaseConsumer<SubscriptionContext>,
+        tpl: &mut TopicPartitionList,
+    ) -> TopicPartitionList {
+        let timeout = self.settings.operation_timeout;
+        let mut fresh = TopicPartitionList::new();
+        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(topic = %self.settings.topic, %error, "reading committed offsets failed; starting from auto.offset.reset");
+                return fresh;
+            }
+        };
+        for elem in committed.elements() {
+            let partition = elem.partition();
+            let start = match elem.offset() {
+                Offset::Offset(o) if o >= 0 => o,
+                _ => {
+                    let (low, high) = match consumer.fetch_watermarks(
+                        elem.topic(),
+                        partition,
+                        timeout,
+                    ) {
+                        Ok(w) => w,
+                        Err(error) => {
+                            tracing::warn!(topic = %self.settings.topic, partition, %error, "reading watermarks failed; starting from auto.offset.reset");
+                            continue;
+                        }
+                    };
+                    let start = match self.settings.start_from {
+                        StartFrom::Earliest => low,
+                        _ => high,
+                    };
+                    let _ =
+                        fresh.add_partition_offset(elem.topic(), partition, Offset::Offset(start));
+                    start
+                }
+            };
+            let _ = tpl.set_partition_offset(elem.topic(), partition, Offset::Offset(start));
+        }
+        fresh
+    }
+}
+
+/// Serves librdkafka's rebalance callback for one subscription.
+#[derive(Debug)]
+pub(crate) struct SubscriptionContext {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientContext for SubscriptionContext {}
+
+impl ConsumerContext for SubscriptionContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let shared = &self.shared;
+        let topic = &shared.settings.topic;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let fresh = shared.resolve_assignment(consumer, tpl);
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%topic, %error, "applying the partition assignment failed");
+                    return;
+                }
+                if fresh.count() > 0
+                    && let Err(error) = consumer.commit(&fresh, CommitMode::Sync)
+                {
+                    tracing::warn!(%topic, %error, "committing the start position of new partitions failed");
+                }
+                let started: Vec<(i32, Option<i64>)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let start = match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        };
+                        (e.partition(), start)
+                    })
+                    .collect();
+                tracing::debug!(%topic, partitions = ?started, "partitions assigned");
+                shared.assigned(started);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let commit = shared.revoke(&revoked);
+                if shared.commits()
+                    && commit.count() > 0
+                    && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
+                {
+                    tracing::warn!(%topic, %error, "committing revoked partitions failed; their new owner may see duplicates");
+                }
+                tracing::debug!(%topic, partitions = ?revoked, "partitions revoked");
+                if let Err(error) = consumer.unassign() {
+                    tracing::warn!(%topic, %error, "dropping the revoked assignment failed");
+                }
+            }
+            other => {
+                tracing::error!(%topic, error = ?other, "rebalance failed; dropping the assignment");
+                let all: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let _ = shared.revoke(&all);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Reads records until stopped.
+pub(crate) async fn poll(
+    consumer: Arc<KafkaConsumer>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        if shared.is_full() {
+            // handlers are behind: stop reading until half the waiting records are taken
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = shared.room.notified() => continue,
+            }
+        }
+        let record = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            record = consumer.recv() => record,
+        };
+        match record {
+            Ok(record) => {
+                last_error = None;
+                shared.receive(&record);
+            }
+            Err(error) => {
+                // log each distinct error once in a row, not once per poll
+                let text = error.to_string();
+                if last_error.as_deref() != Some(&text) {
+                    tracing::warn!(topic = %shared.settings.topic, %error, "consumer error");
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// Content type given to a record whose headers cannot be read, so that a typed subscriber
+/// dead-letters it with a diagnosis instead of decoding it blind.
+pub(crate) const INVALID_HEADERS_CONTENT_TYPE: &str = "application/x-kafka-invalid-headers";
+
+fn to_delivery(topic: &Arc<str>, record: &BorrowedMessage<'_>) -> Delivery {
+    let mut message = Message::new(Bytes::copy_from_slice(record.payload().unwrap_or_default()));
+    message.key = record.key().map(Bytes::copy_from_slice);
+    if let Some(headers) = record.headers() {
+        // rdkafka panics on a header name that is not UTF-8; such a record must still be
+        // delivered (and diagnosed), not take the consumer down
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut out = Headers::with_capacity(headers.count());
+            for header in headers.iter() {
+                out.append(
+                    HeaderName::from_wire(header.key),
+                    Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                );
+            }
+            out
+        }));
+        message.headers = match read {
+            Ok(headers) => headers,
+            Err(_) => {
+                tracing::error!(
+                    %topic,
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    "record headers are not readable (a header name is not UTF-8); delivering it marked as {INVALID_HEADERS_CONTENT_TYPE}"
+                );
+                let mut marked = Headers::with_capacity(2);
+                marked.append("content-type", INVALID_HEADERS_CONTENT_TYPE);
+                marked.append(
+                    "x-event-error",
+                    "the record's headers could not be read: a header name is not UTF-8",
+                );
+                marked
+            }
+        };
+    }
+    Delivery::new(
+        topic.clone(),
+        message,
+        Position::Offset {
+            partition: record.partition(),
+            offset: record.offset(),
+        },
+    )
+}
+
+/// The [`DeliverySource`] of one Kafka subscription.
+pub(crate) struct KafkaSource {
+    pub(crate) consumer: Arc<KafkaConsumer>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) poller: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) stop_poller: CancellationToken,
+}
+
+impl DeliverySource for KafkaSource {
+    type Acker = Acker;
+
+    async fn next(&mut self) -> Option<Incoming<Acker>> {
+        loop {
+            match self.shared.take_ready() {
+                Some(Ok(ready)) => {
+                    let offset = match ready.delivery.position() {
+                        Position::Offset { offset, .. } => *offset,
+                        _ => unreachable!("kafka deliveries carry offsets"),
+                    };
+                    return Some(Incoming {
+                        acker: Acker {
+                            consumer: self.consumer.clone(),
+                            shared: self.shared.clone(),
+                            partition: ready.partition,
+                            generation: ready.generation,
+                            lane: ready.lane,
+                            offset,
+                        },
+                        delivery: ready.delivery,
+                    });
+                }
+                Some(Err(())) => return None,
+                None => self.shared.ready_signal.notified().await,
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        self.stop_poller.cancel();
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.await;
+        }
+        self.shared.close();
+        let shared = self.shared;
+        let consumer = self.consumer;
+        // committing and leaving the group block on the network: off the async threads
+        let closed = tokio::task::spawn_blocking(move || {
+            if shared.commits() {
+                let offsets = shared.final_offsets();
+                if offsets.count() > 0
+                    && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+                {
+                    tracing::warn!(topic = %shared.settings.topic, %error, "final offset commit failed; the next consumer may see duplicates");
+                }
+            }
+            // the last reference closes the consumer, leaving the group
+            drop(consumer);
+        });
+        if let Err(error) = closed.await {
+            tracing::warn!(%error, "closing the Kafka consumer failed");
+        }
+    }
+}
+
+/// Settles one Kafka record: stores its offset (when nothing earlier is unfinished) and frees
+/// its lane.
+pub(crate) struct Acker {
+    consumer: Arc<KafkaConsumer>,
+    shared: Arc<Shared>,
+    partition: i32,
+    generation: u64,
+    lane: u64,
+    offset: i64,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("topic", &self.shared.settings.topic)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acknowledge for Acker {
+    async fn ack(self) -> Result<(), BrokerError> {
+        self.shared.settle(&self.consumer, &self, None);
+        Ok(())
+    }
+
+    async fn nack(self, delivery: Delivery) -> Result<(), BrokerError> {
+        self.shared.settle(&self.consumer, &self, Some(delivery));
+        Ok(())
+    }
+
+    fn abandon(self, delivery: Delivery) {
+        self.shared.settle(&self.consumer, &self, Some(delivery));
+    }
+}
