@@ -1,0 +1,313 @@
+//! The connection supervisor: one AMQP connection at a time, re-established with backoff.
+//!
+//! Each successful connection is a [`Session`] with a generation number, its publishing
+//! channel (publisher confirms on) and the declared exchange. The supervisor publishes the
+//! current session through a watch channel; publishers and subscriptions wait on it while the
+//! connection is down. A new connection is a new lapin `Connection`: delivery tags (and lapin
+//! ackers) of an old one can never reach a channel of the new one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::AmqpError;
+
+/// How often the supervisor checks the connection status, besides lapin's error events.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Bound on closing a channel or connection.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One live connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) generation: u64,
+    pub(crate) connection: Connection,
+    /// Shared by every publish: confirms on, many messages in flight.
+    pub(crate) publisher: Channel,
+}
+
+impl Session {
+    pub(crate) fn is_usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// What the supervisor reports.
+#[derive(Clone, Debug)]
+pub(crate) enum Link {
+    /// Not connected (yet, or any more); reconnecting.
+    Down,
+    /// Connected.
+    Up(Arc<Session>),
+    /// Disconnected on purpose; nothing will reconnect.
+    Closed,
+}
+
+/// State shared by the broker handle, its supervisor, publishers and subscriptions.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) exchange: ShortString,
+    link: watch::Sender<Link>,
+    /// Wakes the supervisor when a user of the connection saw it fail.
+    kick: Notify,
+    /// Publishes between their start and their confirm, for the drain at disconnect.
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let exchange = ShortString::from(config.exchange.as_str());
+        Shared {
+            config,
+            exchange,
+            link: watch::Sender::new(Link::Down),
+            kick: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    pub(crate) fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    pub(crate) fn set_link(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+
+    /// Tells the supervisor that an operation failed; it checks the connection at once.
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Waits until a usable session is up, `Closed`, or `deadline`.
+    pub(crate) async fn wait_up(&self, deadline: Option<Instant>) -> Wait {
+        // fast path: connected
+        if let Link::Up(session) = &*self.link.borrow()
+            && session.is_usable()
+        {
+            return Wait::Up(session.clone());
+        }
+        let mut rx = self.link.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Link::Up(session) if session.is_usable() => return Wait::Up(session.clone()),
+                Link::Up(_) => self.kick(),
+                Link::Closed => return Wait::Closed,
+                Link::Down => {}
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline.into(), changed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Wait::Closed,
+                    Err(_) => return Wait::TimedOut,
+                },
+                None => {
+                    if changed.await.is_err() {
+                        return Wait::Closed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a publish until the returned guard is dropped.
+    pub(crate) fn track_publish(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    /// Waits until no publish is in flight.
+    pub(crate) async fn publishes_settled(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// The result of [`Shared::wait_up`].
+pub(crate) enum Wait {
+    Up(Arc<Session>),
+    Closed,
+    TimedOut,
+}
+
+/// A publish in flight; see [`Shared::track_publish`].
+pub(crate) struct InFlight<'a>(&'a Shared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Opens a connection, its publishing channel, and declares the exchange.
+async fn open_session(shared: &Shared, generation: u64) -> Result<Session, AmqpError> {
+    let config = &shared.config;
+    let mut properties = ConnectionProperties::default();
+    if let Some(name) = &config.connection_name {
+        properties = properties.with_connection_name(LongString::from(name.as_bytes()));
+    }
+    let connection = Connection::connect(&config.uri, properties).await?;
+    let setup = async {
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        publisher
+            .exchange_declare(
+                shared.exchange.clone(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: config.exchange_durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>(publisher)
+    };
+    match setup.await {
+        Ok(publisher) => Ok(Session {
+            generation,
+            connection,
+            publisher,
+        }),
+        Err(error) => {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "setup failed".into()))
+                    .await;
+            Err(error.into())
+        }
+    }
+}
+
+/// Keeps a session up until `stop`: connects, watches, reconnects with backoff.
+pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
+    let config = &shared.config;
+    let mut generation = 0u64;
+    let mut backoff = config.reconnect_min;
+    let mut failures = 0u32;
+    let mut down_since = Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(
+            config.connect_timeout,
+            open_session(&shared, generation + 1),
+        );
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = stop.cancelled() => return,
+        };
+        match result {
+            Ok(Ok(session)) => {
+                generation += 1;
+                if generation > 1 {
+                    tracing::info!(
+                        broker = %config.address,
+                        generation,
+                        down_for = ?down_since.elapsed(),
+                        "reconnected to RabbitMQ"
+                    );
+                } else {
+                    tracing::debug!(broker = %config.address, "connected to RabbitMQ");
+                }
+                failures = 0;
+                backoff = config.reconnect_min;
+                let session = Arc::new(session);
+                shared.set_link(Link::Up(session.clone()));
+                watch_session(&shared, &session, &stop).await;
+                if stop.is_cancelled() {
+                    // the broker's disconnect closes the session
+                    return;
+                }
+                down_since = Instant::now();
+                shared.set_link(Link::Down);
+                tracing::warn!(
+                    broker = %config.address,
+                    generation,
+                    "lost the RabbitMQ connection; reconnecting"
+                );
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        session.connection.close(320, "reconnecting".into()),
+                    )
+                    .await;
+                });
+                continue;
+            }
+            Ok(Err(error)) => {
+                failures += 1;
+                // the first failure and then every tenth, so an outage is not a log flood
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(
+                        broker = %config.address,
+                        failures,
+                        error = %event_core::error_chain(&error),
+                        "cannot connect to RabbitMQ; retrying in {backoff:?}"
+                    );
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::warn!(
+                    broker = %config.address,
+                    failures,
+                    timeout = ?config.connect_timeout,
+                    "connecting to RabbitMQ timed out; retrying in {backoff:?}"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(config.reconnect_max);
+    }
+}
+
+/// Returns when the session stops being usable, or at `stop`.
+async fn watch_session(shared: &Shared, session: &Session, stop: &CancellationToken) {
+    let mut events = Box::pin(session.connection.events_listener());
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.kick.notified() => {}
+            event = events.next(), if events_open => {
+                if event.is_none() {
+                    events_open = false;
+                }
+            }
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        if !session.is_usable() {
+            return;
+        }
+    }
+}
+
+/// Closes a session's channel and connection, bounded by [`CLOSE_TIMEOUT`].
+pub(crate) async fn close_session(session: &Session) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.publisher.close(200, "bye".into())).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.connection.close(200, "bye".into())).await;
+}

@@ -1,0 +1,142 @@
+//! RabbitMQ (AMQP 0-9-1) backend for `event`: the core [`Broker`](event_core::Broker)
+//! contract over [lapin](https://docs.rs/lapin).
+//!
+//! Typed publishers and `#[subscriber]` handlers work unchanged when the broker is swapped
+//! from memory or Kafka to RabbitMQ, in code:
+//!
+//! ```no_run
+//! use event_amqp::AmqpBroker;
+//! use event_core::Service;
+//! # #[derive(Clone, PartialEq, prost::Message)] pub struct UserCreated { #[prost(string, tag = "1")] pub email: String }
+//! # impl prost::Name for UserCreated { const NAME: &'static str = "UserCreated"; const PACKAGE: &'static str = "users.v1"; }
+//!
+//! async fn send_welcome(user: UserCreated) {
+//!     println!("welcome {}", user.email);
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let broker = AmqpBroker::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!     .connection_name("mailer")
+//!     .build()?;
+//! let service = Service::builder("mailer")
+//!     .broker(broker)
+//!     .subscribe_with(
+//!         "users.created",
+//!         event_core::broker::SubscribeOptions::new().queue("mailer"),
+//!         send_welcome,
+//!     )
+//!     .build()?
+//!     .start()
+//!     .await?;
+//! service
+//!     .publisher::<UserCreated>("users.created")
+//!     .publish(&UserCreated { email: "ada@example.com".into() })
+//!     .await?;
+//! service.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! or by configuration, `EVENT_BROKER=amqp://guest:guest@127.0.0.1:5672/%2f?exchange=micro`
+//! with [`event_core::broker::from_env`] (link the crate, e.g. `use event_amqp as _;`, so that
+//! it registers the `amqp` and `amqps` schemes).
+//!
+//! # Topology
+//!
+//! - One **topic exchange** (default `event`, see [`AmqpBrokerBuilder::exchange`]); the
+//!   **routing key is the topic**. go-micro's RabbitMQ broker uses the exchange `micro`
+//!   (declared non-durable by default): configure `.exchange("micro").exchange_durable(false)`
+//!   and go-micro services and ours share events.
+//! - **Queue group** `g` on topic `t`: the durable queue **`t.g`**, bound to `t`, shared by
+//!   every member of the group. It exists until deleted, so a group that is down keeps its
+//!   messages (queue arguments such as `x-queue-type=quorum` or `x-message-ttl` apply to it).
+//! - **Broadcast** (no queue group): an exclusive, auto-delete, server-named queue per
+//!   subscription; it lives as long as the subscription's connection, so a broadcast
+//!   subscriber misses what is published while it reconnects.
+//! - **Dead letters**: the dead-letter topic (`t.dlq` by default) is published through the
+//!   same exchange with routing key `t.dlq`. Every subscription also declares the durable queue
+//!   **`t.dlq`** bound to that routing key, so dead letters are kept even when nobody
+//!   subscribes to the dead-letter topic (inspect or shovel them from there), and the
+//!   mandatory dead-letter publish always has a route.
+//!
+//! Everything is declared idempotently when subscribing, and again after a reconnection.
+//!
+//! # On the wire
+//!
+//! Body = the encoded message. Headers are an AMQP header table of long strings, with the
+//! CloudEvents AMQP names and go-micro's names (DESIGN.md §3):
+//!
+//! | `Message` header | AMQP |
+//! |---|---|
+//! | `content-type` | header `Content-Type` + property `content_type` |
+//! | `ce_type` | header `cloudEvents_type` + property `type` |
+//! | `ce_id` | header `cloudEvents_id` + property `message_id` + header `Micro-ID` |
+//! | `ce_source` | header `cloudEvents_source` + property `app_id` |
+//! | `ce_time` | header `cloudEvents_time` + property `timestamp` (seconds) |
+//! | `ce_specversion` and other `ce_*` | header `cloudEvents_*` |
+//! | `correlation-id` | header `correlation-id` + property `correlation_id` |
+//! | (the topic) | routing key + header `Micro-Topic` |
+//! | [key](event_core::broker::Message::key) | header `x-event-key` |
+//! | anything else | header of the same name |
+//!
+//! Messages are persistent (`delivery_mode` 2). On receipt the mapping is reversed, so a
+//! subscriber sees `ce_type`, `ce_id`, ... on every backend (the typed layer also accepts the
+//! `cloudEvents_`/`cloudEvents:` names); `Micro-ID` and `Micro-Topic` are dropped when they
+//! only repeat the id and the routing key. A message from another AMQP client is read from
+//! what it has: header values of any AMQP type are turned into text, and properties fill in
+//! missing headers (`content_type`, `message_id`, `type`, `app_id`, `timestamp`,
+//! `correlation_id`). A go-micro message (headers `Content-Type`, `Micro-ID`, `Micro-Topic`,
+//! raw protobuf body) is therefore consumed as a typed event, its type unverified.
+//!
+//! # Delivery
+//!
+//! - **Publish** waits for the publisher confirm of its own message; all publishes share one
+//!   channel, so many are in flight at once. Publishes are `mandatory`: a message no queue
+//!   receives is returned by RabbitMQ and the publish fails with
+//!   [`BrokerError::Unroutable`](event_core::broker::BrokerError::Unroutable), giving the
+//!   message back.
+//! - **Consume**: manual acks, after the handler's outcome (the delivery loop of
+//!   `event-core`). `basic.qos` prefetch = the subscription's concurrency (or
+//!   [`AmqpBrokerBuilder::prefetch`] if larger). A failing handler is retried in place with
+//!   the subscription's backoff (the message stays unacknowledged, nothing hot-loops through
+//!   the broker), then dead-lettered with the `x-event-*` headers and acknowledged. A message
+//!   given back (shutdown, handler cut off) is `basic.nack`ed with requeue. The attempt number
+//!   of a redelivered message is RabbitMQ's `x-delivery-count` + 1 on quorum queues, at least
+//!   2 on classic queues.
+//! - **Order**: with concurrency 1 a queue's messages are handled one at a time in queue
+//!   order; a larger concurrency trades order for throughput.
+//!
+//! # Reconnection
+//!
+//! A lost connection (broker restart, `rabbitmqctl close_all_connections`, network) is
+//! re-established with exponential backoff ([`AmqpBrokerBuilder::reconnect_backoff`]). The
+//! publishing channel, the exchange, every subscription's queues, bindings, `basic.qos` and
+//! consumer come back without user code. Meanwhile publishes wait (at most
+//! [`AmqpBrokerBuilder::publish_timeout`], then fail with
+//! [`BrokerError::Unavailable`](event_core::broker::BrokerError::Unavailable) and the message
+//! given back); a publish whose confirm was lost with the connection is sent again on the new
+//! one (at-least-once). RabbitMQ redelivers what was unacknowledged; acknowledgements of
+//! messages from the lost connection are dropped, never sent on the new one. Handlers must
+//! therefore tolerate duplicates.
+//!
+//! # Shutdown
+//!
+//! [`disconnect`](event_core::Broker::disconnect) cancels the consumers, lets in-flight
+//! handlers finish (each subscription's drain timeout) and acknowledges what finished, waits
+//! for outstanding publisher confirms, then closes the channels and the connection. Nothing is
+//! dead-lettered because of shutdown; prefetched messages that were not handled go back to
+//! their queue.
+
+mod broker;
+mod config;
+mod connection;
+mod consume;
+mod error;
+mod publish;
+mod wire;
+
+pub use broker::AmqpBroker;
+pub use config::{AmqpBrokerBuilder, DEFAULT_EXCHANGE, QueueArgument};
+pub use error::{AmqpConfigError, AmqpError};
+
+/// The backend name, as [`Broker::name`](event_core::Broker::name) returns it.
+pub(crate) const BROKER_NAME: &str = "amqp";

@@ -1,0 +1,533 @@
+//! The AMQP edge of the header scheme (DESIGN.md §3): [`Message`] ↔ AMQP properties and
+//! header table.
+//!
+//! Publishing:
+//! - every header goes into the AMQP header table as a long string (bytes kept as they are);
+//!   a name that repeats becomes a field array of long strings;
+//! - `ce_*` headers are written as `cloudEvents_*` (the CloudEvents AMQP binding's prefix);
+//! - the content type becomes the `content_type` property and the `Content-Type` header
+//!   (go-micro's exact spelling);
+//! - `Micro-ID` (the message id, unless the message already carries one) and `Micro-Topic`
+//!   (the topic) are added for go-micro;
+//! - properties: `message_id` ← id, `type` ← `ce_type`, `app_id` ← `ce_source`,
+//!   `correlation_id` ← `correlation-id`, `timestamp` ← `ce_time` (seconds), `delivery_mode`
+//!   2 (persistent); values longer than 255 bytes stay in the headers only;
+//! - the key, which AMQP does not have, travels in the `x-event-key` header.
+//!
+//! Consuming reverses it: `cloudEvents_*`/`cloudEvents:*` become `ce_*`; `Micro-ID` is dropped
+//! when it only repeats the id, `Micro-Topic` when it only repeats the routing key;
+//! `x-event-key` becomes the key; other values are stringified (numbers in decimal, booleans
+//! as `true`/`false`, nested tables and arrays as JSON, byte arrays as their bytes). A property
+//! fills in a header the table lacks (`content_type` → `content-type`, `message_id` → `ce_id`,
+//! `type` → `ce_type`, `app_id` → `ce_source`, `timestamp` → `ce_time`, `correlation_id` →
+//! `correlation-id`), so a message from another AMQP client is read the same way.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use event_core::broker::Message;
+use event_core::headers::{HeaderValue, Headers, names};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+
+use crate::error::AmqpError;
+
+/// The header that carries [`Message::key`].
+pub(crate) const KEY_HEADER: &str = "x-event-key";
+/// The AMQP CloudEvents prefix written for `ce_` headers.
+const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
+/// go-micro's content type header spelling.
+const GO_MICRO_CONTENT_TYPE: &str = "Content-Type";
+/// RabbitMQ's redelivery counter on quorum queues.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn short(what: &'static str, name: &str) -> Result<ShortString, AmqpError> {
+    ShortString::try_new(name).map_err(|_| AmqpError::NameTooLong {
+        what,
+        name: name.chars().take(64).collect(),
+        len: name.len(),
+    })
+}
+
+/// A property value, if it fits (properties are short strings: at most 255 bytes of UTF-8).
+fn short_value(value: &HeaderValue) -> Option<ShortString> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| ShortString::try_new(s).ok())
+}
+
+/// Properties and header table of `message` published to `topic`.
+pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties, AmqpError> {
+    let mut table: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    let mut has_micro_id = false;
+    for (name, value) in message.headers.iter() {
+        let name = name.as_str();
+        let wire: ShortString = if starts_with_ignore_case(name, "ce_") {
+            let attribute = &name[3..];
+            match attribute.to_ascii_lowercase().as_str() {
+                "id" => {
+                    if let Some(v) = short_value(value) {
+                        props = props.with_message_id(v);
+                    }
+                }
+                "type" => {
+                    if let Some(v) = short_value(value) {
+                        props = props.with_type(v);
+                    }
+                }
+                "source" => {
+                    if let Some(v) = short_value(value) {
+                        props = props.with_app_id(v);
+                    }
+                }
+                "time" => {
+                    if let Some(t) = value
+                        .to_str()
+                        .ok()
+                        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+                        && let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH)
+                    {
+                        props = props.with_timestamp(since.as_secs());
+                    }
+                }
+                _ => {}
+            }
+            short("header name", &format!("{CLOUDEVENTS_PREFIX}{attribute}"))?
+        } else if name.eq_ignore_ascii_case(names::CONTENT_TYPE) {
+            if let Some(v) = short_value(value) {
+                props = props.with_content_type(v);
+            }
+            ShortString::from(GO_MICRO_CONTENT_TYPE)
+        } else if name.eq_ignore_ascii_case(names::MICRO_TOPIC)
+            || name.eq_ignore_ascii_case(KEY_HEADER)
+        {
+            // written below from the topic and the key
+            continue;
+        } else {
+            if name.eq_ignore_ascii_case(names::MICRO_ID) {
+                has_micro_id = true;
+            } else if name.eq_ignore_ascii_case(names::CORRELATION_ID)
+                && let Some(v) = short_value(value)
+            {
+                props = props.with_correlation_id(v);
+            }
+            short("header name", name)?
+        };
+        push(&mut table, wire, long(value.as_bytes()));
+    }
+    if !has_micro_id && let Some(id) = message.headers.message_id_value() {
+        push(
+            &mut table,
+            ShortString::from(names::MICRO_ID),
+            long(id.as_bytes()),
+        );
+    }
+    push(
+        &mut table,
+        ShortString::from(names::MICRO_TOPIC),
+        long(topic.as_bytes()),
+    );
+    if let Some(key) = &message.key {
+        push(&mut table, ShortString::from(KEY_HEADER), long(key));
+    }
+    Ok(props.with_headers(FieldTable::from(table)))
+}
+
+fn long(bytes: &[u8]) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(bytes))
+}
+
+/// Adds a value; a name that is already present collects its values in a field array.
+fn push(table: &mut BTreeMap<ShortString, AMQPValue>, name: ShortString, value: AMQPValue) {
+    use std::collections::btree_map::Entry;
+    match table.entry(name) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut slot) => match slot.get_mut() {
+            AMQPValue::FieldArray(values) => values.push(value),
+            first => {
+                let first = std::mem::replace(first, AMQPValue::Void);
+                *slot.get_mut() = AMQPValue::FieldArray(FieldArray::from(vec![first, value]));
+            }
+        },
+    }
+}
+
+/// A consumed message: what the delivery loop sees, and its attempt number.
+pub(crate) struct Received {
+    pub(crate) message: Message,
+    pub(crate) attempt: u32,
+}
+
+/// Reads a consumed AMQP message back into a [`Message`].
+pub(crate) fn from_amqp(
+    routing_key: &str,
+    redelivered: bool,
+    props: &BasicProperties,
+    payload: Vec<u8>,
+) -> Received {
+    let empty = FieldTable::default();
+    let table = props.headers().as_ref().unwrap_or(&empty);
+    let mut headers = Headers::with_capacity(table.inner().len() + 2);
+    let mut key = None;
+    let mut delivery_count = None;
+    let id = table
+        .inner()
+        .iter()
+        .find(|(k, _)| {
+            let k = k.as_str();
+            k.eq_ignore_ascii_case("cloudEvents_id")
+                || k.eq_ignore_ascii_case("cloudEvents:id")
+                || k.eq_ignore_ascii_case(names::CE_ID)
+        })
+        .map(|(_, v)| v);
+    for (wire, value) in table {
+        let wire = wire.as_str();
+        if wire.eq_ignore_ascii_case(KEY_HEADER) {
+            key = Some(text(value).into_bytes());
+            continue;
+        }
+        if wire.eq_ignore_ascii_case(DELIVERY_COUNT) {
+            delivery_count = integer(value);
+        }
+        if wire.eq_ignore_ascii_case(names::MICRO_ID) && id.is_some_and(|id| same(id, value)) {
+            continue;
+        }
+        if wire.eq_ignore_ascii_case(names::MICRO_TOPIC)
+            && text(value).as_bytes() == routing_key.as_bytes()
+        {
+            continue;
+        }
+        let name = if starts_with_ignore_case(wire, "cloudEvents_")
+            || starts_with_ignore_case(wire, "cloudEvents:")
+        {
+            format!("ce_{}", &wire["cloudEvents_".len()..])
+        } else {
+            wire.to_owned()
+        };
+        match value {
+            AMQPValue::FieldArray(values) => {
+                for v in values.as_slice() {
+                    headers.append(name.clone(), text(v));
+                }
+            }
+            v => headers.append(name, text(v)),
+        }
+    }
+    fill_from_properties(&mut headers, props);
+    let attempt = match delivery_count {
+        Some(count) => u32::try_from(count.saturating_add(1)).unwrap_or(u32::MAX),
+        None if redelivered => 2,
+        None => 1,
+    };
+    Received {
+        message: Message {
+            headers,
+            key,
+            payload: Bytes::from(payload),
+        },
+        attempt,
+    }
+}
+
+fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
+    if let Some(v) = props.content_type()
+        && headers.content_type().is_none()
+    {
+        headers.append(names::CONTENT_TYPE, v.as_str());
+    }
+    if let Some(v) = props.message_id()
+        && headers.message_id_value().is_none()
+    {
+        headers.append(names::CE_ID, v.as_str());
+    }
+    if let Some(v) = props.kind()
+        && headers.message_type().is_none()
+    {
+        headers.append(names::CE_TYPE, v.as_str());
+    }
+    if let Some(v) = props.app_id()
+        && headers.source().is_none()
+    {
+        headers.append(names::CE_SOURCE, v.as_str());
+    }
+    if let Some(secs) = props.timestamp()
+        && !headers.contains(names::CE_TIME)
+    {
+        // RFC 3339 ends at year 9999; a larger value (a producer writing milliseconds, or
+        // garbage) is kept as the number it is rather than turned into a date
+        const YEAR_10000: u64 = 253_402_300_800;
+        let value = match SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(*secs)) {
+            Some(time) if *secs < YEAR_10000 => humantime::format_rfc3339_millis(time).to_string(),
+            _ => secs.to_string(),
+        };
+        headers.append(names::CE_TIME, value);
+    }
+    if let Some(v) = props.correlation_id()
+        && !headers.contains(names::CORRELATION_ID)
+    {
+        headers.append(names::CORRELATION_ID, v.as_str());
+    }
+}
+
+fn same(a: &AMQPValue, b: &AMQPValue) -> bool {
+    text(a) == text(b)
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    Some(match value {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    })
+}
+
+/// A header value from any AMQP value.
+fn text(value: &AMQPValue) -> HeaderValue {
+    match value {
+        AMQPValue::LongString(s) => HeaderValue::from_bytes(Bytes::copy_from_slice(s.as_bytes())),
+        AMQPValue::ShortString(s) => HeaderValue::from(s.as_str()),
+        AMQPValue::ByteArray(b) => HeaderValue::from_bytes(Bytes::copy_from_slice(b.as_slice())),
+        AMQPValue::Void => HeaderValue::default(),
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => {
+            HeaderValue::from(json(value).to_string())
+        }
+        AMQPValue::Boolean(b) => HeaderValue::from_static(if *b { "true" } else { "false" }),
+        AMQPValue::Float(f) => HeaderValue::from(f.to_string()),
+        AMQPValue::Double(f) => HeaderValue::from(f.to_string()),
+        AMQPValue::DecimalValue(d) => HeaderValue::from(decimal(d.value, d.scale)),
+        AMQPValue::Timestamp(t) => HeaderValue::from(t.to_string()),
+        other => match integer(other) {
+            Some(n) => HeaderValue::from(n.to_string()),
+            None => HeaderValue::from(format!("{other:?}")),
+        },
+    }
+}
+
+fn decimal(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+/// Nested values (RabbitMQ's `x-death`, arrays inside arrays) as JSON.
+fn json(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), json(v)))
+                .collect(),
+        ),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(json).collect()),
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::Void => Value::Null,
+        AMQPValue::Float(f) => {
+            serde_json::Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::Double(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        other => match integer(other) {
+            Some(n) => Value::from(n),
+            None => Value::String(String::from_utf8_lossy(text(other).as_bytes()).into_owned()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(props: &BasicProperties) -> &BTreeMap<ShortString, AMQPValue> {
+        props.headers().as_ref().unwrap().inner()
+    }
+
+    fn typed_message() -> Message {
+        Message::new(&b"\x0a\x03abc"[..])
+            .with_header("ce_specversion", "1.0")
+            .with_header("ce_id", "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11")
+            .with_header("ce_source", "orders")
+            .with_header("ce_type", "shop.v1.OrderPlaced")
+            .with_header("ce_time", "2026-08-20T12:34:56.789Z")
+            .with_header("content-type", "application/protobuf")
+            .with_header("correlation-id", "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11")
+            .with_header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .with_header("tenant", "t-42")
+            .with_header("tenant", "t-43")
+    }
+
+    #[test]
+    fn publish_writes_go_micro_and_cloudevents_names() {
+        let message = typed_message().with_key("k-1");
+        let props = to_amqp("orders.placed", &message).unwrap();
+        let t = table(&props);
+        let s = |name: &str| match t.get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(s("cloudEvents_type"), "shop.v1.OrderPlaced");
+        assert_eq!(s("cloudEvents_id"), "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11");
+        assert_eq!(s("cloudEvents_specversion"), "1.0");
+        assert_eq!(s("Content-Type"), "application/protobuf");
+        assert_eq!(s("Micro-ID"), "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11");
+        assert_eq!(s("Micro-Topic"), "orders.placed");
+        assert_eq!(s("x-event-key"), "k-1");
+        assert!(!t.contains_key("ce_type"));
+        assert!(
+            matches!(t.get("tenant"), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 2)
+        );
+        assert_eq!(
+            props.content_type().as_ref().unwrap().as_str(),
+            "application/protobuf"
+        );
+        assert_eq!(
+            props.kind().as_ref().unwrap().as_str(),
+            "shop.v1.OrderPlaced"
+        );
+        assert_eq!(props.app_id().as_ref().unwrap().as_str(), "orders");
+        assert_eq!(
+            props.message_id().as_ref().unwrap().as_str(),
+            "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11"
+        );
+        assert_eq!(*props.timestamp(), Some(1_787_229_296));
+        assert_eq!(*props.delivery_mode(), Some(2));
+    }
+
+    #[test]
+    fn round_trip_gives_the_same_headers_and_key() {
+        let message = typed_message().with_key("k-1");
+        let props = to_amqp("orders.placed", &message).unwrap();
+        let back = from_amqp("orders.placed", false, &props, message.payload.to_vec());
+        assert_eq!(back.attempt, 1);
+        assert_eq!(back.message.key.as_deref(), Some(&b"k-1"[..]));
+        assert_eq!(back.message.payload, message.payload);
+        let mut got: Vec<_> = back
+            .message
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_ascii_lowercase(), v.clone()))
+            .collect();
+        let mut sent: Vec<_> = message
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_ascii_lowercase(), v.clone()))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        sent.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn go_micro_message_is_read_with_its_headers() {
+        let mut t = FieldTable::default();
+        t.insert("Content-Type".into(), long(b"application/protobuf"));
+        t.insert("Micro-ID".into(), long(b"9b5d0c4e"));
+        t.insert("Micro-Topic".into(), long(b"users.created"));
+        t.insert("Traceparent".into(), long(b"00-abc-def-01"));
+        let props = BasicProperties::default().with_headers(t);
+        let got = from_amqp("users.created", true, &props, vec![1, 2]).message;
+        assert_eq!(got.headers.content_type(), Some("application/protobuf"));
+        assert_eq!(got.headers.message_id(), Some("9b5d0c4e"));
+        assert_eq!(got.headers.get_str("traceparent"), Some("00-abc-def-01"));
+        assert_eq!(got.headers.message_type(), None);
+        // the routing key says it already
+        assert!(!got.headers.contains("Micro-Topic"));
+    }
+
+    #[test]
+    fn properties_fill_missing_headers_and_values_are_stringified() {
+        let mut nested = FieldTable::default();
+        nested.insert("queue".into(), AMQPValue::LongString("q".into()));
+        nested.insert("count".into(), AMQPValue::LongLongInt(2));
+        let mut t = FieldTable::default();
+        t.insert("n".into(), AMQPValue::LongInt(-7));
+        t.insert("flag".into(), AMQPValue::Boolean(true));
+        t.insert("short".into(), AMQPValue::ShortString("s".into()));
+        t.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(nested)].into()),
+        );
+        t.insert(
+            "price".into(),
+            AMQPValue::DecimalValue(lapin::types::DecimalValue { scale: 2, value: 5 }),
+        );
+        t.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+        let props = BasicProperties::default()
+            .with_headers(t)
+            .with_content_type("application/json".into())
+            .with_message_id("m-1".into())
+            .with_type("users.v1.UserCreated".into())
+            .with_app_id("legacy".into())
+            .with_timestamp(1_787_229_296)
+            .with_correlation_id("c-1".into());
+        let got = from_amqp("t", false, &props, Vec::new());
+        assert_eq!(got.attempt, 4);
+        let h = &got.message.headers;
+        assert_eq!(h.get_str("n"), Some("-7"));
+        assert_eq!(h.get_str("flag"), Some("true"));
+        assert_eq!(h.get_str("short"), Some("s"));
+        assert_eq!(h.get_str("price"), Some("0.05"));
+        assert_eq!(h.get_str("x-death"), Some(r#"{"count":2,"queue":"q"}"#));
+        assert_eq!(h.content_type(), Some("application/json"));
+        assert_eq!(h.message_id(), Some("m-1"));
+        assert_eq!(h.message_type(), Some("users.v1.UserCreated"));
+        assert_eq!(h.source(), Some("legacy"));
+        assert_eq!(h.get_str("ce_time"), Some("2026-08-20T12:34:56.000Z"));
+        assert_eq!(h.get_str("correlation-id"), Some("c-1"));
+    }
+
+    #[test]
+    fn long_header_names_are_an_error() {
+        let message = Message::new("x").with_header("a".repeat(300), "v");
+        let err = to_amqp("t", &message).unwrap_err();
+        assert!(err.to_string().contains("300 bytes long"), "{err}");
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(decimal(12345, 2), "123.45");
+        assert_eq!(decimal(5, 3), "0.005");
+        assert_eq!(decimal(7, 0), "7");
+    }
+
+    #[test]
+    fn a_timestamp_past_year_9999_is_kept_as_a_number_not_a_panic() {
+        for (secs, expected) in [
+            (1_787_229_296u64, "2026-08-20T12:34:56.000Z".to_owned()),
+            // milliseconds written where seconds belong
+            (1_787_229_296_789, "1787229296789".to_owned()),
+            (u64::MAX, u64::MAX.to_string()),
+        ] {
+            let props = BasicProperties::default().with_timestamp(secs);
+            let got = from_amqp("users.created", false, &props, vec![]).message;
+            assert_eq!(
+                got.headers.get_str("ce_time"),
+                Some(expected.as_str()),
+                "{secs}"
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! A poison message on RabbitMQ: the handler always fails on it, so it is tried N times with
+//! backoff, then published to `<topic>.dlq` with the `x-event-*` reason headers (and kept in
+//! the durable `<topic>.dlq` queue), while the messages behind it keep flowing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use event_amqp::AmqpBroker;
+use event_core::broker::{Broker, RetryPolicy, SubscribeOptions};
+use event_core::headers::names;
+use event_core::testkit::{Collector, delivery_subscriber, unique};
+use event_core::{Publisher, Service, State};
+use event_proto::users::v1::UserCreated;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+const ATTEMPTS: u32 = 4;
+
+fn url() -> String {
+    std::env::var("EVENT_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+#[derive(Clone)]
+struct Calls {
+    poison: Arc<AtomicUsize>,
+    good: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+async fn register(user: UserCreated, State(calls): State<Calls>) -> Result<(), std::io::Error> {
+    if user.email.starts_with("poison") {
+        calls.poison.fetch_add(1, Ordering::SeqCst);
+        return Err(std::io::Error::other("the users table rejects this row"));
+    }
+    let _ = calls.good.send(user.user_id);
+    Ok(())
+}
+
+fn user(i: usize) -> UserCreated {
+    UserCreated {
+        user_id: format!("u-{i}"),
+        email: format!("user{i}@example.com"),
+        display_name: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
+    let broker = AmqpBroker::builder(&url())
+        .exchange("event.test.poison")
+        .queue_argument("x-expires", 600_000)
+        .build()
+        .expect("config");
+    broker.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "RabbitMQ must be running at {}: {}",
+            broker.address(),
+            event_core::error_chain(&e)
+        )
+    });
+    let topic = unique("users.created");
+    let dlq = format!("{topic}.dlq");
+    let (dlq_tx, mut dead_letters) = Collector::new(Duration::from_secs(15));
+    let dlq_observer = delivery_subscriber(&broker, &dlq, dlq_tx).await;
+
+    let (good_tx, mut good) = Collector::new(Duration::from_secs(15));
+    let poison_calls = Arc::new(AtomicUsize::new(0));
+    let service = Service::builder("signup-consumer")
+        .broker(broker.clone())
+        .state(Calls {
+            poison: poison_calls.clone(),
+            good: good_tx,
+        })
+        .subscribe_with(
+            topic.as_str(),
+            SubscribeOptions::new().queue("registry").retry(
+                RetryPolicy::exponential(ATTEMPTS, Duration::from_millis(20)).with_jitter(0.0),
+            ),
+            register,
+        )
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+
+    let publisher =
+        Publisher::<UserCreated>::new(Arc::new(broker.clone()), "signup", topic.as_str());
+    let t = Instant::now();
+    let poison = publisher.encode(
+        &UserCreated {
+            user_id: "u-poison".into(),
+            email: "poison@example.com".into(),
+            display_name: "Robert'); DROP TABLE users;--".into(),
+        },
+        None,
+    );
+    broker
+        .publish(&topic, poison.clone())
+        .await
+        .expect("publish poison");
+    for i in 0..50 {
+        publisher.publish(&user(i)).await.expect("publish");
+    }
+    let handled = good
+        .until("the messages behind the poison", |s| s.len() == 50)
+        .await;
+    assert_eq!(handled.len(), 50);
+
+    let dead = dead_letters.next("the dead letter").await;
+    let elapsed = t.elapsed();
+    let h = dead.headers();
+    assert_eq!(h.get_str(names::X_EVENT_ATTEMPTS), Some("4"));
+    assert_eq!(h.get_str(names::X_EVENT_ERROR_KIND), Some("handler-error"));
+    assert_eq!(
+        h.get_str(names::X_EVENT_ERROR),
+        Some("the users table rejects this row")
+    );
+    assert_eq!(
+        h.get_str(names::X_EVENT_ORIGINAL_TOPIC),
+        Some(topic.as_str())
+    );
+    assert!(
+        h.get_str(names::X_EVENT_ORIGINAL_POSITION)
+            .is_some_and(|p| p.starts_with("delivery tag ")),
+        "{h:?}"
+    );
+    assert!(
+        h.get_str(names::X_EVENT_HANDLER)
+            .is_some_and(|n| n.ends_with("register")),
+        "{h:?}"
+    );
+    assert_eq!(dead.payload(), &poison.payload, "original bytes");
+    for (name, value) in poison.headers.iter() {
+        assert_eq!(h.get(name.as_str()), Some(value), "original header {name}");
+    }
+    assert_eq!(poison_calls.load(Ordering::SeqCst), ATTEMPTS as usize);
+    dead_letters.assert_empty("a second dead letter");
+    println!(
+        "poison: {ATTEMPTS} attempts, dead-lettered and 50 later messages handled in {elapsed:?}"
+    );
+
+    service.stop().await;
+    dlq_observer.unsubscribe().await;
+
+    // The durable dead-letter queue kept its copy, with the reason headers on the wire.
+    let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("raw connection");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(
+            dlq.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the dead-letter queue");
+    let kept = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a message in the dead-letter queue")
+        .expect("consumer open")
+        .expect("delivery");
+    let table = kept.properties.headers().clone().expect("headers");
+    let text = |name: &str| match table.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("x-event-error-kind"), "handler-error");
+    assert_eq!(text("x-event-attempts"), "4");
+    assert_eq!(text("cloudEvents_type"), "users.v1.UserCreated");
+    assert_eq!(text("Micro-Topic"), dlq);
+    assert_eq!(kept.data, poison.payload.to_vec());
+    kept.ack(BasicAckOptions::default()).await.expect("ack");
+    let _ = connection.close(200, "done".into()).await;
+    broker.disconnect().await.expect("disconnect");
+}
