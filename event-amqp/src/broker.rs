@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use event_core::broker::delivery::Lifecycle;
 use event_core::broker::{
     Broker, BrokerError, BrokerUrlError, Capabilities, Message, PublishError, RawHandler, Receipt,
-    SubscribeOptions, Subscription, validate_topic,
+    SubscribeOptions, Subscription, validate_subscription, validate_topic,
 };
 use lapin::types::ShortString;
 use tokio::task::JoinHandle;
@@ -260,7 +260,7 @@ impl Broker for AmqpBroker {
         options: SubscribeOptions,
         handler: Arc<dyn RawHandler>,
     ) -> Result<Subscription, BrokerError> {
-        validate_topic(topic)?;
+        validate_subscription(topic, &options)?;
         let routing_key = short(topic).ok_or_else(|| BrokerError::InvalidTopic {
             topic: topic.to_owned(),
             reason: "an AMQP routing key is at most 255 bytes",

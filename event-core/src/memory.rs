@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use crate::broker::delivery::{Acknowledge, DeliverySource, Incoming, Lifecycle};
 use crate::broker::{
     Broker, BrokerError, BrokerUrlError, Capabilities, Delivery, Message, Position, PublishError,
-    RawHandler, Receipt, SubscribeOptions, Subscription, validate_topic,
+    RawHandler, Receipt, SubscribeOptions, Subscription, validate_subscription, validate_topic,
 };
 
 const BROKER_NAME: &str = "memory";
@@ -603,15 +603,7 @@ impl Broker for MemoryBroker {
         options: SubscribeOptions,
         handler: Arc<dyn RawHandler>,
     ) -> Result<Subscription, BrokerError> {
-        validate_topic(topic)?;
-        if let Some(queue) = options.queue_name()
-            && queue.is_empty()
-        {
-            return Err(BrokerError::InvalidQueue {
-                queue: queue.to_owned(),
-                reason: "a queue group name cannot be empty",
-            });
-        }
+        validate_subscription(topic, &options)?;
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
         }

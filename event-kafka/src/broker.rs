@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use event_core::broker::delivery::Lifecycle;
 use event_core::broker::{
     Broker, BrokerError, BrokerUrlError, Capabilities, Message, Position, PublishError, RawHandler,
-    Receipt, SubscribeOptions, Subscription, validate_topic,
+    Receipt, SubscribeOptions, Subscription, validate_subscription, validate_topic,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -44,6 +44,11 @@ const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
 ///   partition (or, with [`parallel_keys`](KafkaBrokerBuilder::parallel_keys), of one key) are
 ///   handled in order; different partitions run in parallel up to the subscription's
 ///   concurrency.
+///
+/// A publish enqueues its record on its first poll and resolves on the delivery report, so
+/// publishes awaited one after another each wait `linger.ms` plus a round trip. To pipeline,
+/// keep many publishes polled at once (`join_all`, a `FuturesUnordered` driven by `next()`,
+/// or tasks): records then share batches and requests.
 ///
 /// [`StartFrom::Earliest`]: event_core::broker::StartFrom::Earliest
 ///
@@ -559,15 +564,7 @@ impl Broker for KafkaBroker {
         options: SubscribeOptions,
         handler: Arc<dyn RawHandler>,
     ) -> Result<Subscription, BrokerError> {
-        validate_topic(topic)?;
-        if let Some(queue) = options.queue_name()
-            && queue.is_empty()
-        {
-            return Err(BrokerError::InvalidQueue {
-                queue: queue.to_owned(),
-                reason: "a consumer group name cannot be empty",
-            });
-        }
+        validate_subscription(topic, &options)?;
         self.check_open()?;
         let partitions = self.partitions(topic).await?;
         let source = self.start_subscription(topic, &options, partitions).await?;

@@ -740,6 +740,23 @@ pub fn validate_topic(topic: &str) -> Result<(), BrokerError> {
     })
 }
 
+/// Checks a subscription's topic and queue group; backends call it first in
+/// [`Broker::subscribe`].
+///
+/// # Errors
+///
+/// As [`validate_topic`], and [`BrokerError::InvalidQueue`] for an empty queue group name.
+pub fn validate_subscription(topic: &str, options: &SubscribeOptions) -> Result<(), BrokerError> {
+    validate_topic(topic)?;
+    match options.queue_name() {
+        Some("") => Err(BrokerError::InvalidQueue {
+            queue: String::new(),
+            reason: "a queue group name cannot be empty",
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The raw byte broker, implemented by every backend.
 ///
 /// Use it directly to move bytes, like go-micro's `broker.Publish`:
