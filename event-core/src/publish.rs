@@ -160,13 +160,20 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 
     /// Publishes `message` with the current [`Context`]'s headers.
     ///
+    /// The message is encoded and handed to the broker when this is called, not when the
+    /// returned future is first polled: with a backend that enqueues without waiting (Kafka),
+    /// publishes created one after another are pipelined even if they are awaited later.
+    ///
     /// # Errors
     ///
     /// A [`PublishError`] holding the encoded message (with its id) when the broker does not
     /// take it; publishing that message again keeps its id, so consumers can deduplicate.
-    pub async fn publish(&self, message: &T) -> Result<Receipt, PublishError> {
+    pub fn publish(
+        &self,
+        message: &T,
+    ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
         let raw = Context::with_current(|ctx| self.encode(message, ctx));
-        self.send(raw).await
+        self.send(raw)
     }
 
     /// Publishes `message` in `ctx` (for code that runs outside a handler).
@@ -174,9 +181,13 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// # Errors
     ///
     /// As [`Publisher::publish`].
-    pub async fn publish_with(&self, ctx: &Context, message: &T) -> Result<Receipt, PublishError> {
+    pub fn publish_with(
+        &self,
+        ctx: &Context,
+        message: &T,
+    ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
         let raw = self.encode(message, Some(ctx));
-        self.send(raw).await
+        self.send(raw)
     }
 
     /// Publishes `message` with a partition key (Kafka keeps order per key).
@@ -184,14 +195,14 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// # Errors
     ///
     /// As [`Publisher::publish`].
-    pub async fn publish_keyed(
+    pub fn publish_keyed(
         &self,
         key: impl Into<Bytes>,
         message: &T,
-    ) -> Result<Receipt, PublishError> {
+    ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
         let mut raw = Context::with_current(|ctx| self.encode(message, ctx));
         raw.key = Some(key.into());
-        self.send(raw).await
+        self.send(raw)
     }
 
     /// Publishes a message returned by a failed publish, unchanged (same id).
@@ -199,8 +210,11 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// # Errors
     ///
     /// As [`Publisher::publish`].
-    pub async fn republish(&self, message: Message) -> Result<Receipt, PublishError> {
-        self.send(message).await
+    pub fn republish(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
+        self.send(message)
     }
 
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
@@ -237,17 +251,21 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         }
     }
 
-    async fn send(&self, message: Message) -> Result<Receipt, PublishError> {
+    /// Hands the message to the broker now (a backend that can enqueue without waiting does
+    /// so before this returns), then waits for the broker's answer.
+    fn send(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
         let id = message.headers.message_id_value().cloned();
-        let receipt = self
-            .inner
-            .broker
-            .publish(&self.inner.topic, message)
-            .await?;
-        Ok(match id {
-            Some(id) => receipt.with_message_id(id),
-            None => receipt,
-        })
+        let publishing = self.inner.broker.publish(&self.inner.topic, message);
+        async move {
+            let receipt = publishing.await?;
+            Ok(match id {
+                Some(id) => receipt.with_message_id(id),
+                None => receipt,
+            })
+        }
     }
 }
 

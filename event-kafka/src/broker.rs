@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +47,10 @@ const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
 ///   handled in order; different partitions run in parallel up to the subscription's
 ///   concurrency.
 ///
-/// A publish enqueues its record on its first poll and resolves on the delivery report, so
-/// publishes awaited one after another each wait `linger.ms` plus a round trip. To pipeline,
-/// keep many publishes polled at once (`join_all`, a `FuturesUnordered` driven by `next()`,
-/// or tasks): records then share batches and requests.
+/// A publish enqueues its record when it is called (not when its future is first polled) and
+/// resolves on the delivery report. Publishes awaited one after another each wait `linger.ms`
+/// plus a round trip; to pipeline, create many and await them together (`join_all`, a
+/// `FuturesUnordered`): records then share batches and requests.
 ///
 /// [`StartFrom::Earliest`]: event_core::broker::StartFrom::Earliest
 ///
@@ -264,6 +266,95 @@ impl KafkaBroker {
                 topic: topic.to_owned(),
                 hint: TOPIC_HINT,
             }),
+        }
+    }
+
+    /// Enqueues the record; `Err(None)` when librdkafka's local queue is full.
+    fn enqueue(
+        &self,
+        topic: &str,
+        message: &Message,
+    ) -> Result<DeliveryFuture, Option<BrokerError>> {
+        let mut record = FutureRecord::to(topic)
+            .payload(&message.payload[..])
+            .headers(record_headers(message));
+        if let Some(key) = &message.key {
+            record = record.key(&key[..]);
+        }
+        match self.inner.producer.send_result(record) {
+            Ok(delivery) => Ok(delivery),
+            Err((error, _)) if is_queue_full(&error) => Err(None),
+            Err((error, _)) => Err(Some(backend("publish", error))),
+        }
+    }
+
+    /// A publish that has to wait first: for the topic's metadata, or for room in the queue.
+    async fn publish_waiting(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<Receipt, PublishError> {
+        if !self.is_known_topic(topic)
+            && let Err(error) = self.partitions(topic).await
+        {
+            return Err(PublishError::new(topic, message, error));
+        }
+        let deadline = Instant::now() + self.inner.config.delivery_timeout;
+        let mut wait = Duration::from_millis(1);
+        let delivery = loop {
+            match self.enqueue(topic, &message) {
+                Ok(delivery) => break delivery,
+                Err(None) if Instant::now() < deadline => {
+                    // the local queue is full: wait for delivery reports to make room
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Err(None) => {
+                    return Err(PublishError::new(
+                        topic,
+                        message,
+                        BrokerError::Timeout {
+                            broker: NAME,
+                            operation: "waiting for room in the producer queue",
+                            timeout: self.inner.config.delivery_timeout,
+                        },
+                    ));
+                }
+                Err(Some(error)) => return Err(PublishError::new(topic, message, error)),
+            }
+        };
+        self.report(topic, message, delivery).await
+    }
+
+    /// Waits for the delivery report of an enqueued record.
+    async fn report(
+        &self,
+        topic: &str,
+        message: Message,
+        delivery: DeliveryFuture,
+    ) -> Result<Receipt, PublishError> {
+        match delivery.await {
+            Ok(Ok(report)) => {
+                let receipt = Receipt::new(Position::Offset {
+                    partition: report.partition,
+                    offset: report.offset,
+                });
+                Ok(match message.headers.message_id_value() {
+                    Some(id) => receipt.with_message_id(id.clone()),
+                    None => receipt,
+                })
+            }
+            Ok(Err((error, _))) => {
+                Err(PublishError::new(topic, message, backend("publish", error)))
+            }
+            Err(_cancelled) => Err(PublishError::new(
+                topic,
+                message,
+                BrokerError::Closed {
+                    broker: NAME,
+                    address: self.address(),
+                },
+            )),
         }
     }
 
@@ -503,59 +594,37 @@ impl Broker for KafkaBroker {
         }
     }
 
-    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError> {
+    // Written out instead of `async fn` so that the record is enqueued when `publish` is
+    // called, not when its future is first polled: publishes created one after another share
+    // batches even if they are awaited later.
+    fn publish<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        topic: &'life1 str,
+        message: Message,
+    ) -> Pin<Box<dyn Future<Output = Result<Receipt, PublishError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         if let Err(error) = validate_topic(topic).and_then(|()| self.check_open()) {
-            return Err(PublishError::new(topic, message, error));
+            return Box::pin(std::future::ready(Err(PublishError::new(
+                topic, message, error,
+            ))));
         }
-        if !self.is_known_topic(topic)
-            && let Err(error) = self.partitions(topic).await
-        {
-            return Err(PublishError::new(topic, message, error));
-        }
-        let deadline = Instant::now() + self.inner.config.delivery_timeout;
-        let mut wait = Duration::from_millis(1);
-        let delivery = loop {
-            let mut record = FutureRecord::to(topic)
-                .payload(&message.payload[..])
-                .headers(record_headers(&message));
-            if let Some(key) = &message.key {
-                record = record.key(&key[..]);
-            }
-            match self.inner.producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((error, _)) if is_queue_full(&error) && Instant::now() < deadline => {
-                    // the local queue is full: wait for delivery reports to make room
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(50));
+        if self.is_known_topic(topic) {
+            match self.enqueue(topic, &message) {
+                Ok(delivery) => return Box::pin(self.report(topic, message, delivery)),
+                Err(Some(error)) => {
+                    return Box::pin(std::future::ready(Err(PublishError::new(
+                        topic, message, error,
+                    ))));
                 }
-                Err((error, _)) => {
-                    return Err(PublishError::new(topic, message, backend("publish", error)));
-                }
+                // the local queue is full: wait for room below
+                Err(None) => {}
             }
-        };
-        match delivery.await {
-            Ok(Ok(report)) => {
-                let receipt = Receipt::new(Position::Offset {
-                    partition: report.partition,
-                    offset: report.offset,
-                });
-                Ok(match message.headers.message_id_value() {
-                    Some(id) => receipt.with_message_id(id.clone()),
-                    None => receipt,
-                })
-            }
-            Ok(Err((error, _))) => {
-                Err(PublishError::new(topic, message, backend("publish", error)))
-            }
-            Err(_cancelled) => Err(PublishError::new(
-                topic,
-                message,
-                BrokerError::Closed {
-                    broker: NAME,
-                    address: self.address(),
-                },
-            )),
         }
+        Box::pin(self.publish_waiting(topic, message))
     }
 
     async fn subscribe(

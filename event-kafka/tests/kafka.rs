@@ -515,3 +515,39 @@ async fn the_kafka_url_selects_this_backend() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_is_enqueued_when_called_not_when_first_polled() {
+    let broker = common::connect().await;
+    let topic = unique("eager");
+    common::create_topics(&broker, &[&topic]).await;
+    let (tx, mut handled) = Collector::new(WAIT);
+    let sub = testkit::delivery_subscriber(&broker, &topic, tx).await;
+    let publisher: event_core::Publisher<Tick> =
+        event_core::Publisher::new(Arc::new(broker.clone()), "eager-test", topic.as_str());
+    let ticks: Vec<Tick> = (0..10)
+        .map(|seq| Tick {
+            seq,
+            ..Default::default()
+        })
+        .collect();
+    // create the publishes and hold them, unpolled
+    let pending: Vec<_> = ticks.iter().map(|t| publisher.publish(t)).collect();
+    let got = handled
+        .until("records of unpolled publishes", |s| s.len() == 10)
+        .await;
+    let mut seqs: Vec<u64> = got
+        .iter()
+        .map(|d| Tick::decode(d.payload().clone()).expect("tick").seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    for receipt in futures_util::future::join_all(pending).await {
+        let receipt = receipt.expect("delivery report");
+        assert!(
+            matches!(receipt.position(), Position::Offset { .. }),
+            "{receipt:?}"
+        );
+    }
+    sub.unsubscribe().await;
+}
