@@ -5,16 +5,15 @@
 //! on one exchange. Durable queues get `x-expires`, so the queues the cases leave behind (queue
 //! groups, dead-letter queues) disappear from the test broker after ten idle minutes.
 
+mod common;
+
 use std::sync::Arc;
 
 use event_amqp::AmqpBroker;
 use event_core::broker::Broker;
 use event_core::testkit::{self, BrokerFactory};
 
-fn url() -> String {
-    std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use common::url;
 
 /// Connected clients of the test RabbitMQ.
 struct Factory;

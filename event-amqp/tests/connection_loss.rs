@@ -5,6 +5,8 @@
 //! binary. They need `rabbitmqctl` (default `/usr/sbin/rabbitmqctl`, or `RABBITMQCTL`) and the
 //! right to run it. They fail, never skip, when RabbitMQ is missing.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -23,10 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const EXCHANGE: &str = "event.test.connection-loss";
 
-fn url() -> String {
-    std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use common::url;
 
 fn builder(name: &str) -> event_amqp::AmqpBrokerBuilder {
     AmqpBroker::builder(&url())
@@ -36,16 +35,7 @@ fn builder(name: &str) -> event_amqp::AmqpBrokerBuilder {
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
 }
 
-async fn connected(broker: AmqpBroker) -> AmqpBroker {
-    broker.connect().await.unwrap_or_else(|e| {
-        panic!(
-            "RabbitMQ must be running at {} (guest/guest): {}",
-            broker.address(),
-            event_core::error_chain(&e)
-        )
-    });
-    broker
-}
+use common::connected;
 
 /// Runs `rabbitmqctl args...` and panics unless it succeeds.
 async fn rabbitmqctl(args: &[&str]) {

@@ -8,6 +8,8 @@
 //! - and the other way round: what our typed publisher sends carries go-micro's headers as
 //!   long strings, so a go-micro subscriber reads it as it is.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +31,7 @@ use prost::Message as _;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn url() -> String {
-    std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use common::url;
 
 fn user() -> UserCreated {
     UserCreated {
@@ -117,13 +116,7 @@ impl Harness {
             .queue_argument("x-expires", 600_000)
             .build()
             .expect("config");
-        broker.connect().await.unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ must be running at {}: {}",
-                broker.address(),
-                event_core::error_chain(&e)
-            )
-        });
+        let broker = common::connected(broker).await;
         let topic = unique("users.created");
         let (dlq_tx, dead_letters) = Collector::new(WAIT);
         let dlq_subscription = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;

@@ -2,6 +2,8 @@
 //! backoff, then published to `<topic>.dlq` with the `x-event-*` reason headers (and kept in
 //! the durable `<topic>.dlq` queue), while the messages behind it keep flowing.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,10 +20,7 @@ use lapin::types::{AMQPValue, FieldTable};
 
 const ATTEMPTS: u32 = 4;
 
-fn url() -> String {
-    std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use common::url;
 
 #[derive(Clone)]
 struct Calls {
@@ -53,13 +52,7 @@ async fn poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
         .queue_argument("x-expires", 600_000)
         .build()
         .expect("config");
-    broker.connect().await.unwrap_or_else(|e| {
-        panic!(
-            "RabbitMQ must be running at {}: {}",
-            broker.address(),
-            event_core::error_chain(&e)
-        )
-    });
+    let broker = common::connected(broker).await;
     let topic = unique("users.created");
     let dlq = format!("{topic}.dlq");
     let (dlq_tx, mut dead_letters) = Collector::new(Duration::from_secs(15));

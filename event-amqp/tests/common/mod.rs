@@ -1,0 +1,27 @@
+//! Shared by the RabbitMQ integration tests: where the broker is, and connecting to it.
+//!
+//! `scripts/test.sh` checks (or starts) RabbitMQ at 127.0.0.1:5672 and exports
+//! `EVENT_TEST_AMQP`; a missing broker fails the tests, it does not skip them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use event_amqp::AmqpBroker;
+
+/// The broker under test.
+pub fn url() -> String {
+    std::env::var("EVENT_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Connects `broker`; panics with the reason when RabbitMQ is not there.
+pub async fn connected(broker: AmqpBroker) -> AmqpBroker {
+    use event_core::broker::Broker;
+    broker.connect().await.unwrap_or_else(|e| {
+        panic!(
+            "RabbitMQ must be running at {} (guest/guest): {}",
+            broker.address(),
+            event_core::error_chain(&e)
+        )
+    });
+    broker
+}
