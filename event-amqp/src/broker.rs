@@ -150,9 +150,7 @@ impl AmqpBroker {
             Phase::Closed if !restart => return Err(self.closed_error()),
             Phase::Closed | Phase::Idle => {}
         }
-        if state.lifecycle.is_shut_down() {
-            state.lifecycle = Lifecycle::new();
-        }
+        state.lifecycle.renew_if_shut_down();
         self.shared.set_link(Link::Down);
         let stop = CancellationToken::new();
         let task = tokio::spawn(connection::supervise(self.shared.clone(), stop.clone()));

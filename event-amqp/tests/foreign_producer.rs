@@ -386,10 +386,7 @@ async fn our_messages_carry_go_micro_headers() {
         .expect("consumer open")
         .expect("delivery");
     let table = delivery.properties.headers().clone().expect("headers");
-    let text = |name: &str| match table.inner().get(name) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => panic!("{name} is not a long string: {other:?}"),
-    };
+    let text = |name: &str| common::long_string(&table, name);
     assert_eq!(text("Content-Type"), "application/protobuf");
     assert_eq!(text("Micro-Topic"), topic);
     assert_eq!(Some(text("Micro-ID").as_str()), receipt.message_id());

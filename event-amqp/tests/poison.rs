@@ -16,7 +16,7 @@ use event_core::{Publisher, Service, State};
 use event_proto::users::v1::UserCreated;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 
 const ATTEMPTS: u32 = 4;
 
@@ -158,10 +158,7 @@ async fn poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
         .expect("consumer open")
         .expect("delivery");
     let table = kept.properties.headers().clone().expect("headers");
-    let text = |name: &str| match table.inner().get(name) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => panic!("{name}: {other:?}"),
-    };
+    let text = |name: &str| common::long_string(&table, name);
     assert_eq!(text("x-event-error-kind"), "handler-error");
     assert_eq!(text("x-event-attempts"), "4");
     assert_eq!(text("cloudEvents_type"), "users.v1.UserCreated");

@@ -534,14 +534,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn connect(&self) -> Result<(), BrokerError> {
-        let mut lifecycle = self
-            .inner
+        self.inner
             .lifecycle
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if lifecycle.is_shut_down() {
-            *lifecycle = Lifecycle::new();
-        }
+            .unwrap_or_else(|e| e.into_inner())
+            .renew_if_shut_down();
         self.inner.closed.store(false, Ordering::Release);
         Ok(())
     }

@@ -527,16 +527,11 @@ impl Broker for KafkaBroker {
     }
 
     async fn connect(&self) -> Result<(), BrokerError> {
-        {
-            let mut lifecycle = self
-                .inner
-                .lifecycle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if lifecycle.is_shut_down() {
-                *lifecycle = Lifecycle::new();
-            }
-        }
+        self.inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .renew_if_shut_down();
         self.inner.closed.store(false, Ordering::Release);
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.operation_timeout;

@@ -25,3 +25,14 @@ pub async fn connected(broker: AmqpBroker) -> AmqpBroker {
     });
     broker
 }
+
+/// The text of a long-string entry of an AMQP header table; panics naming the entry when it is
+/// missing or of another type.
+pub fn long_string(table: &lapin::types::FieldTable, name: &str) -> String {
+    match table.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        other => panic!("header {name} is not a long string: {other:?}"),
+    }
+}

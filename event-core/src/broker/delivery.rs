@@ -94,6 +94,14 @@ impl Lifecycle {
         self.token.is_cancelled()
     }
 
+    /// Starts a fresh lifecycle if this one was shut down: a backend calls it when it
+    /// connects again after a disconnect.
+    pub fn renew_if_shut_down(&mut self) {
+        if self.is_shut_down() {
+            *self = Lifecycle::new();
+        }
+    }
+
     /// A token cancelled at shutdown, for backend tasks of their own.
     pub fn token(&self) -> &CancellationToken {
         &self.token
