@@ -178,6 +178,10 @@ impl Broker for AmqpBroker {
         BROKER_NAME
     }
 
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     fn address(&self) -> String {
         self.shared.config.address.clone()
     }

@@ -7,35 +7,9 @@
 
 mod common;
 
-use std::sync::Arc;
+use event_core::testkit;
 
-use event_amqp::AmqpBroker;
-use event_core::broker::Broker;
-use event_core::testkit::{self, BrokerFactory};
-
-use common::url;
-
-/// Connected clients of the test RabbitMQ.
-struct Factory;
-
-impl BrokerFactory for Factory {
-    async fn broker(&self) -> Arc<dyn Broker> {
-        let broker = AmqpBroker::builder(&url())
-            .exchange("event.test.conformance")
-            .queue_argument("x-expires", 600_000)
-            .connection_name("event-amqp conformance")
-            .build()
-            .expect("valid broker configuration");
-        broker.connect().await.unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ must be running at {} (guest/guest): {}",
-                broker.address(),
-                event_core::error_chain(&e)
-            )
-        });
-        Arc::new(broker)
-    }
-}
+use common::{Factory, url};
 
 event_core::conformance_suite!(amqp, Factory);
 

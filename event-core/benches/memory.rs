@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench -p event-core --bench memory            # 1,000,000 events per run
+//! cargo bench -p event-core --bench memory --features opentelemetry   # adds `typed + otel`
 //! EVENTS=200000 RUNS=typed,raw-broker cargo bench -p event-core --bench memory
 //! ```
 //!
@@ -13,7 +14,10 @@
 //!   loop, no typing);
 //! - `typed`: `Publisher<Tick>::publish` → memory broker → decode → no-op `async fn` handler →
 //!   ack (the whole framework path);
-//! - `typed ping-pong`: one event in flight at a time, for unloaded latency.
+//! - `typed ping-pong`: one event in flight at a time, for unloaded latency;
+//! - with `--features opentelemetry`, `typed` again under a tracing subscriber: `typed + spans`
+//!   (a bare registry: the spans are made and entered, nothing records them) and `typed + otel`
+//!   (an OpenTelemetry layer, batch processor, no-op exporter, W3C inject and extract).
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event.
 
@@ -236,7 +240,7 @@ async fn raw_broker(n: u64, encoded: Bytes) -> Report {
     }
 }
 
-async fn typed(n: u64) -> Report {
+async fn typed(n: u64, name: &'static str) -> Report {
     let broker = MemoryBroker::new();
     let stamps = Stamps::new(n as usize);
     let handler = {
@@ -267,7 +271,7 @@ async fn typed(n: u64) -> Report {
     let allocations = allocations() - before;
     running.shutdown().await;
     Report {
-        name: "typed",
+        name,
         events: n,
         elapsed,
         allocations,
@@ -351,12 +355,92 @@ fn main() {
     if wanted("raw-broker") {
         runtime.block_on(raw_broker(n, encoded.clone())).print(None);
     }
+    let mut typed_ns = None;
     if wanted("typed") {
-        runtime.block_on(typed(n)).print(Some(prost_ns));
+        let report = runtime.block_on(typed(n, "typed"));
+        report.print(Some(prost_ns));
+        typed_ns = Some(report.elapsed.as_nanos() as f64 / n as f64);
     }
     if wanted("ping-pong") {
         runtime
             .block_on(typed_ping_pong((n / 20).max(1000)))
             .print(Some(prost_ns));
+    }
+    #[cfg(feature = "opentelemetry")]
+    for (run, name, dispatch) in [
+        ("spans", "typed + spans", otel::registry_only()),
+        ("otel", "typed + otel", otel::with_opentelemetry()),
+    ] {
+        if !wanted(run) {
+            continue;
+        }
+        let report = otel::run_under(&dispatch, || typed(n, name));
+        report.print(Some(prost_ns));
+        if let Some(typed_ns) = typed_ns {
+            let ns = report.elapsed.as_nanos() as f64 / n as f64;
+            println!("  {name}: {:+.0} ns/event over typed", ns - typed_ns);
+        }
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = typed_ns;
+}
+
+/// The tracing runs: each on a runtime of its own whose threads (and the blocking caller) use
+/// the run's subscriber, so that runs do not share a global one.
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use std::future::Future;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use tracing::Dispatch;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Debug)]
+    struct Discard;
+
+    impl SpanExporter for Discard {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            std::hint::black_box(batch);
+            Ok(())
+        }
+    }
+
+    /// Spans are created and entered (the `publish`/`process` spans and their fields), but no
+    /// layer records anything: the cost of the instrumentation itself.
+    pub(super) fn registry_only() -> Dispatch {
+        Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO))
+    }
+
+    /// An OpenTelemetry layer whose spans go through a batch processor to an exporter that
+    /// drops them, plus W3C inject/extract: what a service pays for tracing, without export.
+    pub(super) fn with_opentelemetry() -> Dispatch {
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(Discard)
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
+        // the provider (and its batch thread) stays for the rest of the process
+        std::mem::forget(provider);
+        Dispatch::new(
+            tracing_subscriber::registry()
+                .with(LevelFilter::INFO)
+                .with(layer),
+        )
+    }
+
+    pub(super) fn run_under<F: Future>(dispatch: &Dispatch, run: impl FnOnce() -> F) -> F::Output {
+        let for_workers = dispatch.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                // the worker keeps this subscriber until it exits
+                std::mem::forget(tracing::dispatcher::set_default(&for_workers));
+            })
+            .build()
+            .expect("runtime");
+        tracing::dispatcher::with_default(dispatch, || runtime.block_on(run()))
     }
 }

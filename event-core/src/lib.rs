@@ -30,13 +30,14 @@
 //!
 //! # Layers
 //!
-//! - [`broker`]: the raw byte [`Broker`](broker::Broker) trait (go-micro's Broker in async
+//! - [`broker`]: the raw byte [`Broker`] trait (go-micro's Broker in async
 //!   Rust), the shared delivery loop, broker URLs.
 //! - [`headers`], [`context`]: the wire header scheme and the task-local [`Context`].
 //! - [`codec`]: protobuf encoding and the diagnosis of messages that do not decode.
 //! - [`publish`], [`subscribe`]: typed publishers and handlers.
 //! - [`service`]: the bootstrap that runs subscribers and drains on shutdown.
 //! - [`memory`]: the in-memory broker.
+//! - [`telemetry`]: `publish {topic}` / `process {topic}` spans, W3C trace context, metrics.
 //! - `testkit`: the conformance suite every broker passes.
 //!
 //! # Features
@@ -45,7 +46,8 @@
 //! |-----------|---------|-----------------|
 //! | `memory`  | yes     | the in-memory broker, `memory://` |
 //! | `macros`  | yes     | the `#[subscriber]` attribute |
-//! | `testkit` | no      | the broker conformance suite ([`testkit`]) |
+//! | `opentelemetry` | no | W3C trace context injected into and extracted from headers, so one trace crosses services ([`telemetry`]) |
+//! | `testkit` | no      | the broker conformance suite ([`testkit`]), and its telemetry cases with `opentelemetry` |
 //!
 #![doc = include_str!("../../docs/wire.md")]
 
@@ -59,6 +61,7 @@ pub mod publish;
 mod ratelimit;
 pub mod service;
 pub mod subscribe;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -10,6 +10,8 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::{Broker, Message, PublishError, Receipt};
 use crate::context::Context;
 use crate::headers::{HeaderName, HeaderValue, Headers, names};
+use crate::telemetry::PublishTelemetry;
+use tracing::Instrument;
 
 /// A topic bound to its message type at compile time.
 ///
@@ -115,6 +117,7 @@ struct Inner {
     topic: String,
     message_type: HeaderValue,
     source: HeaderValue,
+    telemetry: PublishTelemetry,
 }
 
 impl<T> Clone for Publisher<T> {
@@ -142,10 +145,17 @@ const CONTENT_TYPE_PROTOBUF: HeaderValue = HeaderValue::from_static(crate::codec
 impl<T: prost::Message + prost::Name> Publisher<T> {
     /// A publisher of `T` to `topic` through `broker`, naming `source` as the producer.
     pub fn new(broker: Arc<dyn Broker>, source: &str, topic: impl TopicFor<T>) -> Self {
+        let topic = topic.topic_name();
         Publisher {
             inner: Arc::new(Inner {
+                telemetry: PublishTelemetry::new(
+                    broker.messaging_system(),
+                    broker.name(),
+                    topic,
+                    &T::full_name(),
+                ),
                 broker,
-                topic: topic.topic_name().to_owned(),
+                topic: topic.to_owned(),
                 message_type: HeaderValue::from(T::full_name()),
                 source: HeaderValue::from(source),
             }),
@@ -163,6 +173,9 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// The message is encoded and handed to the broker when this is called, not when the
     /// returned future is first polled: with a backend that enqueues without waiting (Kafka),
     /// publishes created one after another are pipelined even if they are awaited later.
+    /// For the same reason the `publish {topic}` span (see [`crate::telemetry`]) is a child of
+    /// the span current when this is called: inside an instrumented `async` block or
+    /// `#[tracing::instrument]` function, not `publish(..).instrument(span)`.
     ///
     /// # Errors
     ///
@@ -253,14 +266,21 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 
     /// Hands the message to the broker now (a backend that can enqueue without waiting does
     /// so before this returns), then waits for the broker's answer.
+    ///
+    /// The publish runs in a `publish {topic}` span (see [`crate::telemetry`]) whose trace
+    /// context, with the `opentelemetry` feature, replaces the message's trace headers.
     fn send(
         &self,
-        message: Message,
+        mut message: Message,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
+        let inner = &*self.inner;
+        let span = inner.telemetry.span(&inner.topic, &mut message);
         let id = message.headers.message_id_value().cloned();
-        let publishing = self.inner.broker.publish(&self.inner.topic, message);
+        let publishing = span.in_scope(|| inner.broker.publish(&inner.topic, message));
         async move {
-            let receipt = publishing.await?;
+            let result = publishing.instrument(span.clone()).await;
+            inner.telemetry.finish(&span, &result);
+            let receipt = result?;
             Ok(match id {
                 Some(id) => receipt.with_message_id(id),
                 None => receipt,

@@ -32,6 +32,10 @@ use crate::headers::names;
 use crate::publish::Publisher;
 use crate::service::Service;
 
+pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod telemetry;
+
 /// Messages the suite publishes with the typed API.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Probe {
@@ -1243,6 +1247,15 @@ macro_rules! conformance_suite {
                 drain_on_shutdown);
             $crate::conformance_suite!(@cases $factory; $($extra),*);
         }
+    };
+    (@telemetry $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::testkit::telemetry::$case(&factory).await;
+            }
+        )*
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(

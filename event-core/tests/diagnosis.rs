@@ -20,6 +20,7 @@ use event_core::broker::{
 use event_core::codec::{PayloadKind, classify};
 use event_core::headers::{HeaderValue, names};
 use event_core::memory::MemoryBroker;
+use event_core::telemetry::{label, metric};
 use event_core::testkit::{self, Collector};
 use event_core::{Event, Publisher, RunningService, Service, State};
 use event_proto::bench::v1::Tick;
@@ -61,6 +62,8 @@ async fn on_user_created(event: Event<UserCreated>, State(calls): State<Calls>) 
 /// A broker with the typed `UserCreated` subscriber and a dead-letter collector.
 struct Harness {
     broker: MemoryBroker,
+    /// The subscriber's queue group, unique per harness so that its metrics are its own.
+    group: String,
     service: RunningService,
     dlq_subscription: Subscription,
     dead_letters: Collector<Delivery>,
@@ -69,6 +72,8 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        testkit::metrics::install();
+        let group = testkit::unique("mailer");
         let broker = MemoryBroker::new();
         let (dlq_tx, dead_letters) = Collector::new(WAIT);
         let dlq_subscription = testkit::delivery_subscriber(&broker, DLQ, dlq_tx).await;
@@ -79,7 +84,7 @@ impl Harness {
             .subscribe_with(
                 TOPIC,
                 SubscribeOptions::new()
-                    .queue("mailer")
+                    .queue(group.as_str())
                     // A handler error would be retried: decode failures must not be.
                     .retry(RetryPolicy::exponential(5, Duration::from_millis(1)).with_jitter(0.0)),
                 on_user_created,
@@ -91,6 +96,7 @@ impl Harness {
             .expect("start the service");
         Harness {
             broker,
+            group,
             service,
             dlq_subscription,
             dead_letters,
@@ -177,7 +183,6 @@ async fn expect_dead_letter(case: Case) -> Delivery {
 
     // The diagnosis.
     let error = header(names::X_EVENT_ERROR);
-    eprintln!("DEBUG {error}\nDEBUGH {headers:?}");
     let mut expected = vec![
         format!("topic {TOPIC:?}, {position}"),
         format!("expected type {EXPECTED_TYPE}"),
@@ -235,7 +240,36 @@ async fn expect_dead_letter(case: Case) -> Delivery {
         ]
     );
 
+    let group = harness.group.clone();
     harness.stop().await;
+
+    // The metrics: one message consumed, dead-lettered and counted as a decode error of its
+    // classification, none acked or retried.
+    let metrics = testkit::metrics::install();
+    let of = [(label::GROUP, group.as_str()), (label::TOPIC, TOPIC)];
+    let with = |name: &'static str, value: &'static str| {
+        let mut labels = of.to_vec();
+        labels.push((name, value));
+        labels
+    };
+    assert_eq!(metrics.counter(metric::CONSUMED, &of), 1);
+    assert_eq!(metrics.counter(metric::ACKED, &of), 0);
+    assert_eq!(metrics.counter(metric::RETRIED, &of), 0);
+    assert_eq!(
+        metrics.counter(metric::DEAD_LETTERED, &with(label::ERROR_KIND, error_kind)),
+        1
+    );
+    assert_eq!(
+        metrics.counter(
+            metric::DECODE_ERRORS,
+            &with(label::PAYLOAD_KIND, payload_kind.as_str())
+        ),
+        1,
+        "decode errors of kind {}",
+        payload_kind.as_str()
+    );
+    assert_eq!(metrics.counter(metric::DECODE_ERRORS, &of), 1);
+    assert_eq!(metrics.gauge(metric::IN_FLIGHT, &of), 0.0);
     dead
 }
 
@@ -687,7 +721,14 @@ async fn unknown_fields_are_schema_drift_not_an_error() {
     assert_eq!(seen.user, user());
     assert!(seen.type_verified);
     assert_eq!(seen.message_type.as_deref(), Some(EXPECTED_TYPE));
+    let group = harness.group.clone();
     harness.stop().await;
+
+    let metrics = testkit::metrics::install();
+    let of = [(label::GROUP, group.as_str())];
+    assert_eq!(metrics.counter(metric::SCHEMA_DRIFT, &of), 1);
+    assert_eq!(metrics.counter(metric::ACKED, &of), 1);
+    assert_eq!(metrics.counter(metric::DECODE_ERRORS, &of), 0);
 
     let logs = logs.text();
     let warning = logs

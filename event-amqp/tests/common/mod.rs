@@ -5,7 +5,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Arc;
+
 use event_amqp::AmqpBroker;
+use event_core::broker::Broker;
+use event_core::testkit::BrokerFactory;
 
 /// The broker under test.
 pub fn url() -> String {
@@ -15,7 +19,6 @@ pub fn url() -> String {
 
 /// Connects `broker`; panics with the reason when RabbitMQ is not there.
 pub async fn connected(broker: AmqpBroker) -> AmqpBroker {
-    use event_core::broker::Broker;
     broker.connect().await.unwrap_or_else(|e| {
         panic!(
             "RabbitMQ must be running at {} (guest/guest): {}",
@@ -34,5 +37,21 @@ pub fn long_string(table: &lapin::types::FieldTable, name: &str) -> String {
             String::from_utf8_lossy(s.as_bytes()).into_owned()
         }
         other => panic!("header {name} is not a long string: {other:?}"),
+    }
+}
+
+/// Connected clients of the test RabbitMQ, on an exchange of the tests' own; durable queues
+/// expire after ten idle minutes.
+pub struct Factory;
+
+impl BrokerFactory for Factory {
+    async fn broker(&self) -> Arc<dyn Broker> {
+        let broker = AmqpBroker::builder(&url())
+            .exchange("event.test.conformance")
+            .queue_argument("x-expires", 600_000)
+            .connection_name("event-amqp conformance")
+            .build()
+            .expect("valid broker configuration");
+        Arc::new(connected(broker).await)
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! - at most `concurrency` handlers run at once; the source is not polled beyond that;
 //! - a message is acknowledged only after its handler succeeded or after it was dead-lettered;
-//! - failures are retried in place with the subscription's [`RetryPolicy`](super::RetryPolicy)
+//! - failures are retried in place with the subscription's [`RetryPolicy`]
 //!   backoff, then dead-lettered with `x-event-*` headers; permanent failures (decode errors,
 //!   type mismatches) are dead-lettered at once;
 //! - a panicking handler is caught and counts as a failure;
@@ -22,6 +22,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span};
 
 use super::{
     Broker, BrokerError, Delivery, Failure, FailureKind, Message, Outcome, RawHandler, RetryPolicy,
@@ -29,6 +30,7 @@ use super::{
 };
 use crate::headers::names;
 use crate::ratelimit::RateLimitedLog;
+use crate::telemetry::{ConsumerTelemetry, RunOutcome, publish_span};
 
 /// A message fetched by a backend, with the means to settle it.
 #[derive(Debug)]
@@ -109,19 +111,29 @@ impl Lifecycle {
 
     /// Runs the delivery loop for `source` on the current tokio runtime.
     ///
-    /// Dead letters are published through `dead_letter_broker` to
-    /// [`SubscribeOptions::dead_letter_topic_for`] the topic.
+    /// `broker` is the broker the subscription belongs to: dead letters are published through
+    /// it to [`SubscribeOptions::dead_letter_topic_for`] the topic, and its name and messaging
+    /// system label the subscription's spans and metrics.
     pub fn spawn<S: DeliverySource>(
         &self,
         topic: &str,
         source: S,
         options: &SubscribeOptions,
         handler: Arc<dyn RawHandler>,
-        dead_letter_broker: Arc<dyn Broker>,
+        broker: Arc<dyn Broker>,
     ) -> Subscription {
         let topic: Arc<str> = Arc::from(topic);
         let stop = self.token.child_token();
+        let telemetry = Arc::new(ConsumerTelemetry::new(
+            broker.messaging_system(),
+            broker.name(),
+            &topic,
+            options.queue.as_deref(),
+            handler.message_type(),
+        ));
+        let dead_letter_broker = broker;
         let ctx = Arc::new(LoopContext {
+            telemetry,
             dead_letter_topic: options.dead_letter_topic_for(&topic),
             topic: topic.clone(),
             handler,
@@ -145,6 +157,7 @@ impl Lifecycle {
 }
 
 struct LoopContext {
+    telemetry: Arc<ConsumerTelemetry>,
     topic: Arc<str>,
     dead_letter_topic: String,
     handler: Arc<dyn RawHandler>,
@@ -315,27 +328,42 @@ async fn process_owned<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming
 }
 
 async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Settled {
+    let _in_flight = ctx.telemetry.received();
+    let mut delivery = incoming.delivery;
+    delivery.telemetry = Some(ctx.telemetry.clone());
     let mut pending = Pending {
-        delivery: Some(incoming.delivery),
+        delivery: Some(delivery),
         acker: Some(incoming.acker),
     };
     loop {
-        let outcome = run_handler(&*ctx.handler, pending.delivery()).await;
+        let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
+        let started = std::time::Instant::now();
+        let outcome = run_handler(&*ctx.handler, pending.delivery())
+            .instrument(span.clone())
+            .await;
+        ctx.telemetry.ran(started.elapsed());
         let failure = match outcome {
             Outcome::Ack => {
                 let (_, acker) = pending.take();
-                if let Err(error) = acker.ack().await {
-                    tracing::warn!(topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
+                if let Err(error) = acker.ack().instrument(span.clone()).await {
+                    tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
                 }
+                ctx.telemetry.settled(&span, RunOutcome::Acked, None);
                 return Settled::Done;
             }
             Outcome::Retry(failure)
                 if !failure.kind().is_permanent()
                     && ctx.retry.should_retry(pending.delivery().attempt()) =>
             {
+                ctx.telemetry.settled(
+                    &span,
+                    RunOutcome::Retried,
+                    Some((failure.kind(), failure.payload_kind())),
+                );
                 let delivery = pending.delivery.as_mut().expect("present");
                 let backoff = ctx.retry.backoff(delivery.attempt());
                 tracing::debug!(
+                    parent: &span,
                     topic = %ctx.topic,
                     handler = ctx.handler.name(),
                     attempt = delivery.attempt(),
@@ -344,6 +372,7 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
                     error = %failure.describe(),
                     "handler failed; retrying"
                 );
+                drop(span);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => delivery.next_attempt(),
                     _ = ctx.stop.cancelled() => {
@@ -358,7 +387,7 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
             }
             Outcome::Retry(failure) | Outcome::DeadLetter(failure) => failure,
         };
-        return dead_letter(ctx, pending, failure).await;
+        return dead_letter(ctx, pending, failure, span).await;
     }
 }
 
@@ -420,8 +449,10 @@ async fn dead_letter<A: Acknowledge>(
     ctx: &LoopContext,
     mut pending: Pending<A>,
     failure: Failure,
+    span: Span,
 ) -> Settled {
     let delivery = pending.delivery();
+    let entered = span.enter();
     ctx.log.error(
         (
             ctx.topic.to_string(),
@@ -442,18 +473,29 @@ async fn dead_letter<A: Acknowledge>(
             );
         },
     );
-    let message = dead_letter_message(delivery, ctx.handler.name(), &failure);
+    let mut message = dead_letter_message(delivery, ctx.handler.name(), &failure);
+    let publish_name = format!("publish {}", ctx.dead_letter_topic);
+    drop(entered);
     let mut wait = Duration::from_millis(100);
-    let mut message = message;
     loop {
-        match ctx
+        let publishing = span.in_scope(|| {
+            publish_span(
+                &publish_name,
+                ctx.dead_letter_broker.messaging_system(),
+                &ctx.dead_letter_topic,
+                &mut message,
+            )
+        });
+        let published = ctx
             .dead_letter_broker
             .publish(&ctx.dead_letter_topic, message)
-            .await
-        {
+            .instrument(publishing)
+            .await;
+        match published {
             Ok(_) => break,
             Err(error) => {
                 tracing::error!(
+                    parent: &span,
                     topic = %ctx.topic,
                     dead_letter_topic = %ctx.dead_letter_topic,
                     error = %crate::error_chain(&error),
@@ -467,6 +509,7 @@ async fn dead_letter<A: Acknowledge>(
                         if let Err(error) = acker.nack(delivery).await {
                             tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
                         }
+                        ctx.telemetry.settled(&span, RunOutcome::Returned, Some((failure.kind(), failure.payload_kind())));
                         return Settled::Returned;
                     }
                 }
@@ -475,8 +518,13 @@ async fn dead_letter<A: Acknowledge>(
         }
     }
     let (_, acker) = pending.take();
-    if let Err(error) = acker.ack().await {
-        tracing::warn!(topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");
+    if let Err(error) = acker.ack().instrument(span.clone()).await {
+        tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");
     }
+    ctx.telemetry.settled(
+        &span,
+        RunOutcome::DeadLettered,
+        Some((failure.kind(), failure.payload_kind())),
+    );
     Settled::Done
 }

@@ -184,6 +184,9 @@ pub struct Delivery {
     position: Position,
     attempt: u32,
     received_at: SystemTime,
+    /// The subscription's instruments, set by the delivery loop (schema drift is counted by
+    /// the typed handler).
+    pub(crate) telemetry: Option<Arc<crate::telemetry::ConsumerTelemetry>>,
 }
 
 impl Delivery {
@@ -195,6 +198,7 @@ impl Delivery {
             position,
             attempt: 1,
             received_at: SystemTime::now(),
+            telemetry: None,
         }
     }
 
@@ -397,6 +401,12 @@ pub trait RawHandler: Send + Sync + 'static {
 
     /// A name for logs and the `x-event-handler` dead-letter header.
     fn name(&self) -> &str;
+
+    /// The protobuf full name this handler decodes, for metrics labels; `None` for raw
+    /// handlers.
+    fn message_type(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Wraps an async closure as a [`RawHandler`].
@@ -677,6 +687,22 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// A short kebab-case name of the variant, for metrics labels and span attributes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BrokerError::Closed { .. } => "closed",
+            BrokerError::InvalidTopic { .. } => "invalid-topic",
+            BrokerError::InvalidQueue { .. } => "invalid-queue",
+            BrokerError::TopicNotFound { .. } => "topic-not-found",
+            BrokerError::Unroutable { .. } => "unroutable",
+            BrokerError::Unavailable { .. } => "unavailable",
+            BrokerError::Timeout { .. } => "timeout",
+            BrokerError::Backend { .. } => "backend",
+        }
+    }
+}
+
 /// A failed publish; gives the message back so it can be retried with the same id.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing to {topic:?} failed")]
@@ -788,6 +814,12 @@ pub fn validate_subscription(topic: &str, options: &SubscribeOptions) -> Result<
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Backend name for logs and metrics (`memory`, `kafka`, `amqp`).
     fn name(&self) -> &'static str;
+
+    /// The OpenTelemetry `messaging.system` of this broker (`kafka`, `rabbitmq`); the backend
+    /// name by default.
+    fn messaging_system(&self) -> &'static str {
+        self.name()
+    }
 
     /// Address for logs (no credentials).
     fn address(&self) -> String;

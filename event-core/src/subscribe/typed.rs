@@ -91,6 +91,9 @@ where
             Err(error) => return Box::pin(std::future::ready(decode_failure(error))),
         };
         if !decoded.unknown_fields.is_empty() {
+            if let Some(telemetry) = &delivery.telemetry {
+                telemetry.schema_drift();
+            }
             self.drift.error(
                 (
                     delivery.topic().to_owned(),
@@ -126,6 +129,10 @@ where
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn message_type(&self) -> Option<&str> {
+        Some(&self.expected)
     }
 }
 

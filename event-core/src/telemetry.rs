@@ -1,0 +1,532 @@
+//! Observability: `tracing` spans, W3C trace context and metrics.
+//!
+//! # Spans
+//!
+//! Every typed publish ([`Publisher`](crate::Publisher)) and every dead-letter publish runs in
+//! a `publish {topic}` span (OpenTelemetry kind producer), and every handler run, typed or raw,
+//! in a `process {topic}` span (kind consumer). A direct call of the raw
+//! [`Broker::publish`](crate::Broker::publish) is not instrumented: it is the byte-level API
+//! under the framework, and its trace headers are whatever the caller writes. The tracing span names are
+//! `publish` and `process`; the `otel.name` field carries the full name. Both spans are at
+//! `INFO` level with target `event`, and carry the OpenTelemetry messaging attribute names:
+//!
+//! | field | publish | process |
+//! |---|---|---|
+//! | `messaging.system` (`kafka`, `rabbitmq`, `memory`) | ✓ | ✓ |
+//! | `messaging.operation.type` | `send` | `process` |
+//! | `messaging.destination.name` (the topic) | ✓ | ✓ |
+//! | `messaging.consumer.group.name` (the queue group) | | ✓ |
+//! | `messaging.message.id`, `messaging.message.body.size` | ✓ | ✓ |
+//! | `messaging.destination.partition.id`, `messaging.kafka.offset`, `messaging.kafka.message.key` | ✓ | ✓ |
+//! | `messaging.rabbitmq.destination.routing_key`, `messaging.rabbitmq.message.delivery_tag` | ✓ | ✓ |
+//! | `cloudevents.event_type` (the `ce_type` header) | ✓ | ✓ |
+//! | `correlation_id`, `causation_id` (DESIGN.md §4) | ✓ | ✓ |
+//! | `event.handler`, `event.attempt`, `trace_id` | | ✓ |
+//! | `event.outcome` (`acked`, `retried`, `dead-lettered`, `returned`) | | ✓ |
+//! | `error.type` (a [`FailureKind`] or a broker error kind), `event.payload_kind` | ✓ | ✓ |
+//!
+//! The handler's future runs inside its process span, so every log line the handler writes
+//! carries the topic, the message id, the handler name, the trace id and the correlation and
+//! causation ids. A handler that publishes does so inside its process span: the publish span is
+//! its child.
+//!
+//! # Trace context
+//!
+//! Without the `opentelemetry` feature the `traceparent`, `tracestate` and `baggage` headers
+//! pass from a handled message to what its handler publishes, untouched (see
+//! [`Context`](crate::Context)); the process span's `trace_id` is read from `traceparent`.
+//!
+//! With the feature, the publish span's OpenTelemetry context is injected into the published
+//! headers, and a process span's parent is extracted from the message's headers (names read in
+//! any case: go-micro writes `Traceparent`), so one trace crosses services through any broker.
+//! The global propagator (`opentelemetry::global::set_text_map_propagator`) is used; while none
+//! is set, W3C trace context and baggage are.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`] facade: install any recorder (Prometheus, OpenTelemetry, StatsD)
+//! *before* building publishers and services, as their instruments are registered once when
+//! they are made. With no recorder installed the instruments are no-ops. Names and labels are in
+//! [`metric`] and [`label`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Label};
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::broker::{Delivery, FailureKind, Message, Position, PublishError, Receipt};
+use crate::headers::{Headers, names};
+
+/// Metric names.
+pub mod metric {
+    /// Counter: messages a typed publisher handed to the broker and the broker took.
+    /// Labels: topic, message_type, backend.
+    pub const PUBLISHED: &str = "event_published_total";
+    /// Counter: publishes the broker refused or that failed. Labels: topic, message_type,
+    /// backend, error_kind.
+    pub const PUBLISH_FAILURES: &str = "event_publish_failures_total";
+    /// Counter: messages received by a subscription (each message once, whatever its attempts).
+    /// Labels: topic, message_type, group, backend.
+    pub const CONSUMED: &str = "event_consumed_total";
+    /// Counter: messages acknowledged after their handler succeeded. Labels as consumed.
+    pub const ACKED: &str = "event_acked_total";
+    /// Counter: handler runs that failed and were scheduled to run again. Labels as consumed,
+    /// plus error_kind.
+    pub const RETRIED: &str = "event_retried_total";
+    /// Counter: messages sent to the dead-letter topic. Labels as consumed, plus error_kind.
+    pub const DEAD_LETTERED: &str = "event_dead_lettered_total";
+    /// Counter: messages that could not be decoded as the subscriber's type, by what the bytes
+    /// looked like. Labels as consumed, plus payload_kind.
+    pub const DECODE_ERRORS: &str = "event_decode_errors_total";
+    /// Counter: messages carrying fields this build does not know (the producer's schema is
+    /// newer). Labels as consumed.
+    pub const SCHEMA_DRIFT: &str = "event_schema_drift_total";
+    /// Histogram: handler run time in seconds, one sample per run. Labels as consumed.
+    pub const HANDLER_DURATION: &str = "event_handler_duration_seconds";
+    /// Gauge: messages of a subscription between receipt and settlement. Labels as consumed.
+    pub const IN_FLIGHT: &str = "event_in_flight";
+    /// Gauge: messages in a partition behind the group's position, as the backend reports it
+    /// (Kafka). Labels: topic, partition, group, backend.
+    pub const CONSUMER_LAG: &str = "event_consumer_lag";
+}
+
+/// Metric label names.
+pub mod label {
+    /// The topic.
+    pub const TOPIC: &str = "topic";
+    /// The protobuf full name the publisher or subscriber is typed with (`raw` for raw
+    /// handlers).
+    pub const MESSAGE_TYPE: &str = "message_type";
+    /// The queue group; empty for broadcast subscriptions.
+    pub const GROUP: &str = "group";
+    /// The backend (`memory`, `kafka`, `amqp`).
+    pub const BACKEND: &str = "backend";
+    /// A [`FailureKind`](crate::broker::FailureKind) or broker error kind.
+    pub const ERROR_KIND: &str = "error_kind";
+    /// What undecodable bytes looked like (`json`, `confluent-frame`, …).
+    pub const PAYLOAD_KIND: &str = "payload_kind";
+    /// A partition number.
+    pub const PARTITION: &str = "partition";
+}
+
+/// What the delivery loop did with one handler run, as written into `event.outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    Acked,
+    Retried,
+    DeadLettered,
+    Returned,
+}
+
+impl RunOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Acked => "acked",
+            RunOutcome::Retried => "retried",
+            RunOutcome::DeadLettered => "dead-lettered",
+            RunOutcome::Returned => "returned",
+        }
+    }
+}
+
+/// The instruments of one typed publisher.
+pub(crate) struct PublishTelemetry {
+    span_name: Box<str>,
+    system: &'static str,
+    published: Counter,
+    labels: Vec<Label>,
+}
+
+impl PublishTelemetry {
+    pub(crate) fn new(
+        system: &'static str,
+        backend: &'static str,
+        topic: &str,
+        message_type: &str,
+    ) -> Self {
+        let labels = vec![
+            Label::new(label::TOPIC, topic.to_owned()),
+            Label::new(label::MESSAGE_TYPE, message_type.to_owned()),
+            Label::new(label::BACKEND, backend),
+        ];
+        PublishTelemetry {
+            span_name: format!("publish {topic}").into(),
+            system,
+            published: metrics::counter!(metric::PUBLISHED, labels.iter()),
+            labels,
+        }
+    }
+
+    /// The publish span of `message`, with the span's trace context written into its headers.
+    pub(crate) fn span(&self, topic: &str, message: &mut Message) -> Span {
+        publish_span(&self.span_name, self.system, topic, message)
+    }
+
+    /// Records the broker's answer on the span and in the counters.
+    pub(crate) fn finish(&self, span: &Span, result: &Result<Receipt, PublishError>) {
+        match result {
+            Ok(receipt) => {
+                self.published.increment(1);
+                record_position(span, receipt.position());
+            }
+            Err(error) => {
+                let kind = error.broker_error().kind();
+                let mut labels = self.labels.clone();
+                labels.push(Label::new(label::ERROR_KIND, kind));
+                metrics::counter!(metric::PUBLISH_FAILURES, labels).increment(1);
+                span.record("otel.status_code", "error");
+                span.record("error.type", kind);
+            }
+        }
+    }
+}
+
+/// A `publish {topic}` span for `message`, made current-span's child; with the
+/// `opentelemetry` feature its context is injected into the message's headers.
+pub(crate) fn publish_span(
+    span_name: &str,
+    system: &'static str,
+    topic: &str,
+    message: &mut Message,
+) -> Span {
+    let headers = &message.headers;
+    let span = tracing::info_span!(
+        target: "event",
+        "publish",
+        otel.name = span_name,
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = system,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = topic,
+        messaging.message.id = headers.message_id(),
+        messaging.message.body.size = message.payload.len(),
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        messaging.kafka.message.key = Empty,
+        messaging.rabbitmq.destination.routing_key = Empty,
+        cloudevents.event_type = headers.message_type(),
+        correlation_id = headers.get_str(names::CORRELATION_ID),
+        causation_id = headers.get_str(names::CAUSATION_ID),
+        error.type = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    record_system_fields(&span, system, topic, message.key.as_deref());
+    #[cfg(feature = "opentelemetry")]
+    otel::inject(&span, &mut message.headers);
+    span
+}
+
+fn record_system_fields(span: &Span, system: &str, topic: &str, key: Option<&[u8]>) {
+    match system {
+        "rabbitmq" => {
+            span.record("messaging.rabbitmq.destination.routing_key", topic);
+        }
+        "kafka" => {
+            if let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+                span.record("messaging.kafka.message.key", key);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn record_position(span: &Span, position: &Position) {
+    match position {
+        Position::Offset { partition, offset } => {
+            span.record(
+                "messaging.destination.partition.id",
+                tracing::field::display(partition),
+            );
+            span.record("messaging.kafka.offset", offset);
+        }
+        Position::DeliveryTag { delivery_tag, .. } => {
+            span.record("messaging.rabbitmq.message.delivery_tag", delivery_tag);
+        }
+        Position::Sequence { .. } | Position::Confirmed => {}
+    }
+}
+
+/// The instruments of one subscription, shared by its delivery loop and its deliveries.
+pub(crate) struct ConsumerTelemetry {
+    span_name: Box<str>,
+    system: &'static str,
+    group: Option<Arc<str>>,
+    labels: Vec<Label>,
+    consumed: Counter,
+    acked: Counter,
+    in_flight: Gauge,
+    duration: Histogram,
+    drift: Counter,
+}
+
+impl std::fmt::Debug for ConsumerTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerTelemetry")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerTelemetry {
+    pub(crate) fn new(
+        system: &'static str,
+        backend: &'static str,
+        topic: &str,
+        group: Option<&str>,
+        message_type: Option<&str>,
+    ) -> Self {
+        let labels = vec![
+            Label::new(label::TOPIC, topic.to_owned()),
+            Label::new(
+                label::MESSAGE_TYPE,
+                message_type.unwrap_or("raw").to_owned(),
+            ),
+            Label::new(label::GROUP, group.unwrap_or_default().to_owned()),
+            Label::new(label::BACKEND, backend),
+        ];
+        ConsumerTelemetry {
+            span_name: format!("process {topic}").into(),
+            system,
+            group: group.map(Arc::from),
+            consumed: metrics::counter!(metric::CONSUMED, labels.iter()),
+            acked: metrics::counter!(metric::ACKED, labels.iter()),
+            in_flight: metrics::gauge!(metric::IN_FLIGHT, labels.iter()),
+            duration: metrics::histogram!(metric::HANDLER_DURATION, labels.iter()),
+            drift: metrics::counter!(metric::SCHEMA_DRIFT, labels.iter()),
+            labels,
+        }
+    }
+
+    /// A message arrived: counted, and in flight until the guard drops.
+    pub(crate) fn received(&self) -> InFlight<'_> {
+        self.consumed.increment(1);
+        self.in_flight.increment(1.0);
+        InFlight(&self.in_flight)
+    }
+
+    /// The `process {topic}` span of one handler run, a child of the publisher's span when the
+    /// headers carry its trace context.
+    pub(crate) fn span(&self, delivery: &Delivery, handler: &str) -> Span {
+        let headers = delivery.headers();
+        let span = tracing::info_span!(
+            target: "event",
+            parent: None,
+            "process",
+            otel.name = &*self.span_name,
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = self.system,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = delivery.topic(),
+            messaging.consumer.group.name = self.group.as_deref(),
+            messaging.message.id = headers.message_id(),
+            messaging.message.body.size = delivery.payload().len(),
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+            messaging.kafka.message.key = Empty,
+            messaging.rabbitmq.destination.routing_key = Empty,
+            messaging.rabbitmq.message.delivery_tag = Empty,
+            cloudevents.event_type = headers.message_type(),
+            correlation_id = headers.get_str(names::CORRELATION_ID),
+            causation_id = headers.get_str(names::CAUSATION_ID),
+            event.handler = handler,
+            event.attempt = delivery.attempt(),
+            event.outcome = Empty,
+            event.payload_kind = Empty,
+            error.type = Empty,
+            trace_id = Empty,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        record_system_fields(
+            &span,
+            self.system,
+            delivery.topic(),
+            delivery.message().key.as_deref(),
+        );
+        record_position(&span, delivery.position());
+        #[cfg(feature = "opentelemetry")]
+        otel::extract(&span, headers);
+        #[cfg(not(feature = "opentelemetry"))]
+        if let Some(trace_id) = trace_id_of(headers) {
+            span.record("trace_id", trace_id);
+        }
+        span
+    }
+
+    /// A handler run took `elapsed`.
+    pub(crate) fn ran(&self, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    /// How the run ended, on the span and in the counters.
+    pub(crate) fn settled(
+        &self,
+        span: &Span,
+        outcome: RunOutcome,
+        failure: Option<(FailureKind, Option<&str>)>,
+    ) {
+        span.record("event.outcome", outcome.as_str());
+        match outcome {
+            RunOutcome::Acked => self.acked.increment(1),
+            RunOutcome::Retried => self.count(metric::RETRIED, failure),
+            RunOutcome::DeadLettered => self.count(metric::DEAD_LETTERED, failure),
+            RunOutcome::Returned => {}
+        }
+        if let Some((kind, payload_kind)) = failure {
+            span.record("otel.status_code", "error");
+            span.record("error.type", kind.as_str());
+            if let Some(payload_kind) = payload_kind {
+                span.record("event.payload_kind", payload_kind);
+                if outcome == RunOutcome::DeadLettered {
+                    let mut labels = self.labels.clone();
+                    labels.push(Label::new(label::PAYLOAD_KIND, payload_kind.to_owned()));
+                    metrics::counter!(metric::DECODE_ERRORS, labels).increment(1);
+                }
+            }
+        }
+    }
+
+    fn count(&self, name: &'static str, failure: Option<(FailureKind, Option<&str>)>) {
+        let mut labels = self.labels.clone();
+        if let Some((kind, _)) = failure {
+            labels.push(Label::new(label::ERROR_KIND, kind.as_str()));
+        }
+        metrics::counter!(name, labels).increment(1);
+    }
+
+    /// A message with fields unknown to this build was handled.
+    pub(crate) fn schema_drift(&self) {
+        self.drift.increment(1);
+    }
+}
+
+/// Decrements the in-flight gauge when a message is settled or given up.
+pub(crate) struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+#[cfg_attr(feature = "opentelemetry", allow(dead_code))]
+fn trace_id_of(headers: &Headers) -> Option<&str> {
+    let value = headers.get_str(names::TRACEPARENT)?;
+    let mut parts = value.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use std::sync::LazyLock;
+
+    use opentelemetry::propagation::{
+        Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+    };
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+    use tracing::Span;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use crate::headers::{HeaderName, Headers};
+
+    struct HeaderInjector<'a>(&'a mut Headers);
+
+    impl Injector for HeaderInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let Ok(name) = HeaderName::new(key) {
+                // replaces the passed-through value, in any case
+                self.0.insert(name, value);
+            }
+        }
+    }
+
+    struct HeaderExtractor<'a>(&'a Headers);
+
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get_str(key)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(name, _)| name.as_str()).collect()
+        }
+    }
+
+    /// W3C trace context and baggage: used while the global propagator is the default no-op.
+    static FALLBACK: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
+        TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ])
+    });
+
+    /// Runs `f` with the global propagator, or [`FALLBACK`] while none is set.
+    fn with_propagator<R>(mut f: impl FnMut(&dyn TextMapPropagator) -> R) -> R {
+        opentelemetry::global::get_text_map_propagator(|global| {
+            if global.fields().next().is_some() {
+                f(global)
+            } else {
+                f(&*FALLBACK)
+            }
+        })
+    }
+
+    pub(super) fn inject(span: &Span, headers: &mut Headers) {
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            // no OpenTelemetry layer: the passed-through headers stay as they are
+            return;
+        }
+        with_propagator(|propagator| propagator.inject_context(&cx, &mut HeaderInjector(headers)));
+    }
+
+    pub(super) fn extract(span: &Span, headers: &Headers) {
+        let parent = with_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+        if span.set_parent(parent).is_err() {
+            // no OpenTelemetry layer: read the trace id off the header
+            if let Some(trace_id) = super::trace_id_of(headers) {
+                span.record("trace_id", trace_id);
+            }
+            return;
+        }
+        let cx = span.context();
+        let context = cx.span().span_context().clone();
+        if context.is_valid() {
+            span.record("trace_id", tracing::field::display(context.trace_id()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_is_read_from_traceparent_in_any_case() {
+        let mut headers = Headers::new();
+        headers.append(
+            "Traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        assert_eq!(
+            trace_id_of(&headers),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut bad = Headers::new();
+        bad.append("traceparent", "00-xyz-00f067aa0ba902b7-01");
+        assert_eq!(trace_id_of(&bad), None);
+    }
+}
