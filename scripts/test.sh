@@ -73,10 +73,16 @@ ensure_rabbitmq() {
 ensure_kafka
 ensure_rabbitmq
 
-for example in quickstart kafka amqp; do
+for example in quickstart kafka amqp tracing; do
     echo "== example $example (must exit 0 on its own)"
     cargo run --quiet --example "$example" > "$STATE_DIR/$example.out"
     tail -n 1 "$STATE_DIR/$example.out"
+done
+# one trace across three services on each real broker too
+for url in "kafka://127.0.0.1:9092" "$EVENT_TEST_AMQP"; do
+    echo "== example tracing on ${url%%:*}"
+    EVENT_BROKER="$url" cargo run --quiet --example tracing > "$STATE_DIR/tracing-${url%%:*}.out"
+    tail -n 1 "$STATE_DIR/tracing-${url%%:*}.out"
 done
 
 echo "== cargo test (workspace, all features: unit, integration, broker-backed, trybuild, doc tests)"

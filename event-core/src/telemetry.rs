@@ -18,7 +18,8 @@
 //! | `messaging.consumer.group.name` (the queue group) | | ✓ |
 //! | `messaging.message.id`, `messaging.message.body.size` | ✓ | ✓ |
 //! | `messaging.destination.partition.id`, `messaging.kafka.offset`, `messaging.kafka.message.key` | ✓ | ✓ |
-//! | `messaging.rabbitmq.destination.routing_key`, `messaging.rabbitmq.message.delivery_tag` | ✓ | ✓ |
+//! | `messaging.rabbitmq.destination.routing_key` | ✓ | ✓ |
+//! | `messaging.rabbitmq.message.delivery_tag` | | ✓ |
 //! | `cloudevents.event_type` (the `ce_type` header) | ✓ | ✓ |
 //! | `correlation_id`, `causation_id` (DESIGN.md §4) | ✓ | ✓ |
 //! | `event.handler`, `event.attempt`, `trace_id` | | ✓ |

@@ -97,6 +97,7 @@ pub struct KafkaBrokerBuilder {
     pub(crate) join_timeout: Duration,
     pub(crate) parallel_keys: bool,
     pub(crate) max_buffered_per_partition: usize,
+    pub(crate) statistics_interval: Duration,
     pub(crate) ensure_topics: Vec<TopicSpec>,
     pub(crate) producer_properties: BTreeMap<String, String>,
     pub(crate) consumer_properties: BTreeMap<String, String>,
@@ -118,6 +119,7 @@ impl KafkaBrokerBuilder {
             join_timeout: Duration::from_secs(60),
             parallel_keys: false,
             max_buffered_per_partition: 512,
+            statistics_interval: Duration::from_secs(5),
             ensure_topics: Vec::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
@@ -196,6 +198,17 @@ impl KafkaBrokerBuilder {
     /// that partition pauses (default 512).
     pub fn max_buffered_per_partition(mut self, n: usize) -> Self {
         self.max_buffered_per_partition = n.max(1);
+        self
+    }
+
+    /// How often each subscription's consumer reports librdkafka statistics
+    /// (`statistics.interval.ms`, default 5 s); each report updates the consumer lag gauge
+    /// ([`CONSUMER_LAG`](event_core::telemetry::metric::CONSUMER_LAG)) of the partitions the
+    /// subscription holds. [`Duration::ZERO`] turns the statistics, and so the gauge, off. The
+    /// producer and admin clients report no statistics. A `statistics.interval.ms` passed
+    /// through [`set`](Self::set) or [`set_consumer`](Self::set_consumer) wins over this.
+    pub fn statistics_interval(mut self, interval: Duration) -> Self {
+        self.statistics_interval = interval;
         self
     }
 
@@ -286,7 +299,9 @@ impl KafkaBrokerBuilder {
             // fallback when that fails
             .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "range,roundrobin");
+            .set("partition.assignment.strategy", "range,roundrobin")
+            // read by the consumer lag gauge; 0 turns statistics off
+            .set("statistics.interval.ms", millis(self.statistics_interval));
         for (k, v) in self.properties.iter().chain(&self.consumer_properties) {
             config.set(k, v);
         }
@@ -337,7 +352,8 @@ impl KafkaBrokerBuilder {
     /// More than one bootstrap server: `bootstrap_servers=host1:9092,host2:9092` (a URL has
     /// one host). Other query parameters: `client_id`, `linger_ms`, `acks` (`0`, `1`, `all`), `idempotence`,
     /// `compression`, `delivery_timeout_ms`, `operation_timeout_ms`, `flush_timeout_ms`, `join_timeout_ms`,
-    /// `parallel_keys`, `max_buffered_per_partition`; any parameter with a dot in its name is
+    /// `parallel_keys`, `max_buffered_per_partition`, `statistics_interval_ms` (`0` turns
+    /// consumer statistics and the lag gauge off); any parameter with a dot in its name is
     /// a librdkafka property (`security.protocol=sasl_ssl`, `sasl.mechanism=PLAIN`, …).
     /// `kafkas://` sets `security.protocol=ssl`.
     ///
@@ -422,12 +438,16 @@ impl KafkaBrokerBuilder {
                 "max_buffered_per_partition" => {
                     builder.max_buffered_per_partition(number(&value)? as usize)
                 }
+                "statistics_interval_ms" => {
+                    builder.statistics_interval(Duration::from_millis(number(&value)?))
+                }
                 property if property.contains('.') => builder.set(property, value),
                 other => {
                     return Err(invalid(format!(
                         "unknown query parameter {other:?}; known: bootstrap_servers, client_id, linger_ms, acks, \
                          idempotence, compression, delivery_timeout_ms, operation_timeout_ms, \
-                         flush_timeout_ms, join_timeout_ms, parallel_keys, max_buffered_per_partition, or any \
+                         flush_timeout_ms, join_timeout_ms, parallel_keys, max_buffered_per_partition, \
+                         statistics_interval_ms, or any \
                          librdkafka property (a name with a dot)"
                     )));
                 }
@@ -435,6 +455,12 @@ impl KafkaBrokerBuilder {
         }
         Ok(builder)
     }
+}
+
+/// Whole milliseconds for a librdkafka `*.ms` property, rounded up so that a non-zero
+/// duration never becomes 0 (which often means "off").
+fn millis(duration: Duration) -> String {
+    duration.as_nanos().div_ceil(1_000_000).to_string()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -549,5 +575,70 @@ mod tests {
             .consumer_config(Some("g"), true);
         assert_eq!(consumer.get("auto.commit.interval.ms"), Some("200"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn consumers_report_statistics_every_five_seconds_by_default() {
+        let b = KafkaBrokerBuilder::new("h:9092");
+        assert_eq!(
+            b.consumer_config(Some("g"), true)
+                .get("statistics.interval.ms"),
+            Some("5000")
+        );
+        assert_eq!(b.producer_config().get("statistics.interval.ms"), None);
+        assert_eq!(b.admin_config().get("statistics.interval.ms"), None);
+        let off = b.clone().statistics_interval(Duration::ZERO);
+        assert_eq!(
+            off.consumer_config(None, false)
+                .get("statistics.interval.ms"),
+            Some("0")
+        );
+        let tiny = b.clone().statistics_interval(Duration::from_micros(1));
+        assert_eq!(
+            tiny.consumer_config(None, false)
+                .get("statistics.interval.ms"),
+            Some("1"),
+            "a non-zero interval never rounds down to off"
+        );
+        let passthrough = b
+            .statistics_interval(Duration::from_millis(100))
+            .set_consumer("statistics.interval.ms", "60000");
+        assert_eq!(
+            passthrough
+                .consumer_config(Some("g"), true)
+                .get("statistics.interval.ms"),
+            Some("60000")
+        );
+        let everywhere = KafkaBrokerBuilder::new("h:9092").set("statistics.interval.ms", "0");
+        assert_eq!(
+            everywhere
+                .consumer_config(Some("g"), true)
+                .get("statistics.interval.ms"),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn url_sets_the_statistics_interval() {
+        let b = parse("kafka://h:9092?statistics_interval_ms=250").unwrap();
+        assert_eq!(b.statistics_interval, Duration::from_millis(250));
+        assert_eq!(
+            b.consumer_config(Some("g"), true)
+                .get("statistics.interval.ms"),
+            Some("250")
+        );
+        let off = parse("kafka://h:9092?statistics_interval_ms=0").unwrap();
+        assert_eq!(off.statistics_interval, Duration::ZERO);
+        let err = parse("kafka://h:9092?statistics_interval_ms=5s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("statistics_interval_ms must be a whole number"),
+            "{err}"
+        );
+        let err = parse("kafka://h:9092?statistics_interval=5000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("statistics_interval_ms"), "{err}");
     }
 }

@@ -11,6 +11,11 @@
 //! never skips a message that is still in a handler, in a retry backoff or waiting in a lane.
 //! When too many received records wait for a handler, the poller stops reading until half of
 //! them are taken (librdkafka's own fetch buffer is bounded too), so memory stays bounded.
+//!
+//! Every librdkafka statistics report (`statistics.interval.ms`, see
+//! [`statistics_interval`](crate::KafkaBrokerBuilder::statistics_interval)) updates the
+//! [`CONSUMER_LAG`](metric::CONSUMER_LAG) gauge of each partition the subscription holds: the
+//! partition's end offset minus the offset it would commit, so the messages not finished yet.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -22,10 +27,13 @@ use bytes::Bytes;
 use event_core::broker::delivery::{Acknowledge, DeliverySource, Incoming};
 use event_core::broker::{BrokerError, Delivery, Message, Position, StartFrom};
 use event_core::headers::{HeaderName, Headers};
+use event_core::telemetry::{label, metric};
+use metrics::{Gauge, Label};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::statistics::Partition as PartitionStatistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +95,8 @@ struct PartitionState {
     lanes: HashMap<u64, VecDeque<Delivery>>,
     /// Records received but not yet handed to the delivery loop.
     queued: usize,
+    /// The partition's consumer lag gauge, once a statistics report has set it.
+    lag: Option<Gauge>,
 }
 
 impl PartitionState {
@@ -98,12 +108,41 @@ impl PartitionState {
             stored: start.unwrap_or(-1),
             lanes: HashMap::new(),
             queued: 0,
+            lag: None,
         }
     }
 
     /// The offset a commit may name: the lowest unfinished one, else the next to fetch.
     fn committable(&self) -> Option<i64> {
         self.unfinished.first().copied().or(self.next_offset)
+    }
+
+    /// Messages of the partition not finished yet, from a statistics report: the end offset
+    /// (the last stable offset, else the high watermark) minus [`committable`](Self::committable).
+    /// Before the start position is known, librdkafka's own lag (from the stored, else the
+    /// committed offset). `None` while unknown.
+    fn lag(&self, stats: &PartitionStatistics) -> Option<i64> {
+        // librdkafka reports the last stable offset when the broker sends it (read_committed
+        // consumers, the default, read only up to it; without open transactions it is the
+        // high watermark)
+        let end = if stats.ls_offset >= 0 {
+            stats.ls_offset
+        } else {
+            stats.hi_offset
+        };
+        match self.committable() {
+            Some(position) if position >= 0 && end >= 0 => Some((end - position).max(0)),
+            _ => [stats.consumer_lag_stored, stats.consumer_lag]
+                .into_iter()
+                .find(|lag| *lag >= 0),
+        }
+    }
+
+    /// Zeroes the lag gauge, if set: the partition is no longer this subscription's to report.
+    fn clear_lag(&mut self) {
+        if let Some(gauge) = self.lag.take() {
+            gauge.set(0.0);
+        }
     }
 }
 
@@ -309,7 +348,8 @@ impl Shared {
         let mut state = self.lock();
         let mut commit = TopicPartitionList::new();
         for partition in revoked {
-            if let Some(ps) = state.partitions.remove(partition) {
+            if let Some(mut ps) = state.partitions.remove(partition) {
+                ps.clear_lag();
                 state.queued_total -= ps.queued;
                 if let Some(offset) = ps.committable() {
                     let _ = commit.add_partition_offset(
@@ -342,9 +382,66 @@ impl Shared {
         commit
     }
 
+    /// Stops the source; zeroes the lag gauges, which no report sets after this.
     fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        state
+            .partitions
+            .values_mut()
+            .for_each(PartitionState::clear_lag);
+        drop(state);
         self.ready_signal.notify_one();
+    }
+
+    /// Sets the lag gauge of every partition held, from one statistics report.
+    fn report_lag(&self, statistics: &Statistics) {
+        let Some(topic) = statistics.topics.get(&*self.settings.topic) else {
+            return;
+        };
+        let mut state = self.lock();
+        if state.closed {
+            // a report served while the consumer closes: the gauges were zeroed for good
+            return;
+        }
+        // the partitions held, so never librdkafka's internal partition -1
+        for (partition, ps) in &mut state.partitions {
+            let Some(stats) = topic.partitions.get(partition) else {
+                continue;
+            };
+            let lag = ps.lag(stats);
+            tracing::trace!(
+                topic = %self.settings.topic,
+                partition,
+                lag,
+                position = ps.committable(),
+                hi_offset = stats.hi_offset,
+                ls_offset = stats.ls_offset,
+                stored_offset = stats.stored_offset,
+                committed_offset = stats.committed_offset,
+                rdkafka_lag = stats.consumer_lag,
+                "consumer lag"
+            );
+            if let Some(lag) = lag {
+                ps.lag
+                    .get_or_insert_with(|| self.lag_gauge(*partition))
+                    .set(lag as f64);
+            }
+        }
+    }
+
+    /// The lag gauge of one partition; a broadcast subscription's group label is empty.
+    fn lag_gauge(&self, partition: i32) -> Gauge {
+        let labels = [
+            Label::new(label::TOPIC, self.settings.topic.to_string()),
+            Label::new(label::PARTITION, partition.to_string()),
+            Label::new(
+                label::GROUP,
+                self.settings.group.clone().unwrap_or_default(),
+            ),
+            Label::new(label::BACKEND, crate::NAME),
+        ];
+        metrics::gauge!(metric::CONSUMER_LAG, labels.iter())
     }
 
     /// Resolves where each newly assigned partition starts: its committed offset, else the
@@ -395,13 +492,35 @@ impl Shared {
     }
 }
 
-/// Serves librdkafka's rebalance callback for one subscription.
+/// Serves librdkafka's rebalance and statistics callbacks for one subscription.
 #[derive(Debug)]
 pub(crate) struct SubscriptionContext {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl ClientContext for SubscriptionContext {}
+impl ClientContext for SubscriptionContext {
+    /// Sets the [`CONSUMER_LAG`](metric::CONSUMER_LAG) gauge (labels topic, partition, group,
+    /// backend `kafka`; the group is empty for a broadcast subscription) of every partition
+    /// this subscription holds.
+    ///
+    /// The lag is the partition's end offset (last stable offset, else high watermark) in this
+    /// report minus the offset this subscription would commit: the lowest unfinished one, else
+    /// the next to fetch. So it counts the messages not finished yet (in a handler, waiting
+    /// for a retry or a lane, fetched but not taken, or not fetched), not merely the ones not
+    /// fetched; with [`parallel_keys`](crate::KafkaBrokerBuilder::parallel_keys) it also
+    /// counts finished messages behind an unfinished one, which a restart would deliver again.
+    /// It is computed here rather than read from librdkafka's `consumer_lag`, which trails by
+    /// the auto-commit interval (it uses the committed offset), is unknown until this
+    /// consumer commits once, and is never known for a broadcast reader (no commits).
+    ///
+    /// The report is served by the poller (inside its `recv`), so while the poller waits for
+    /// room (handlers far behind) the gauge keeps its last value until reading resumes. A
+    /// revoked partition's gauge is set to 0, as is every gauge when the subscription stops:
+    /// it is no longer this consumer's to report.
+    fn stats(&self, statistics: Statistics) {
+        self.shared.report_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for SubscriptionContext {
     fn rebalance(
@@ -647,5 +766,67 @@ impl Acknowledge for Acker {
 
     fn abandon(self, delivery: Delivery) {
         self.shared.settle(&self.consumer, &self, Some(delivery));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(hi: i64, ls: i64) -> PartitionStatistics {
+        PartitionStatistics {
+            hi_offset: hi,
+            ls_offset: ls,
+            consumer_lag: -1,
+            consumer_lag_stored: -1,
+            ..PartitionStatistics::default()
+        }
+    }
+
+    #[test]
+    fn lag_runs_from_the_lowest_unfinished_offset_to_the_end() {
+        let mut ps = PartitionState::new(1, Some(0));
+        assert_eq!(ps.lag(&stats(20, 20)), Some(20), "nothing received yet");
+        ps.unfinished.extend(0..20);
+        ps.next_offset = Some(20);
+        assert_eq!(
+            ps.lag(&stats(20, 20)),
+            Some(20),
+            "the first is in a handler"
+        );
+        ps.unfinished.retain(|o| *o >= 5);
+        assert_eq!(ps.lag(&stats(20, 20)), Some(15));
+        ps.unfinished.clear();
+        assert_eq!(ps.lag(&stats(20, 20)), Some(0), "all finished");
+        assert_eq!(ps.lag(&stats(25, 25)), Some(5), "five more not fetched");
+    }
+
+    #[test]
+    fn lag_ends_at_the_last_stable_offset_else_the_high_watermark() {
+        let ps = PartitionState::new(1, Some(10));
+        assert_eq!(ps.lag(&stats(30, 25)), Some(15), "an open transaction");
+        assert_eq!(ps.lag(&stats(30, -1)), Some(20), "no last stable offset");
+        assert_eq!(ps.lag(&stats(-1, -1)), None, "no end known yet");
+        assert_eq!(
+            ps.lag(&stats(8, 8)),
+            Some(0),
+            "a stale end never counts below 0"
+        );
+    }
+
+    #[test]
+    fn lag_without_a_known_position_is_librdkafkas() {
+        let ps = PartitionState::new(1, None);
+        assert_eq!(ps.lag(&stats(30, 30)), None);
+        let committed = PartitionStatistics {
+            consumer_lag: 7,
+            ..stats(30, 30)
+        };
+        assert_eq!(ps.lag(&committed), Some(7));
+        let stored = PartitionStatistics {
+            consumer_lag_stored: 4,
+            ..committed
+        };
+        assert_eq!(ps.lag(&stored), Some(4), "the stored offset is the newer");
     }
 }

@@ -91,6 +91,26 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Every gauge named `name` whose labels include all of `labels`: its labels (sorted) and
+    /// its value.
+    pub fn gauges(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(Vec<(String, String)>, f64)> {
+        self.registry
+            .get_gauge_handles()
+            .into_iter()
+            .filter(|(key, _)| matches(key, name, labels))
+            .map(|(key, value)| {
+                let mut labels: Vec<(String, String)> = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                labels.sort();
+                (labels, f64::from_bits(value.load(Ordering::SeqCst)))
+            })
+            .collect()
+    }
+}
+
 fn matches(key: &Key, name: &str, labels: &[(&str, &str)]) -> bool {
     key.name() == name
         && labels.iter().all(|(k, v)| {
