@@ -167,7 +167,9 @@ pub async fn trace_crosses_three_hops<F: BrokerFactory>(factory: &F) {
     for topic in &topics {
         factory.create_topic(topic).await;
     }
-    let group = "telemetry";
+    // one queue group per hop, as three services would have, unique to the case so that no
+    // member left behind by another run has to time out before this one joins (Kafka)
+    let groups: Vec<String> = (1..=3).map(|i| format!("{case}.service{i}")).collect();
     let (done_tx, mut done) = Collector::new(factory.timeout());
     let last = move |probe: Probe| {
         let done_tx = done_tx.clone();
@@ -176,18 +178,18 @@ pub async fn trace_crosses_three_hops<F: BrokerFactory>(factory: &F) {
         }
     };
     let mut builder = Service::builder("telemetry").broker(broker.clone());
-    for (from, to) in topics.iter().zip(topics.iter().skip(1)) {
+    for ((from, to), group) in topics.iter().zip(topics.iter().skip(1)).zip(&groups) {
         let next = Publisher::<Probe>::new(broker.clone(), "telemetry", to.as_str());
         builder = builder.subscribe_with(
             from.as_str(),
-            SubscribeOptions::new().queue(group),
+            SubscribeOptions::new().queue(group.as_str()),
             relay(next),
         );
     }
     let service = builder
         .subscribe_with(
             topics[2].as_str(),
-            SubscribeOptions::new().queue(group),
+            SubscribeOptions::new().queue(groups[2].as_str()),
             last,
         )
         .build()
@@ -220,7 +222,7 @@ pub async fn trace_crosses_three_hops<F: BrokerFactory>(factory: &F) {
     let system = broker.messaging_system();
     let first_id = receipt.message_id().expect("id");
     let mut parent = root;
-    for topic in &topics {
+    for (topic, group) in topics.iter().zip(&groups) {
         let publish = one(&spans, &format!("publish {topic}"));
         let process = one(&spans, &format!("process {topic}"));
         assert_child(publish, parent);
@@ -369,7 +371,8 @@ pub async fn metrics_follow_outcomes<F: BrokerFactory>(factory: &F) {
             }
         }
     };
-    let group = "counted";
+    let group = format!("{topic}.counted");
+    let group = group.as_str();
     let service = Service::builder("metrics")
         .broker(broker.clone())
         .subscribe_with(
