@@ -37,8 +37,9 @@
 //! pass from a handled message to what its handler publishes, untouched (see
 //! [`Context`](crate::Context)); the process span's `trace_id` is read from `traceparent`.
 //!
-//! With the feature, the publish span's OpenTelemetry context is injected into the published
-//! headers, and a process span's parent is extracted from the message's headers (names read in
+//! With the feature, a typed publish span's OpenTelemetry context is injected into the
+//! published headers (a dead letter keeps the original message's trace headers, so that a
+//! replay continues the original trace), and a process span's parent is extracted from the message's headers (names read in
 //! any case: go-micro writes `Traceparent`), so one trace crosses services through any broker.
 //! The global propagator (`opentelemetry::global::set_text_map_propagator`) is used; while none
 //! is set, W3C trace context and baggage are.
@@ -162,7 +163,12 @@ impl PublishTelemetry {
 
     /// The publish span of `message`, with the span's trace context written into its headers.
     pub(crate) fn span(&self, topic: &str, message: &mut Message) -> Span {
-        publish_span(&self.span_name, self.system, topic, message)
+        let span = publish_span(&self.span_name, self.system, topic, message);
+        #[cfg(feature = "opentelemetry")]
+        if !span.is_disabled() {
+            otel::inject(&span, &mut message.headers);
+        }
+        span
     }
 
     /// Records the broker's answer on the span and in the counters.
@@ -184,13 +190,15 @@ impl PublishTelemetry {
     }
 }
 
-/// A `publish {topic}` span for `message`, made current-span's child; with the
-/// `opentelemetry` feature its context is injected into the message's headers.
+/// A `publish {topic}` span for `message`, a child of the current span.
+///
+/// It writes no trace context into the message: a typed publish does (see
+/// [`PublishTelemetry::span`]), a dead letter keeps the original headers unchanged.
 pub(crate) fn publish_span(
     span_name: &str,
     system: &'static str,
     topic: &str,
-    message: &mut Message,
+    message: &Message,
 ) -> Span {
     let headers = &message.headers;
     let span = tracing::info_span!(
@@ -218,8 +226,6 @@ pub(crate) fn publish_span(
         return span;
     }
     record_system_fields(&span, system, topic, message.key.as_deref());
-    #[cfg(feature = "opentelemetry")]
-    otel::inject(&span, &mut message.headers);
     span
 }
 

@@ -473,6 +473,8 @@ async fn dead_letter<A: Acknowledge>(
             );
         },
     );
+    // the original headers stay as they were, trace context included: a replay of the dead
+    // letter continues the original publisher's trace
     let mut message = dead_letter_message(delivery, ctx.handler.name(), &failure);
     let publish_name = format!("publish {}", ctx.dead_letter_topic);
     drop(entered);
@@ -483,7 +485,7 @@ async fn dead_letter<A: Acknowledge>(
                 &publish_name,
                 ctx.dead_letter_broker.messaging_system(),
                 &ctx.dead_letter_topic,
-                &mut message,
+                &message,
             )
         });
         let published = ctx

@@ -496,6 +496,34 @@ pub async fn metrics_follow_outcomes<F: BrokerFactory>(factory: &F) {
         7
     );
     assert_eq!(telemetry.metrics().gauge(metric::IN_FLIGHT, &of), 0.0);
+
+    // dead letters are published in spans of their own, but keep the original headers: the
+    // trace context is still the one the original publish wrote
+    let spans = telemetry.spans_of("", &[topic.as_str(), dlq.as_str()]);
+    let dead_letter_spans = spans
+        .iter()
+        .filter(|s| s.name == format!("publish {dlq}"))
+        .count();
+    assert_eq!(dead_letter_spans, 2);
+    let original_publishes: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name == format!("publish {topic}"))
+        .map(|s| s.span_context.span_id().to_string())
+        .collect();
+    let poisoned = letters
+        .iter()
+        .find(|d| d.headers().get_str(names::X_EVENT_ERROR_KIND) == Some("handler-error"))
+        .expect("the handler-error dead letter");
+    let traceparent = poisoned
+        .headers()
+        .get_str(names::TRACEPARENT)
+        .expect("the dead letter keeps traceparent");
+    assert!(
+        original_publishes
+            .iter()
+            .any(|id| traceparent.contains(id.as_str())),
+        "dead letter's traceparent {traceparent} is not from an original publish span {original_publishes:?}"
+    );
 }
 
 /// Generates one `#[tokio::test]` per telemetry case for a [`BrokerFactory`].
