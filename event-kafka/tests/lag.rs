@@ -65,23 +65,7 @@ async fn wait_for_lag(topic: &str, group: &str, expected: f64) -> Vec<f64> {
 async fn connect() -> KafkaBroker {
     // before any broker is built: instruments bind to the recorder installed when made
     testkit::metrics::install();
-    let servers = common::bootstrap();
-    let (key, value) = common::ONE_RECORD_PER_BATCH;
-    let broker = KafkaBroker::builder(&servers)
-        .client_id("event-kafka-lag-tests")
-        .linger(Duration::from_millis(1))
-        .operation_timeout(Duration::from_secs(10))
-        .statistics_interval(STATISTICS)
-        .set_producer(key, value)
-        .build()
-        .expect("valid configuration");
-    broker.connect().await.unwrap_or_else(|e| {
-        panic!(
-            "no Kafka-protocol broker at {servers} (scripts/test.sh starts one): {}",
-            event_core::error_chain(&e)
-        )
-    });
-    broker
+    common::connected(common::builder(&common::bootstrap()).statistics_interval(STATISTICS)).await
 }
 
 /// A one-partition topic holding [`MESSAGES`] messages.

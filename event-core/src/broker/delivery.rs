@@ -131,7 +131,6 @@ impl Lifecycle {
             options.queue.as_deref(),
             handler.message_type(),
         ));
-        let dead_letter_broker = broker;
         let ctx = Arc::new(LoopContext {
             telemetry,
             dead_letter_topic: options.dead_letter_topic_for(&topic),
@@ -140,7 +139,7 @@ impl Lifecycle {
             retry: options.retry.clone(),
             concurrency: options.concurrency.get(),
             drain_timeout: options.drain_timeout,
-            dead_letter_broker,
+            dead_letter_broker: broker,
             stop: stop.clone(),
             log: RateLimitedLog::new(Duration::from_secs(10)),
         });

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use event_core::broker::Broker;
 use event_core::testkit::BrokerFactory;
-use event_kafka::{KafkaBroker, TopicSpec};
+use event_kafka::{KafkaBroker, KafkaBrokerBuilder, TopicSpec};
 use tokio::sync::OnceCell;
 
 /// Producer settings that work around the test broker's fetch-inside-a-batch bug, for
@@ -33,22 +33,32 @@ pub async fn connect() -> KafkaBroker {
 
 /// A connected client of the broker at `servers`; panics with the reason when it is not there.
 pub async fn connect_to(servers: &str) -> KafkaBroker {
-    let broker = KafkaBroker::builder(servers)
+    // a small read-ahead, so that the tests cross the read-ahead limit too
+    connected(builder(servers).max_buffered_per_partition(64)).await
+}
+
+/// The tests' client configuration: fast linger and timeouts, and one record per batch.
+///
+/// One record per batch because tansu 0.6 answers a fetch that starts inside a record batch
+/// with the batches after it, so a consumer resuming mid-batch (after a commit or a rebalance)
+/// would never see the rest of that batch; real Kafka returns the batch and the client skips
+/// the records before the offset.
+pub fn builder(servers: &str) -> KafkaBrokerBuilder {
+    let (key, value) = ONE_RECORD_PER_BATCH;
+    KafkaBroker::builder(servers)
         .client_id("event-kafka-tests")
         .linger(Duration::from_millis(1))
         .operation_timeout(Duration::from_secs(10))
-        // small, so that the tests cross the read-ahead limit too
-        .max_buffered_per_partition(64)
-        // one record per batch: tansu 0.6 answers a fetch that starts inside a record batch
-        // with the batches after it, so a consumer resuming mid-batch (after a commit or a
-        // rebalance) would never see the rest of that batch; real Kafka returns the batch
-        // and the client skips the records before the offset
-        .set_producer("batch.num.messages", "1")
-        .build()
-        .expect("valid configuration");
+        .set_producer(key, value)
+}
+
+/// Builds and connects; panics with the reason when the broker is not there.
+pub async fn connected(builder: KafkaBrokerBuilder) -> KafkaBroker {
+    let broker = builder.build().expect("valid configuration");
     broker.connect().await.unwrap_or_else(|e| {
         panic!(
-            "no Kafka-protocol broker at {servers} (scripts/test.sh starts one): {}",
+            "no Kafka-protocol broker at {} (scripts/test.sh starts one): {}",
+            broker.address(),
             event_core::error_chain(&e)
         )
     });
