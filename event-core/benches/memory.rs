@@ -18,11 +18,11 @@
 //! - with `--features opentelemetry`, `typed` again under a tracing subscriber: `typed + spans`
 //!   (a bare registry: the spans are made and entered, nothing records them) and `typed + otel`
 //!   (an OpenTelemetry layer, batch processor, no-op exporter, W3C inject and extract), and
-//!   `typed + otel lean` (the same without busy/idle timing, thread and location attributes).
+//!   `typed + otel lean` (the same without busy/idle timing, thread and location attributes),
+//!   and `typed + otel 1%` (lean, no context activation on entry, 1 % of traces sampled).
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event.
 
-use std::alloc::System;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,15 +33,13 @@ use event_core::memory::MemoryBroker;
 use event_core::{Publisher, Service};
 use event_proto::bench::v1::Tick;
 use prost::Message as _;
-use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tokio::sync::{Notify, mpsc};
 
 #[global_allocator]
-static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+static GLOBAL: event_bench_alloc::Counting = event_bench_alloc::Counting;
 
 fn allocations() -> u64 {
-    let stats = GLOBAL.stats();
-    (stats.allocations + stats.reallocations) as u64
+    event_bench_alloc::allocations()
 }
 
 /// Payload bytes chosen so that an encoded `Tick` is 64 bytes for typical sequence numbers.
@@ -370,11 +368,20 @@ fn main() {
     #[cfg(feature = "opentelemetry")]
     for (run, name, dispatch) in [
         ("spans", "typed + spans", otel::registry_only()),
-        ("otel", "typed + otel", otel::with_opentelemetry(false)),
+        (
+            "otel",
+            "typed + otel",
+            otel::with_opentelemetry(otel::Setup::Defaults),
+        ),
         (
             "otel-lean",
             "typed + otel lean",
-            otel::with_opentelemetry(true),
+            otel::with_opentelemetry(otel::Setup::Lean),
+        ),
+        (
+            "otel-sampled",
+            "typed + otel 1%",
+            otel::with_opentelemetry(otel::Setup::Sampled),
         ),
     ] {
         if !wanted(run) {
@@ -399,7 +406,7 @@ mod otel {
 
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_sdk::error::OTelSdkResult;
-    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
     use tracing::Dispatch;
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::layer::SubscriberExt;
@@ -420,21 +427,37 @@ mod otel {
         Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO))
     }
 
+    /// How the OpenTelemetry runs set up the SDK and the layer.
+    #[derive(Clone, Copy)]
+    pub(super) enum Setup {
+        /// Every span sampled; the layer's defaults.
+        Defaults,
+        /// Every span sampled; without what `tracing-opentelemetry` adds by default to every
+        /// span: busy/idle time (two clock reads per poll of an instrumented future), thread id
+        /// and name, and source location attributes.
+        Lean,
+        /// `Lean`, without activating the OpenTelemetry context on each span entry, and 1 % of
+        /// traces sampled (`ParentBased(TraceIdRatioBased(0.01))`), a usual production setting.
+        Sampled,
+    }
+
     /// An OpenTelemetry layer whose spans go through a batch processor to an exporter that
     /// drops them, plus W3C inject/extract: what a service pays for tracing, without export.
-    ///
-    /// `lean` turns off what `tracing-opentelemetry` adds by default to every span: busy/idle
-    /// time (two clock reads per poll of an instrumented future), thread id and name, and
-    /// source location attributes.
-    pub(super) fn with_opentelemetry(lean: bool) -> Dispatch {
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(Discard)
-            .build();
+    pub(super) fn with_opentelemetry(setup: Setup) -> Dispatch {
+        let mut provider = SdkTracerProvider::builder().with_batch_exporter(Discard);
+        if let Setup::Sampled = setup {
+            provider = provider.with_sampler(Sampler::ParentBased(Box::new(
+                Sampler::TraceIdRatioBased(0.01),
+            )));
+        }
+        let provider = provider.build();
+        let defaults = matches!(setup, Setup::Defaults);
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("bench"))
-            .with_tracked_inactivity(!lean)
-            .with_threads(!lean)
-            .with_location(!lean);
+            .with_tracked_inactivity(defaults)
+            .with_threads(defaults)
+            .with_location(defaults)
+            .with_context_activation(!matches!(setup, Setup::Sampled));
         // the provider (and its batch thread) stays for the rest of the process
         std::mem::forget(provider);
         Dispatch::new(
