@@ -255,20 +255,48 @@ impl Context {
     /// correlation id = the `correlation-id` header, or the message's own id when it starts a
     /// chain; causation id = the message's id.
     pub fn from_headers(headers: &Headers) -> Context {
-        let id = headers.message_id_value().cloned();
+        // one pass over the headers: this runs for every delivery
+        const ID_ALIASES: [&str; 4] = [
+            names::CE_ID,
+            "cloudEvents_id",
+            "cloudEvents:id",
+            names::MICRO_ID,
+        ];
         let mut metadata = Metadata::new();
-        for (name, value) in headers.iter() {
-            if !is_reserved(name.as_str()) {
-                metadata.entries.push((name.clone(), value.clone()));
+        let mut trace = TraceContext::default();
+        let mut correlation_id = None;
+        // the id under the first alias of `ID_ALIASES` present, as `Headers::message_id_value`
+        let mut id: Option<(usize, &HeaderValue)> = None;
+        for (header, value) in headers.iter() {
+            let name = header.as_str();
+            if !is_reserved(name) {
+                metadata.entries.push((header.clone(), value.clone()));
+                continue;
+            }
+            let first = |slot: &mut Option<HeaderValue>| {
+                slot.get_or_insert_with(|| value.clone());
+            };
+            if name.eq_ignore_ascii_case(names::CORRELATION_ID) {
+                first(&mut correlation_id);
+            } else if name.eq_ignore_ascii_case(names::TRACEPARENT) {
+                first(&mut trace.traceparent);
+            } else if name.eq_ignore_ascii_case(names::TRACESTATE) {
+                first(&mut trace.tracestate);
+            } else if name.eq_ignore_ascii_case(names::BAGGAGE) {
+                first(&mut trace.baggage);
+            } else if let Some(rank) = ID_ALIASES
+                .iter()
+                .position(|alias| name.eq_ignore_ascii_case(alias))
+                && id.is_none_or(|(best, _)| rank < best)
+            {
+                id = Some((rank, value));
             }
         }
+        let id = id.map(|(_, value)| value.clone());
         Context {
             metadata,
-            trace: TraceContext::from_headers(headers),
-            correlation_id: headers
-                .get(names::CORRELATION_ID)
-                .cloned()
-                .or_else(|| id.clone()),
+            trace,
+            correlation_id: correlation_id.or_else(|| id.clone()),
             causation_id: id,
         }
     }
@@ -331,6 +359,29 @@ mod tests {
 
         h.append("correlation-id", "root");
         assert_eq!(Context::from_headers(&h).correlation_id(), Some("root"));
+    }
+
+    #[test]
+    fn handler_context_takes_the_id_by_alias_order_and_first_values() {
+        let mut h = Headers::new();
+        h.append("Micro-ID", "micro");
+        h.append("cloudEvents:id", "colon");
+        h.append("TRACEPARENT", "first");
+        h.append("traceparent", "second");
+        h.append("Baggage", "k=v");
+        h.append("tracestate", "vendor=1");
+        let ctx = Context::from_headers(&h);
+        // as Headers::message_id_value: the first alias present wins, not the first header
+        assert_eq!(h.message_id(), Some("colon"));
+        assert_eq!(ctx.causation_id(), Some("colon"));
+        assert_eq!(ctx.correlation_id(), Some("colon"));
+        h.append("ce_id", "ce");
+        assert_eq!(Context::from_headers(&h).causation_id(), Some("ce"));
+        let trace = ctx.trace();
+        assert_eq!(trace.traceparent.as_ref().unwrap().to_str(), Ok("first"));
+        assert_eq!(trace.tracestate.as_ref().unwrap().to_str(), Ok("vendor=1"));
+        assert_eq!(trace.baggage.as_ref().unwrap().to_str(), Ok("k=v"));
+        assert!(ctx.metadata().is_empty());
     }
 
     #[test]

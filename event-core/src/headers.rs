@@ -64,37 +64,43 @@ pub mod names {
     pub const X_EVENT_PAYLOAD_KIND: &str = "x-event-payload-kind";
 }
 
-/// Prefixes and names that user metadata may not set (DESIGN.md §3).
-///
-/// They belong to the framework, to CloudEvents, to W3C trace context, to go-micro, to
-/// RabbitMQ (`x-death`, ...), to the Confluent serializers and to Spring.
-const RESERVED_PREFIXES: &[&str] = &[
-    "ce_",
-    "cloudevents",
-    "micro-",
-    "x-",
-    "__",
-    "kafka_",
-    "spring_",
-];
-const RESERVED_NAMES: &[&str] = &[
-    names::CONTENT_TYPE,
-    names::TRACEPARENT,
-    names::TRACESTATE,
-    names::BAGGAGE,
-    names::CORRELATION_ID,
-    names::CAUSATION_ID,
-];
-
 /// Whether `name` is reserved for the framework or a wire protocol it speaks.
 ///
 /// Reserved names are written by the framework itself; [`Metadata`](crate::Metadata) rejects
 /// them so that user metadata can never silently overwrite a message id or a trace context.
+/// They belong to the framework, to CloudEvents, to W3C trace context, to go-micro, to
+/// RabbitMQ (`x-death`, ...), to the Confluent serializers and to Spring (DESIGN.md §3):
+///
+/// - the names `content-type`, `traceparent`, `tracestate`, `baggage`, `correlation-id`,
+///   `causation-id`;
+/// - every name starting with `ce_`, `cloudevents`, `micro-`, `x-`, `__`, `kafka_` or
+///   `spring_`.
+///
+/// Case is ignored.
 pub fn is_reserved(name: &str) -> bool {
-    RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name))
-        || RESERVED_PREFIXES.iter().any(|p| {
-            name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-        })
+    let bytes = name.as_bytes();
+    let starts = |prefix: &str| {
+        bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    let is = |reserved: &str| name.eq_ignore_ascii_case(reserved);
+    // dispatch on the first letter: this runs for every header of every delivery
+    match bytes.first().map(u8::to_ascii_lowercase) {
+        Some(b'c') => {
+            starts("ce_")
+                || starts("cloudevents")
+                || is(names::CONTENT_TYPE)
+                || is(names::CORRELATION_ID)
+                || is(names::CAUSATION_ID)
+        }
+        Some(b't') => is(names::TRACEPARENT) || is(names::TRACESTATE),
+        Some(b'b') => is(names::BAGGAGE),
+        Some(b'm') => starts("micro-"),
+        Some(b'x') => starts("x-"),
+        Some(b'_') => starts("__"),
+        Some(b'k') => starts("kafka_"),
+        Some(b's') => starts("spring_"),
+        _ => false,
+    }
 }
 
 /// The name of a header. Cheap to clone; compared case-insensitively.
@@ -216,23 +222,60 @@ impl AsRef<str> for HeaderName {
 ///
 /// Kafka header values are bytes and the Confluent `__value_schema_id` header is binary, so
 /// values are not forced to be text; [`HeaderValue::to_str`] reads them as text.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct HeaderValue(Bytes);
+///
+/// Values of up to 38 bytes (message ids, times, most metadata) are stored inline: making,
+/// cloning and dropping them touches no allocator and no shared reference count, which matters
+/// when a message crosses threads. Longer values share their bytes.
+#[derive(Clone)]
+pub struct HeaderValue(ValueRepr);
+
+/// The longest value stored inline: a hyphenated UUID (36 bytes) fits.
+const INLINE: usize = 38;
+
+#[derive(Clone)]
+enum ValueRepr {
+    Shared(Bytes),
+    Inline { len: u8, bytes: [u8; INLINE] },
+}
 
 impl HeaderValue {
     /// A value from a string literal, without allocating.
     pub const fn from_static(value: &'static str) -> Self {
-        HeaderValue(Bytes::from_static(value.as_bytes()))
+        HeaderValue(ValueRepr::Shared(Bytes::from_static(value.as_bytes())))
     }
 
-    /// A value from raw bytes.
+    /// A value from raw bytes (copied inline when short, shared otherwise).
     pub fn from_bytes(value: impl Into<Bytes>) -> Self {
-        HeaderValue(value.into())
+        let value = value.into();
+        match Self::try_inline(&value) {
+            Some(inline) => inline,
+            None => HeaderValue(ValueRepr::Shared(value)),
+        }
+    }
+
+    /// A value copied from `value`.
+    pub fn copy_from_slice(value: &[u8]) -> Self {
+        Self::try_inline(value)
+            .unwrap_or_else(|| HeaderValue(ValueRepr::Shared(Bytes::copy_from_slice(value))))
+    }
+
+    fn try_inline(value: &[u8]) -> Option<Self> {
+        (value.len() <= INLINE).then(|| {
+            let mut bytes = [0u8; INLINE];
+            bytes[..value.len()].copy_from_slice(value);
+            HeaderValue(ValueRepr::Inline {
+                len: value.len() as u8,
+                bytes,
+            })
+        })
     }
 
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            ValueRepr::Shared(bytes) => bytes,
+            ValueRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+        }
     }
 
     /// The value as UTF-8 text.
@@ -241,30 +284,52 @@ impl HeaderValue {
     ///
     /// Returns the UTF-8 error when the value is not text.
     pub fn to_str(&self) -> Result<&str, Utf8Error> {
-        std::str::from_utf8(&self.0)
+        std::str::from_utf8(self.as_bytes())
     }
 
-    /// The underlying shared bytes.
+    /// The value as [`Bytes`] (a short value is copied).
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        match self.0 {
+            ValueRepr::Shared(bytes) => bytes,
+            ValueRepr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+        }
+    }
+}
+
+impl Default for HeaderValue {
+    fn default() -> Self {
+        HeaderValue::from_static("")
+    }
+}
+
+impl PartialEq for HeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for HeaderValue {}
+
+impl std::hash::Hash for HeaderValue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
     }
 }
 
 impl From<String> for HeaderValue {
     fn from(value: String) -> Self {
-        HeaderValue(Bytes::from(value))
+        HeaderValue::from_bytes(value)
     }
 }
 
 impl From<&str> for HeaderValue {
     fn from(value: &str) -> Self {
-        HeaderValue(Bytes::copy_from_slice(value.as_bytes()))
+        HeaderValue::copy_from_slice(value.as_bytes())
     }
 }
 
 impl From<Bytes> for HeaderValue {
     fn from(value: Bytes) -> Self {
-        HeaderValue(value)
+        HeaderValue::from_bytes(value)
     }
 }
 
@@ -272,7 +337,7 @@ impl fmt::Debug for HeaderValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.to_str() {
             Ok(s) => fmt::Debug::fmt(s, f),
-            Err(_) => write!(f, "0x{}", crate::codec::hex(&self.0, 64)),
+            Err(_) => write!(f, "0x{}", crate::codec::hex(self.as_bytes(), 64)),
         }
     }
 }
@@ -559,7 +624,23 @@ mod tests {
         ] {
             assert!(is_reserved(name), "{name} should be reserved");
         }
-        for name in ["tenant", "user-id", "c", "cex", "trace"] {
+        for name in [
+            "tenant",
+            "user-id",
+            "c",
+            "cex",
+            "trace",
+            "",
+            "ce",
+            "x",
+            "_",
+            "kafka",
+            "spring",
+            "micro",
+            "baggages",
+            "content",
+            "cloudevent",
+        ] {
             assert!(!is_reserved(name), "{name} should be free");
         }
     }
@@ -575,6 +656,34 @@ mod tests {
             HeaderName::new("Tenant").unwrap(),
             HeaderName::from_static("tenant")
         );
+    }
+
+    #[test]
+    fn short_and_long_values_read_and_compare_alike() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        for len in [0, 1, INLINE - 1, INLINE, INLINE + 1, 200] {
+            let text = "v".repeat(len);
+            let values = [
+                HeaderValue::from(text.as_str()),
+                HeaderValue::from(text.clone()),
+                HeaderValue::from_bytes(Bytes::from(text.clone())),
+                HeaderValue::copy_from_slice(text.as_bytes()),
+                HeaderValue::from_static(text.clone().leak()),
+            ];
+            for value in &values {
+                assert_eq!(value.to_str().unwrap(), text);
+                assert_eq!(value, &values[0]);
+                assert_eq!(hasher.hash_one(value), hasher.hash_one(&values[0]));
+                assert_eq!(value.clone().into_bytes(), text.as_bytes());
+            }
+            assert_eq!(
+                matches!(values[0].0, ValueRepr::Inline { .. }),
+                len <= INLINE
+            );
+        }
+        assert_ne!(HeaderValue::from("a"), HeaderValue::from("b"));
+        assert_eq!(HeaderValue::default().as_bytes(), b"");
     }
 
     #[test]

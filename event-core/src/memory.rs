@@ -12,6 +12,12 @@
 //!   (at most [`MemoryBrokerBuilder::publish_timeout`], then fails and gives the message back);
 //!   nothing is dropped because a consumer is slow.
 //!
+//! - **Hand-off in batches**: the only member of a queue takes up to 64 waiting messages per
+//!   lock of the queue (like a prefetch); members of a shared group take one at a time, so
+//!   that an idle member is never starved. Messages a member took but did not start go back to
+//!   the front of the queue, in publish order, when it leaves. A publisher waiting for room is
+//!   woken once an eighth of the queue (at most 64 slots) is free, not for every slot.
+//!
 //! It has no persistence: a message published to a topic with no subscriber is discarded (the
 //! receipt's sequence still counts it), and a queue group's queue exists while the group has
 //! members. Subscribe to `<topic>.dlq` to keep dead letters.
@@ -32,7 +38,8 @@ use tokio::sync::Notify;
 use crate::broker::delivery::{Acknowledge, DeliverySource, Incoming, Lifecycle};
 use crate::broker::{
     Broker, BrokerError, BrokerUrlError, Capabilities, Delivery, Message, Position, PublishError,
-    RawHandler, Receipt, SubscribeOptions, Subscription, validate_subscription, validate_topic,
+    RawHandler, Receipt, SubscribeOptions, Subscription, TryPublish, validate_subscription,
+    validate_topic,
 };
 
 const BROKER_NAME: &str = "memory";
@@ -68,6 +75,9 @@ struct Topic {
     sequence: AtomicU64,
     /// Copy-on-write list of queues: publishers take a cheap snapshot.
     queues: RwLock<Arc<[Arc<Queue>]>>,
+    /// Publishers waiting for room: while any waits, no publish takes the fast path, so that
+    /// no message overtakes one published before it.
+    waiting: AtomicUsize,
 }
 
 struct Queue {
@@ -128,12 +138,21 @@ impl Slots {
         }
     }
 
+    /// Gives a slot back. Waiting publishers are woken once per [`Slots::wake_batch`] freed
+    /// slots, not per slot: a publisher only waits on a full queue, and waking it for every
+    /// acknowledged message would cost a thread wake-up per message while the queue is full.
     fn give_back(&self) {
         let before = self.used.fetch_sub(1, Ordering::AcqRel);
-        if before == self.capacity {
-            // somebody may be waiting for room
+        if before == self.capacity + 1 - self.wake_batch() {
+            // `wake_batch` slots are free since the queue was last full: somebody may be waiting
             self.freed.notify_waiters();
         }
+    }
+
+    /// How many slots are freed before waiting publishers are woken: an eighth of the
+    /// capacity, between 1 and 64.
+    fn wake_batch(&self) -> usize {
+        (self.capacity / 8).clamp(1, 64)
     }
 
     fn in_use(&self) -> usize {
@@ -308,6 +327,50 @@ impl MemoryBroker {
             .clone()
     }
 
+    /// Publishes to a topic some queue of which is full, or on which publishers wait:
+    /// waits for room in each queue in turn, at most the publish timeout.
+    async fn publish_waiting(
+        &self,
+        topic: &str,
+        message: Message,
+    ) -> Result<Receipt, PublishError> {
+        let state = self.topic_or_create(topic);
+        state.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = scopeguard(|| {
+            state.waiting.fetch_sub(1, Ordering::AcqRel);
+        });
+        let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let queues = state.snapshot();
+        let mut message = Some(message);
+        for (i, queue) in queues.iter().enumerate() {
+            if !queue.slots.try_take() {
+                let wait = queue.slots.take(&queue.closed);
+                match tokio::time::timeout(self.inner.publish_timeout, wait).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_elapsed) => {
+                        let message = message.take().expect("message present");
+                        return Err(PublishError::new(
+                            topic,
+                            message,
+                            BrokerError::Timeout {
+                                broker: BROKER_NAME,
+                                operation: "publish (queue full)",
+                                timeout: self.inner.publish_timeout,
+                            },
+                        ));
+                    }
+                }
+            }
+            queue.push(Entry {
+                message: copy_for(i, &queues, &mut message),
+                sequence,
+                attempt: 1,
+            });
+        }
+        Ok(Receipt::new(Position::Sequence { sequence }))
+    }
+
     fn closed_error(&self) -> BrokerError {
         BrokerError::Closed {
             broker: BROKER_NAME,
@@ -322,6 +385,28 @@ impl MemoryBroker {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// The copy of `message` for queue `i` of `queues`: the last queue gets the message itself.
+fn copy_for(i: usize, queues: &[Arc<Queue>], message: &mut Option<Message>) -> Message {
+    if i + 1 == queues.len() {
+        message.take().expect("message present")
+    } else {
+        message.clone().expect("message present")
+    }
+}
+
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 impl Topic {
@@ -404,17 +489,58 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    /// The first entry, and whether more are waiting.
-    fn pop(&self) -> Option<(Entry, bool)> {
+    /// Moves waiting entries into `batch`: up to [`BATCH`] when `alone` (the queue's only
+    /// member), else one, passing the wake-up on to another member when more wait.
+    fn take_into(&self, batch: &mut VecDeque<Entry>, alone: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.pop_front().map(|e| (e, !entries.is_empty()))
+        if alone {
+            let n = entries.len().min(BATCH);
+            batch.extend(entries.drain(..n));
+        } else if let Some(entry) = entries.pop_front() {
+            batch.push_back(entry);
+            if !entries.is_empty() {
+                drop(entries);
+                self.ready.notify_one();
+            }
+        }
+    }
+
+    /// Puts `batch` back at the front of the queue, in publish order with entries given back
+    /// meanwhile.
+    fn put_back(&self, batch: &mut VecDeque<Entry>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = batch.pop_back() {
+            entries.push_front(entry);
+        }
+        // a message given back (nack, abandon) went to the front while later ones sat in the
+        // batch: restore publish order
+        entries
+            .make_contiguous()
+            .sort_by_key(|entry| entry.sequence);
+        drop(entries);
+        self.ready.notify_one();
     }
 }
+
+/// How many waiting messages the only member of a queue takes per lock of the queue.
+const BATCH: usize = 64;
 
 struct MemorySource {
     topic_name: Arc<str>,
     topic: Arc<Topic>,
     queue: Arc<Queue>,
+    /// Messages taken from the queue, not yet handed to the delivery loop.
+    batch: VecDeque<Entry>,
+}
+
+impl Drop for MemorySource {
+    fn drop(&mut self) {
+        // messages taken but never handed out stay available to the group
+        self.queue.put_back(&mut self.batch);
+    }
 }
 
 struct MemoryAcker {
@@ -451,12 +577,12 @@ impl Acknowledge for MemoryAcker {
 
 impl MemorySource {
     /// The next waiting message, if any.
-    fn take_next(&self) -> Option<Incoming<MemoryAcker>> {
-        let (entry, more) = self.queue.pop()?;
-        if more {
-            // pass the wake-up on to another member of the group
-            self.queue.ready.notify_one();
+    fn take_next(&mut self) -> Option<Incoming<MemoryAcker>> {
+        if self.batch.is_empty() {
+            let alone = self.queue.members.load(Ordering::Acquire) == 1;
+            self.queue.take_into(&mut self.batch, alone);
         }
+        let entry = self.batch.pop_front()?;
         Some(self.incoming(entry))
     }
 
@@ -498,7 +624,8 @@ impl DeliverySource for MemorySource {
                     return Some(incoming);
                 }
             }
-            let ready = self.queue.ready.notified();
+            let queue = self.queue.clone();
+            let ready = queue.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             if let Some(incoming) = self.take_next() {
@@ -511,7 +638,8 @@ impl DeliverySource for MemorySource {
         }
     }
 
-    async fn close(self) {
+    async fn close(mut self) {
+        self.queue.put_back(&mut self.batch);
         self.topic.leave(&self.queue);
     }
 }
@@ -550,48 +678,49 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError> {
-        if let Err(error) = validate_topic(topic) {
-            return Err(PublishError::new(topic, message, error));
+        match self.try_publish(topic, message) {
+            TryPublish::Done(result) => result,
+            TryPublish::WouldWait(message) => self.publish_waiting(topic, message).await,
         }
+    }
+
+    fn try_publish(&self, topic: &str, message: Message) -> TryPublish {
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(PublishError::new(topic, message, self.closed_error()));
+            return TryPublish::Done(Err(PublishError::new(topic, message, self.closed_error())));
         }
-        let state = self.topic_or_create(topic);
-        let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let state = match self.topic(topic) {
+            Some(state) => state,
+            None => {
+                // a topic is validated once, when it is first used
+                if let Err(error) = validate_topic(topic) {
+                    return TryPublish::Done(Err(PublishError::new(topic, message, error)));
+                }
+                self.topic_or_create(topic)
+            }
+        };
+        if state.waiting.load(Ordering::Acquire) > 0 {
+            return TryPublish::WouldWait(message);
+        }
         let queues = state.snapshot();
-        let mut message = Some(message);
+        // a slot in every queue, or in none
         for (i, queue) in queues.iter().enumerate() {
             if !queue.slots.try_take() {
-                let wait = queue.slots.take(&queue.closed);
-                match tokio::time::timeout(self.inner.publish_timeout, wait).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(_elapsed) => {
-                        let message = message.take().expect("message present");
-                        return Err(PublishError::new(
-                            topic,
-                            message,
-                            BrokerError::Timeout {
-                                broker: BROKER_NAME,
-                                operation: "publish (queue full)",
-                                timeout: self.inner.publish_timeout,
-                            },
-                        ));
-                    }
+                for taken in &queues[..i] {
+                    taken.slots.give_back();
                 }
+                return TryPublish::WouldWait(message);
             }
-            let copy = if i + 1 == queues.len() {
-                message.take().expect("message present")
-            } else {
-                message.clone().expect("message present")
-            };
+        }
+        let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut message = Some(message);
+        for (i, queue) in queues.iter().enumerate() {
             queue.push(Entry {
-                message: copy,
+                message: copy_for(i, &queues, &mut message),
                 sequence,
                 attempt: 1,
             });
         }
-        Ok(Receipt::new(Position::Sequence { sequence }))
+        TryPublish::Done(Ok(Receipt::new(Position::Sequence { sequence })))
     }
 
     async fn subscribe(
@@ -610,6 +739,7 @@ impl Broker for MemoryBroker {
             topic_name: Arc::from(topic),
             topic: state,
             queue,
+            batch: VecDeque::new(),
         };
         Ok(self
             .lifecycle()

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::{Broker, Message, PublishError, Receipt};
+use crate::broker::{Broker, Message, PublishError, Receipt, TryPublish};
 use crate::context::Context;
 use crate::headers::{HeaderName, HeaderValue, Headers, names};
 use crate::telemetry::PublishTelemetry;
@@ -276,9 +276,16 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         let inner = &*self.inner;
         let span = inner.telemetry.span(&inner.topic, &mut message);
         let id = message.headers.message_id_value().cloned();
-        let publishing = span.in_scope(|| inner.broker.publish(&inner.topic, message));
+        // the fast path (no boxed future) when the broker can take the message at once
+        let publishing = span.in_scope(|| match inner.broker.try_publish(&inner.topic, message) {
+            TryPublish::Done(result) => Ok(result),
+            TryPublish::WouldWait(message) => Err(inner.broker.publish(&inner.topic, message)),
+        });
         async move {
-            let result = publishing.instrument(span.clone()).await;
+            let result = match publishing {
+                Ok(result) => result,
+                Err(publishing) => publishing.instrument(span.clone()).await,
+            };
             inner.telemetry.finish(&span, &result);
             let receipt = result?;
             Ok(match id {
@@ -292,19 +299,31 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
-/// A new UUID v7 message id and the current time (RFC 3339, UTC, milliseconds), sharing one
-/// allocation.
+/// A new UUID v7 message id and the current time (RFC 3339, UTC, milliseconds), both inline
+/// header values (no allocation), from one clock reading.
 fn new_id_and_time() -> (HeaderValue, HeaderValue) {
-    let mut buf = [0u8; ID_LEN + TIME_LEN];
-    uuid::Uuid::now_v7()
+    let now = SystemTime::now();
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    // A context per thread: ids made by one thread increase strictly (a counter orders ids of
+    // the same millisecond), without the process-wide lock of `Uuid::now_v7`.
+    thread_local! {
+        static V7: uuid::timestamp::context::ContextV7 =
+            const { uuid::timestamp::context::ContextV7::new() };
+    }
+    let timestamp = V7.with(|context| {
+        uuid::Timestamp::from_unix(context, since_epoch.as_secs(), since_epoch.subsec_nanos())
+    });
+    let mut id = [0u8; ID_LEN];
+    uuid::Uuid::new_v7(timestamp)
         .hyphenated()
-        .encode_lower(&mut buf[..ID_LEN]);
-    format_rfc3339_millis(SystemTime::now(), &mut buf[ID_LEN..]);
-    // shared from the start, so that cloning the id (correlation-id) does not allocate
-    let shared = Bytes::from_owner(buf);
+        .encode_lower(&mut id);
+    let mut time = [0u8; TIME_LEN];
+    format_rfc3339_millis(now, &mut time);
     (
-        HeaderValue::from_bytes(shared.slice(..ID_LEN)),
-        HeaderValue::from_bytes(shared.slice(ID_LEN..)),
+        HeaderValue::copy_from_slice(&id),
+        HeaderValue::copy_from_slice(&time),
     )
 }
 
@@ -356,10 +375,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_uuid_v7() {
-        let (id, _) = new_id_and_time();
-        let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
-        assert_eq!(parsed.get_version_num(), 7);
+    fn ids_are_uuid_v7_increasing_and_match_the_time() {
+        let mut last = uuid::Uuid::nil();
+        for _ in 0..10_000 {
+            let (id, time) = new_id_and_time();
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(parsed.get_version_num(), 7);
+            // ids of one thread sort in the order they were made, even within a millisecond
+            assert!(parsed > last, "{parsed} after {last}");
+            last = parsed;
+            // the id's timestamp is the ce_time of the same message
+            let (secs, nanos) = parsed.get_timestamp().unwrap().to_unix();
+            let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
+            let time = humantime::parse_rfc3339(time.to_str().unwrap()).unwrap();
+            let time_millis = time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            assert_eq!(id_millis, time_millis);
+        }
     }
 
     #[test]

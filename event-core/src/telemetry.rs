@@ -447,16 +447,24 @@ mod otel {
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::headers::{HeaderName, Headers};
+    use crate::headers::{HeaderName, Headers, names};
 
     struct HeaderInjector<'a>(&'a mut Headers);
 
     impl Injector for HeaderInjector<'_> {
         fn set(&mut self, key: &str, value: String) {
-            if let Ok(name) = HeaderName::new(key) {
-                // replaces the passed-through value, in any case
-                self.0.insert(name, value);
-            }
+            // the W3C names without allocating a name per message
+            let name = match key {
+                names::TRACEPARENT => HeaderName::from_static(names::TRACEPARENT),
+                names::TRACESTATE => HeaderName::from_static(names::TRACESTATE),
+                names::BAGGAGE => HeaderName::from_static(names::BAGGAGE),
+                other => match HeaderName::new(other) {
+                    Ok(name) => name,
+                    Err(_) => return,
+                },
+            };
+            // replaces the passed-through value, in any case
+            self.0.insert(name, value);
         }
     }
 

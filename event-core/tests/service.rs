@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use event_core::broker::{
     self, Broker, BrokerError, BrokerUrlError, Delivery, Message, Outcome, RetryPolicy,
-    SubscribeOptions, handler_fn,
+    SubscribeOptions, TryPublish, handler_fn,
 };
 use event_core::context::MetadataError;
 use event_core::headers::names;
@@ -530,4 +530,138 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
     let report = subscription.unsubscribe().await;
     assert_eq!(report.abandoned, 0, "{report:?}");
     handled.assert_empty("each message handled once");
+}
+
+// A publisher waiting on a full queue is woken once an eighth of the capacity is free, and
+// nothing published after it overtakes it, not even through the `try_publish` fast path.
+#[tokio::test]
+async fn memory_waiting_publisher_is_not_overtaken() {
+    let broker = MemoryBroker::builder().capacity(16).build();
+    let gate = Arc::new(Semaphore::new(0));
+    let (handled_tx, mut handled) = Collector::new(WAIT);
+    let subscription = broker
+        .subscribe(
+            TOPIC,
+            SubscribeOptions::new(),
+            handler_fn("gated", {
+                let gate = gate.clone();
+                move |delivery: Delivery| {
+                    let gate = gate.clone();
+                    let handled_tx = handled_tx.clone();
+                    async move {
+                        gate.acquire().await.expect("never closed").forget();
+                        let _ = handled_tx.send(delivery.payload()[0]);
+                        Outcome::Ack
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    for n in 0..16u8 {
+        match broker.try_publish(TOPIC, Message::new(vec![n])) {
+            TryPublish::Done(receipt) => {
+                receipt.expect("room in the queue");
+            }
+            TryPublish::WouldWait(_) => panic!("message {n} found no room in a 16-slot queue"),
+        }
+    }
+    let waiting = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(TOPIC, Message::new(vec![16])).await }
+    });
+    // on this single-threaded runtime, the spawned publish runs until it waits for room
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "the queue is full");
+
+    // one slot free: the waiting publisher sleeps on, and a new message may not pass it
+    gate.add_permits(1);
+    assert_eq!(handled.next("message 0").await, 0);
+    let message = match broker.try_publish(TOPIC, Message::new(vec![17])) {
+        TryPublish::WouldWait(message) => message,
+        TryPublish::Done(result) => panic!("overtook the waiting publisher: {result:?}"),
+    };
+    // a woken publisher would run now: it was not woken for one free slot
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "woken before two slots were free");
+
+    // two slots free: the waiting publisher goes first
+    gate.add_permits(1);
+    assert_eq!(handled.next("message 1").await, 1);
+    waiting
+        .await
+        .expect("publish task")
+        .expect("publish after room was made");
+    broker
+        .publish(TOPIC, message)
+        .await
+        .expect("publish after the waiting one");
+
+    gate.add_permits(64);
+    let rest: Vec<u8> = handled.until("every message", |got| got.len() == 16).await;
+    assert_eq!(rest, (2..18).collect::<Vec<u8>>(), "in publish order");
+    subscription.unsubscribe().await;
+}
+
+// The only member of a queue group takes waiting messages in batches. When it leaves, the
+// messages it took but never started, and the one it was cut off in, go back to the group in
+// publish order.
+#[tokio::test]
+async fn memory_batch_goes_back_to_the_group_in_order() {
+    const GROUP: &str = "workers";
+    let broker = MemoryBroker::new();
+    let (started_tx, mut started) = Collector::new(WAIT);
+    let stuck = broker
+        .subscribe(
+            TOPIC,
+            SubscribeOptions::new()
+                .queue(GROUP)
+                .drain_timeout(Duration::from_millis(50)),
+            handler_fn("stuck", move |delivery: Delivery| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(delivery.payload()[0]);
+                    std::future::pending::<Outcome>().await
+                }
+            }),
+        )
+        .await
+        .expect("subscribe the stuck member");
+    for n in 0..5u8 {
+        broker
+            .publish(TOPIC, Message::new(vec![n]))
+            .await
+            .expect("publish");
+    }
+    // the stuck member holds message 0 and, alone in its group, took the others with it
+    assert_eq!(started.next("the stuck member starts").await, 0);
+
+    let (handled_tx, mut handled) = Collector::new(WAIT);
+    let healthy = broker
+        .subscribe(
+            TOPIC,
+            SubscribeOptions::new().queue(GROUP),
+            handler_fn("healthy", move |delivery: Delivery| {
+                let handled_tx = handled_tx.clone();
+                async move {
+                    let _ = handled_tx.send(delivery.payload()[0]);
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .expect("subscribe the healthy member");
+    handled
+        .assert_quiet(
+            "the batch is held by the stuck member",
+            Duration::from_millis(50),
+        )
+        .await;
+
+    let report = stuck.unsubscribe().await;
+    assert_eq!(report.abandoned, 1, "{report:?}");
+    let got = handled.until("every message", |got| got.len() == 5).await;
+    assert_eq!(got, [0, 1, 2, 3, 4], "in publish order");
+    healthy.unsubscribe().await;
+    started.assert_empty("the stuck member took nothing else");
 }

@@ -783,6 +783,16 @@ pub fn validate_subscription(topic: &str, options: &SubscribeOptions) -> Result<
     }
 }
 
+/// What [`Broker::try_publish`] did.
+#[derive(Debug)]
+#[must_use = "a message given back is not published"]
+pub enum TryPublish {
+    /// The broker took the message (or refused it for good): the result of the publish.
+    Done(Result<Receipt, PublishError>),
+    /// Publishing would have to wait: the message, untouched, for [`Broker::publish`].
+    WouldWait(Message),
+}
+
 /// The raw byte broker, implemented by every backend.
 ///
 /// Use it directly to move bytes, like go-micro's `broker.Publish`:
@@ -835,6 +845,20 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Publishes `message` to `topic`; resolves when the broker has it.
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError>;
+
+    /// Publishes `message` now if that needs no waiting, without the boxed future of
+    /// [`Broker::publish`]; otherwise gives the message back untouched.
+    ///
+    /// An optional fast path: [`Publisher`](crate::Publisher) tries it first and falls back to
+    /// [`Broker::publish`] on [`TryPublish::WouldWait`]. A broker that answers
+    /// [`TryPublish::Done`] must have done exactly what `publish` would have done. The default
+    /// always answers `WouldWait`; the memory broker takes the message when every queue of the
+    /// topic has room and no publisher is waiting for room on that topic (so a message never
+    /// overtakes one published before it).
+    fn try_publish(&self, topic: &str, message: Message) -> TryPublish {
+        let _ = topic;
+        TryPublish::WouldWait(message)
+    }
 
     /// Subscribes `handler` to `topic`.
     async fn subscribe(
