@@ -448,6 +448,36 @@ async fn run_until_drains_in_flight_handlers() {
     );
 }
 
+/// Subscribes a handler that takes a permit of `gate` for each message, then reports the
+/// message's payload and acknowledges it.
+async fn gated_subscriber(
+    broker: &MemoryBroker,
+    gate: &Arc<Semaphore>,
+) -> (broker::Subscription, Collector<bytes::Bytes>) {
+    let (handled_tx, handled) = Collector::new(WAIT);
+    let gate = gate.clone();
+    let subscription = broker
+        .subscribe(
+            TOPIC,
+            SubscribeOptions::new(),
+            handler_fn("gated", move |delivery: Delivery| {
+                let gate = gate.clone();
+                let handled_tx = handled_tx.clone();
+                async move {
+                    gate.acquire()
+                        .await
+                        .expect("the gate is never closed")
+                        .forget();
+                    let _ = handled_tx.send(delivery.payload().clone());
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    (subscription, handled)
+}
+
 // Paused clock: the 200 ms publish timeout elapses as soon as every task is idle.
 #[tokio::test(start_paused = true)]
 async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
@@ -456,29 +486,7 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
         .publish_timeout(Duration::from_millis(200))
         .build();
     let gate = Arc::new(Semaphore::new(0));
-    let (handled_tx, mut handled) = Collector::new(WAIT);
-    let subscription = broker
-        .subscribe(
-            TOPIC,
-            SubscribeOptions::new(),
-            handler_fn("blocked", {
-                let gate = gate.clone();
-                move |delivery: Delivery| {
-                    let gate = gate.clone();
-                    let handled_tx = handled_tx.clone();
-                    async move {
-                        gate.acquire()
-                            .await
-                            .expect("the gate is never closed")
-                            .forget();
-                        let _ = handled_tx.send(delivery.payload().clone());
-                        Outcome::Ack
-                    }
-                }
-            }),
-        )
-        .await
-        .expect("subscribe");
+    let (subscription, mut handled) = gated_subscriber(&broker, &gate).await;
     let message = |n: u8| {
         Message::new(vec![n])
             .with_header("ce_id", format!("m-{n}"))
@@ -538,26 +546,7 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
 async fn memory_waiting_publisher_is_not_overtaken() {
     let broker = MemoryBroker::builder().capacity(16).build();
     let gate = Arc::new(Semaphore::new(0));
-    let (handled_tx, mut handled) = Collector::new(WAIT);
-    let subscription = broker
-        .subscribe(
-            TOPIC,
-            SubscribeOptions::new(),
-            handler_fn("gated", {
-                let gate = gate.clone();
-                move |delivery: Delivery| {
-                    let gate = gate.clone();
-                    let handled_tx = handled_tx.clone();
-                    async move {
-                        gate.acquire().await.expect("never closed").forget();
-                        let _ = handled_tx.send(delivery.payload()[0]);
-                        Outcome::Ack
-                    }
-                }
-            }),
-        )
-        .await
-        .expect("subscribe");
+    let (subscription, mut handled) = gated_subscriber(&broker, &gate).await;
     for n in 0..16u8 {
         match broker.try_publish(TOPIC, Message::new(vec![n])) {
             TryPublish::Done(receipt) => {
@@ -576,7 +565,7 @@ async fn memory_waiting_publisher_is_not_overtaken() {
 
     // one slot free: the waiting publisher sleeps on, and a new message may not pass it
     gate.add_permits(1);
-    assert_eq!(handled.next("message 0").await, 0);
+    assert_eq!(handled.next("message 0").await[..], [0]);
     let message = match broker.try_publish(TOPIC, Message::new(vec![17])) {
         TryPublish::WouldWait(message) => message,
         TryPublish::Done(result) => panic!("overtook the waiting publisher: {result:?}"),
@@ -587,7 +576,7 @@ async fn memory_waiting_publisher_is_not_overtaken() {
 
     // two slots free: the waiting publisher goes first
     gate.add_permits(1);
-    assert_eq!(handled.next("message 1").await, 1);
+    assert_eq!(handled.next("message 1").await[..], [1]);
     waiting
         .await
         .expect("publish task")
@@ -598,7 +587,8 @@ async fn memory_waiting_publisher_is_not_overtaken() {
         .expect("publish after the waiting one");
 
     gate.add_permits(64);
-    let rest: Vec<u8> = handled.until("every message", |got| got.len() == 16).await;
+    let rest = handled.until("every message", |got| got.len() == 16).await;
+    let rest: Vec<u8> = rest.iter().map(|payload| payload[0]).collect();
     assert_eq!(rest, (2..18).collect::<Vec<u8>>(), "in publish order");
     subscription.unsubscribe().await;
 }
