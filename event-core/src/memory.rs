@@ -335,10 +335,7 @@ impl MemoryBroker {
         message: Message,
     ) -> Result<Receipt, PublishError> {
         let state = self.topic_or_create(topic);
-        state.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = scopeguard(|| {
-            state.waiting.fetch_sub(1, Ordering::AcqRel);
-        });
+        let _waiting = Waiting::on(&state.waiting);
         let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let queues = state.snapshot();
         let mut message = Some(message);
@@ -396,17 +393,21 @@ fn copy_for(i: usize, queues: &[Arc<Queue>], message: &mut Option<Message>) -> M
     }
 }
 
-/// Runs `f` when dropped (also when the future holding it is cancelled).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// Counts a publisher as waiting on a topic until dropped (also when its publish future is
+/// cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
     }
-    Guard(Some(f))
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Topic {
