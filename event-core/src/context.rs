@@ -17,7 +17,7 @@
 use std::fmt;
 
 use crate::headers::{
-    HeaderName, HeaderValue, Headers, IntoHeaderName, InvalidHeaderName, is_reserved, names,
+    HeaderName, HeaderValue, Headers, InvalidHeaderName, Role, is_reserved, known, names,
 };
 
 tokio::task_local! {
@@ -255,41 +255,26 @@ impl Context {
     /// correlation id = the `correlation-id` header, or the message's own id when it starts a
     /// chain; causation id = the message's id.
     pub fn from_headers(headers: &Headers) -> Context {
-        // one pass over the headers: this runs for every delivery
-        const ID_ALIASES: [&str; 4] = [
-            names::CE_ID,
-            "cloudEvents_id",
-            "cloudEvents:id",
-            names::MICRO_ID,
-        ];
+        // one pass over the headers, comparing no strings: this runs for every delivery
         let mut metadata = Metadata::new();
         let mut trace = TraceContext::default();
         let mut correlation_id = None;
-        // the id under the first alias of `ID_ALIASES` present, as `Headers::message_id_value`
-        let mut id: Option<(usize, &HeaderValue)> = None;
+        // the id under the best-ranked alias present, as `Headers::message_id_value`
+        let mut id: Option<(u8, &HeaderValue)> = None;
         for (header, value) in headers.iter() {
-            let name = header.as_str();
-            if !is_reserved(name) {
-                metadata.entries.push((header.clone(), value.clone()));
-                continue;
-            }
             let first = |slot: &mut Option<HeaderValue>| {
                 slot.get_or_insert_with(|| value.clone());
             };
-            if name.eq_ignore_ascii_case(names::CORRELATION_ID) {
-                first(&mut correlation_id);
-            } else if name.eq_ignore_ascii_case(names::TRACEPARENT) {
-                first(&mut trace.traceparent);
-            } else if name.eq_ignore_ascii_case(names::TRACESTATE) {
-                first(&mut trace.tracestate);
-            } else if name.eq_ignore_ascii_case(names::BAGGAGE) {
-                first(&mut trace.baggage);
-            } else if let Some(rank) = ID_ALIASES
-                .iter()
-                .position(|alias| name.eq_ignore_ascii_case(alias))
-                && id.is_none_or(|(best, _)| rank < best)
-            {
-                id = Some((rank, value));
+            match header.role() {
+                Role::Metadata => metadata.entries.push((header.clone(), value.clone())),
+                Role::CorrelationId => first(&mut correlation_id),
+                Role::Traceparent => first(&mut trace.traceparent),
+                Role::Tracestate => first(&mut trace.tracestate),
+                Role::Baggage => first(&mut trace.baggage),
+                Role::Id(rank) if id.is_none_or(|(best, _)| rank < best) => {
+                    id = Some((rank, value));
+                }
+                _ => {}
             }
         }
         let id = id.map(|(_, value)| value.clone());
@@ -302,36 +287,31 @@ impl Context {
     }
 
     /// Writes this context into the headers of a message with id `message_id`.
-    pub(crate) fn write_headers(&self, headers: &mut Headers, message_id: &HeaderValue) {
-        headers.append(
-            HeaderName::from_static(names::CORRELATION_ID),
-            self.correlation_id
-                .clone()
-                .unwrap_or_else(|| message_id.clone()),
-        );
+    pub(crate) fn write_headers(&self, headers: &mut Headers, message_id: &[u8]) {
+        match &self.correlation_id {
+            Some(correlation) => headers.append_copy(known::CORRELATION_ID, correlation),
+            None => headers.append_copied(known::CORRELATION_ID, message_id),
+        }
         if let Some(cause) = &self.causation_id {
-            headers.append(HeaderName::from_static(names::CAUSATION_ID), cause.clone());
+            headers.append_copy(known::CAUSATION_ID, cause);
         }
         for (name, value) in [
-            (names::TRACEPARENT, &self.trace.traceparent),
-            (names::TRACESTATE, &self.trace.tracestate),
-            (names::BAGGAGE, &self.trace.baggage),
+            (known::TRACEPARENT, &self.trace.traceparent),
+            (known::TRACESTATE, &self.trace.tracestate),
+            (known::BAGGAGE, &self.trace.baggage),
         ] {
             if let Some(value) = value {
-                headers.append(HeaderName::from_static(name), value.clone());
+                headers.append_copy(name, value);
             }
         }
         for (name, value) in self.metadata.iter() {
-            headers.append(name.into_header_name(), value.clone());
+            headers.append_copy(name.clone(), value);
         }
     }
 
     /// Headers of a chain start published with no context at all.
-    pub(crate) fn write_empty(headers: &mut Headers, message_id: &HeaderValue) {
-        headers.append(
-            HeaderName::from_static(names::CORRELATION_ID),
-            message_id.clone(),
-        );
+    pub(crate) fn write_empty(headers: &mut Headers, message_id: &[u8]) {
+        headers.append_copied(known::CORRELATION_ID, message_id);
     }
 }
 
@@ -392,7 +372,7 @@ mod tests {
         h.append("tenant", "t-1");
         let ctx = Context::from_headers(&h);
         let mut out = Headers::new();
-        ctx.write_headers(&mut out, &HeaderValue::from("child"));
+        ctx.write_headers(&mut out, b"child");
         assert_eq!(out.get_str("correlation-id"), Some("root"));
         assert_eq!(out.get_str("causation-id"), Some("parent"));
         assert_eq!(out.get_str("tenant"), Some("t-1"));

@@ -83,41 +83,106 @@ struct Topic {
 struct Queue {
     group: Option<String>,
     members: AtomicUsize,
-    entries: Mutex<VecDeque<Entry>>,
-    /// Wakes consumers when an entry arrives.
-    ready: Notify,
-    slots: Slots,
     closed: AtomicBool,
+    /// Written by publishers and read by consumers; on a cache line of its own.
+    pending: Padded<Pending>,
+    slots: Slots,
 }
 
-/// Counts unacknowledged messages of a queue: taken when a message is queued, given back
-/// when it is acknowledged. A message given back for redelivery keeps its slot.
+/// The messages waiting in a queue and the consumers' wake-up.
+struct Pending {
+    entries: Mutex<VecDeque<Entry>>,
+    /// Wakes consumers when an entry arrives in an empty queue.
+    ready: Notify,
+}
+
+/// Keeps `T` on cache lines of its own (128 bytes: adjacent-line prefetching pairs lines),
+/// so that a counter one thread writes for every message does not slow another thread's
+/// reads of a neighbouring field.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Counts unacknowledged messages of a queue: a slot is taken when a message is queued and
+/// given back when it is acknowledged. A message given back for redelivery keeps its slot.
+///
+/// The count is the difference of two counters that only grow: `taken`, written by
+/// publishers, and `settled`, written by consumers, each on a cache line of its own. A
+/// publisher reads the consumers' counter only when the queue looks full by the value it last
+/// saw, so under load the two threads do not pass a cache line back and forth per message.
 struct Slots {
-    used: AtomicUsize,
     capacity: usize,
+    /// Freed slots after which waiting publishers are woken.
+    wake_batch: usize,
+    /// Publishers waiting for room (in [`Slots::take`]).
+    waiting: AtomicUsize,
     /// Wakes publishers waiting for room.
     freed: Notify,
+    publishers: Padded<Taken>,
+    settled: Padded<AtomicUsize>,
+}
+
+struct Taken {
+    taken: AtomicUsize,
+    /// `settled` as publishers last read it; never ahead of it.
+    settled_seen: AtomicUsize,
 }
 
 impl Slots {
     fn new(capacity: usize) -> Self {
         Slots {
-            used: AtomicUsize::new(0),
             capacity,
+            // an eighth of the capacity, between 1 and 64: waking a publisher for every
+            // acknowledged message would cost a thread wake-up per message while the queue
+            // is full
+            wake_batch: (capacity / 8).clamp(1, 64),
+            waiting: AtomicUsize::new(0),
             freed: Notify::new(),
+            publishers: Padded(Taken {
+                taken: AtomicUsize::new(0),
+                settled_seen: AtomicUsize::new(0),
+            }),
+            settled: Padded(AtomicUsize::new(0)),
         }
     }
 
     fn try_take(&self) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < self.capacity).then_some(used + 1)
-            })
-            .is_ok()
+        let publishers = &*self.publishers;
+        let mut taken = publishers.taken.load(Ordering::Relaxed);
+        loop {
+            if taken.wrapping_sub(publishers.settled_seen.load(Ordering::Relaxed)) >= self.capacity
+            {
+                // full by the last value seen: read the consumers' counter
+                let settled = self.settled.load(Ordering::SeqCst);
+                publishers
+                    .settled_seen
+                    .fetch_max(settled, Ordering::Relaxed);
+                taken = publishers.taken.load(Ordering::SeqCst);
+                if taken.wrapping_sub(settled) >= self.capacity {
+                    return false;
+                }
+            }
+            match publishers.taken.compare_exchange_weak(
+                taken,
+                taken + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => taken = actual,
+            }
+        }
     }
 
     /// Waits for a slot; `false` if the queue closed meanwhile.
     async fn take(&self, closed: &AtomicBool) -> bool {
+        let _waiting = Waiting::on(&self.waiting);
         loop {
             if closed.load(Ordering::Acquire) {
                 return false;
@@ -138,25 +203,35 @@ impl Slots {
         }
     }
 
-    /// Gives a slot back. Waiting publishers are woken once per [`Slots::wake_batch`] freed
-    /// slots, not per slot: a publisher only waits on a full queue, and waking it for every
-    /// acknowledged message would cost a thread wake-up per message while the queue is full.
+    /// Gives back a slot taken by [`Slots::try_take`] for a message that was not queued.
+    fn untake(&self) {
+        self.publishers.taken.fetch_sub(1, Ordering::SeqCst);
+        self.wake_waiting();
+    }
+
+    /// Gives a slot back: its message was acknowledged. Waiting publishers are woken once
+    /// [`Slots::wake_batch`] slots are free, not for every slot.
     fn give_back(&self) {
-        let before = self.used.fetch_sub(1, Ordering::AcqRel);
-        if before == self.capacity + 1 - self.wake_batch() {
-            // `wake_batch` slots are free since the queue was last full: somebody may be waiting
+        self.settled.fetch_add(1, Ordering::SeqCst);
+        self.wake_waiting();
+    }
+
+    fn wake_waiting(&self) {
+        // `SeqCst` on both sides: either this sees the waiter, or the waiter's second
+        // `try_take` (after it registered for the wake-up) sees the slot given back
+        if self.waiting.load(Ordering::SeqCst) > 0
+            && self.capacity.saturating_sub(self.in_use()) >= self.wake_batch
+        {
             self.freed.notify_waiters();
         }
     }
 
-    /// How many slots are freed before waiting publishers are woken: an eighth of the
-    /// capacity, between 1 and 64.
-    fn wake_batch(&self) -> usize {
-        (self.capacity / 8).clamp(1, 64)
-    }
-
     fn in_use(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        let settled = self.settled.load(Ordering::SeqCst);
+        self.publishers
+            .taken
+            .load(Ordering::SeqCst)
+            .wrapping_sub(settled)
     }
 }
 
@@ -432,10 +507,12 @@ impl Topic {
         let queue = Arc::new(Queue {
             group: group.map(str::to_owned),
             members: AtomicUsize::new(1),
-            entries: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            slots: Slots::new(capacity),
             closed: AtomicBool::new(false),
+            pending: Padded(Pending {
+                entries: Mutex::new(VecDeque::new()),
+                ready: Notify::new(),
+            }),
+            slots: Slots::new(capacity),
         });
         let mut next: Vec<_> = queues.iter().cloned().collect();
         next.push(queue.clone());
@@ -450,7 +527,11 @@ impl Topic {
             queue.closed.store(true, Ordering::Release);
             queue.slots.freed.notify_waiters();
             let dropped = {
-                let mut entries = queue.entries.lock().unwrap_or_else(|e| e.into_inner());
+                let mut entries = queue
+                    .pending
+                    .entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 std::mem::take(&mut *entries).len()
             };
             if dropped > 0 {
@@ -472,28 +553,41 @@ impl Topic {
 
 impl Queue {
     fn push(&self, entry: Entry) {
-        self.entries
+        let mut entries = self
+            .pending
+            .entries
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(entry);
-        self.ready.notify_one();
+            .unwrap_or_else(|e| e.into_inner());
+        let was_empty = entries.is_empty();
+        entries.push_back(entry);
+        drop(entries);
+        // a consumer only waits after it found the queue empty under the lock, so only the
+        // first entry of an empty queue needs a wake-up; members of a group pass it on
+        if was_empty {
+            self.pending.ready.notify_one();
+        }
     }
 
     fn push_front(&self, entry: Entry) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        self.entries
+        self.pending
+            .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_front(entry);
-        self.ready.notify_one();
+        self.pending.ready.notify_one();
     }
 
     /// Moves waiting entries into `batch`: up to [`BATCH`] when `alone` (the queue's only
     /// member), else one, passing the wake-up on to another member when more wait.
     fn take_into(&self, batch: &mut VecDeque<Entry>, alone: bool) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self
+            .pending
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if alone {
             let n = entries.len().min(BATCH);
             batch.extend(entries.drain(..n));
@@ -501,7 +595,7 @@ impl Queue {
             batch.push_back(entry);
             if !entries.is_empty() {
                 drop(entries);
-                self.ready.notify_one();
+                self.pending.ready.notify_one();
             }
         }
     }
@@ -512,7 +606,11 @@ impl Queue {
         if batch.is_empty() {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self
+            .pending
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = batch.pop_back() {
             entries.push_front(entry);
         }
@@ -522,7 +620,7 @@ impl Queue {
             .make_contiguous()
             .sort_by_key(|entry| entry.sequence);
         drop(entries);
-        self.ready.notify_one();
+        self.pending.ready.notify_one();
     }
 }
 
@@ -626,7 +724,7 @@ impl DeliverySource for MemorySource {
                 }
             }
             let queue = self.queue.clone();
-            let ready = queue.ready.notified();
+            let ready = queue.pending.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
             if let Some(incoming) = self.take_next() {
@@ -689,25 +787,27 @@ impl Broker for MemoryBroker {
         if self.inner.closed.load(Ordering::Acquire) {
             return TryPublish::Done(Err(PublishError::new(topic, message, self.closed_error())));
         }
-        let state = match self.topic(topic) {
-            Some(state) => state,
-            None => {
-                // a topic is validated once, when it is first used
-                if let Err(error) = validate_topic(topic) {
-                    return TryPublish::Done(Err(PublishError::new(topic, message, error)));
-                }
-                self.topic_or_create(topic)
+        // no reference count is taken on the topic or its queue list: both locks are held
+        // for the few pushes below
+        let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = topics.get(topic) else {
+            drop(topics);
+            // a topic is validated once, when it is first used
+            if let Err(error) = validate_topic(topic) {
+                return TryPublish::Done(Err(PublishError::new(topic, message, error)));
             }
+            self.topic_or_create(topic);
+            return self.try_publish(topic, message);
         };
         if state.waiting.load(Ordering::Acquire) > 0 {
             return TryPublish::WouldWait(message);
         }
-        let queues = state.snapshot();
+        let queues = state.queues.read().unwrap_or_else(|e| e.into_inner());
         // a slot in every queue, or in none
         for (i, queue) in queues.iter().enumerate() {
             if !queue.slots.try_take() {
                 for taken in &queues[..i] {
-                    taken.slots.give_back();
+                    taken.slots.untake();
                 }
                 return TryPublish::WouldWait(message);
             }
@@ -749,3 +849,78 @@ impl Broker for MemoryBroker {
 }
 
 crate::register_broker_scheme!("memory", |url| Ok(Arc::new(MemoryBroker::from_url(url)?)));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Publishers and a consumer hammer one queue's slots from several threads: the count
+    /// never passes the capacity, and no waiting publisher is left asleep with room free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_hold_the_capacity_and_wake_every_waiter() {
+        const CAPACITY: usize = 8;
+        const PER_PUBLISHER: usize = 20_000;
+        let slots = Arc::new(Slots::new(CAPACITY));
+        let closed = Arc::new(AtomicBool::new(false));
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let publishers: Vec<_> = (0..3)
+            .map(|_| {
+                let (slots, closed, outstanding, tx) = (
+                    slots.clone(),
+                    closed.clone(),
+                    outstanding.clone(),
+                    tx.clone(),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..PER_PUBLISHER {
+                        assert!(slots.take(&closed).await, "the queue never closes here");
+                        let now = outstanding.fetch_add(1, Ordering::SeqCst) + 1;
+                        assert!(now <= CAPACITY, "{now} slots in use, capacity {CAPACITY}");
+                        tx.send(()).expect("consumer alive");
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let consumer = {
+            let (slots, outstanding) = (slots.clone(), outstanding.clone());
+            tokio::spawn(async move {
+                let mut settled = 0;
+                while rx.recv().await.is_some() {
+                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                    slots.give_back();
+                    settled += 1;
+                }
+                settled
+            })
+        };
+        let all = async {
+            for publisher in publishers {
+                publisher.await.expect("publisher");
+            }
+            consumer.await.expect("consumer")
+        };
+        let settled = tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("a waiting publisher was never woken");
+        assert_eq!(settled, 3 * PER_PUBLISHER);
+        assert_eq!(slots.in_use(), 0);
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_slot_taken_and_given_back_unused_is_free_again() {
+        let slots = Slots::new(2);
+        assert!(slots.try_take());
+        assert!(slots.try_take());
+        assert!(!slots.try_take(), "full at capacity");
+        slots.untake();
+        assert_eq!(slots.in_use(), 1);
+        assert!(slots.try_take());
+        slots.give_back();
+        slots.give_back();
+        assert_eq!(slots.in_use(), 0);
+        assert!(slots.try_take() && slots.try_take() && !slots.try_take());
+    }
+}

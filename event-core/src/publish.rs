@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, Message, PublishError, Receipt, TryPublish};
 use crate::context::Context;
-use crate::headers::{HeaderName, HeaderValue, Headers, names};
+use crate::headers::{HeaderName, HeaderValue, Headers, known};
 use crate::telemetry::PublishTelemetry;
 use tracing::Instrument;
 
@@ -139,8 +139,12 @@ impl<T> fmt::Debug for Publisher<T> {
     }
 }
 
-const SPECVERSION: HeaderValue = HeaderValue::from_static("1.0");
-const CONTENT_TYPE_PROTOBUF: HeaderValue = HeaderValue::from_static(crate::codec::PROTOBUF);
+const SPECVERSION: (HeaderName, HeaderValue) =
+    (known::CE_SPECVERSION, HeaderValue::from_static("1.0"));
+const CONTENT_TYPE_PROTOBUF: (HeaderName, HeaderValue) = (
+    known::CONTENT_TYPE,
+    HeaderValue::from_static(crate::codec::PROTOBUF),
+);
 
 impl<T: prost::Message + prost::Name> Publisher<T> {
     /// A publisher of `T` to `topic` through `broker`, naming `source` as the producer.
@@ -234,21 +238,12 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
         let (id, time) = new_id_and_time();
         let mut headers = Headers::with_capacity(9 + ctx.map_or(0, |c| c.metadata().len() + 3));
-        headers.append(HeaderName::from_static(names::CE_SPECVERSION), SPECVERSION);
-        headers.append(HeaderName::from_static(names::CE_ID), id.clone());
-        headers.append(
-            HeaderName::from_static(names::CE_SOURCE),
-            self.inner.source.clone(),
-        );
-        headers.append(
-            HeaderName::from_static(names::CE_TYPE),
-            self.inner.message_type.clone(),
-        );
-        headers.append(HeaderName::from_static(names::CE_TIME), time);
-        headers.append(
-            HeaderName::from_static(names::CONTENT_TYPE),
-            CONTENT_TYPE_PROTOBUF,
-        );
+        headers.append_const(SPECVERSION);
+        headers.append_copied(known::CE_ID, &id);
+        headers.append_copy(known::CE_SOURCE, &self.inner.source);
+        headers.append_copy(known::CE_TYPE, &self.inner.message_type);
+        headers.append_copied(known::CE_TIME, &time);
+        headers.append_const(CONTENT_TYPE_PROTOBUF);
         match ctx {
             Some(ctx) => ctx.write_headers(&mut headers, &id),
             None => Context::write_empty(&mut headers, &id),
@@ -301,7 +296,8 @@ const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
 /// A new UUID v7 message id and the current time (RFC 3339, UTC, milliseconds), both inline
 /// header values (no allocation), from one clock reading.
-fn new_id_and_time() -> (HeaderValue, HeaderValue) {
+/// A fresh UUID v7 (hyphenated, lower case) and its time as RFC 3339 with milliseconds.
+fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     let now = SystemTime::now();
     let since_epoch = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -321,10 +317,7 @@ fn new_id_and_time() -> (HeaderValue, HeaderValue) {
         .encode_lower(&mut id);
     let mut time = [0u8; TIME_LEN];
     format_rfc3339_millis(now, &mut time);
-    (
-        HeaderValue::copy_from_slice(&id),
-        HeaderValue::copy_from_slice(&time),
-    )
+    (id, time)
 }
 
 /// Writes `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (24 bytes) into `out`.
@@ -379,7 +372,7 @@ mod tests {
         let mut last = uuid::Uuid::nil();
         for _ in 0..10_000 {
             let (id, time) = new_id_and_time();
-            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            let parsed = uuid::Uuid::parse_str(std::str::from_utf8(&id).unwrap()).unwrap();
             assert_eq!(parsed.get_version_num(), 7);
             // ids of one thread sort in the order they were made, even within a millisecond
             assert!(parsed > last, "{parsed} after {last}");
@@ -387,7 +380,7 @@ mod tests {
             // the id's timestamp is the ce_time of the same message
             let (secs, nanos) = parsed.get_timestamp().unwrap().to_unix();
             let id_millis = secs * 1000 + u64::from(nanos / 1_000_000);
-            let time = humantime::parse_rfc3339(time.to_str().unwrap()).unwrap();
+            let time = humantime::parse_rfc3339(std::str::from_utf8(&time).unwrap()).unwrap();
             let time_millis = time
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap()

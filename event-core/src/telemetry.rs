@@ -447,7 +447,7 @@ mod otel {
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::headers::{HeaderName, Headers, names};
+    use crate::headers::{HeaderName, Headers, known, names};
 
     struct HeaderInjector<'a>(&'a mut Headers);
 
@@ -455,9 +455,9 @@ mod otel {
         fn set(&mut self, key: &str, value: String) {
             // the W3C names without allocating a name per message
             let name = match key {
-                names::TRACEPARENT => HeaderName::from_static(names::TRACEPARENT),
-                names::TRACESTATE => HeaderName::from_static(names::TRACESTATE),
-                names::BAGGAGE => HeaderName::from_static(names::BAGGAGE),
+                names::TRACEPARENT => known::TRACEPARENT,
+                names::TRACESTATE => known::TRACESTATE,
+                names::BAGGAGE => known::BAGGAGE,
                 other => match HeaderName::new(other) {
                     Ok(name) => name,
                     Err(_) => return,

@@ -226,16 +226,23 @@ pub(crate) fn decode<T: prost::Message + Default>(
 ) -> Result<Decoded<T>, DecodeError> {
     let headers = delivery.headers();
     let diagnose = || Box::new(Diagnosis::of(delivery, expected_type));
-    let found = headers.message_type();
-    if let Some(found) = found
-        && found != expected_type
-    {
-        return Err(DecodeError::TypeMismatch {
-            diagnosis: diagnose(),
-        });
-    }
-    if let Some(ct) = headers.content_type()
-        && !is_protobuf(ct)
+    // compared as bytes first: the usual case needs no UTF-8 check
+    let found = match headers.message_type_value() {
+        Some(value) if value.as_bytes() == expected_type.as_bytes() => Some(expected_type),
+        // a type header that is not text counts as absent, as in `Headers::message_type`
+        Some(value) => match value.to_str() {
+            Ok(_) => {
+                return Err(DecodeError::TypeMismatch {
+                    diagnosis: diagnose(),
+                });
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    if let Some(ct) = headers.content_type_value()
+        && !ct.as_bytes().eq_ignore_ascii_case(PROTOBUF.as_bytes())
+        && ct.to_str().is_ok_and(|ct| !is_protobuf(ct))
     {
         return Err(DecodeError::UnsupportedContentType {
             diagnosis: diagnose(),
