@@ -67,7 +67,8 @@ struct Inner {
     publish_timeout: Duration,
     closed: AtomicBool,
     lifecycle: Mutex<Lifecycle>,
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Looked up on every publish: a fast (seeded) hash instead of SipHash.
+    topics: RwLock<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
 }
 
 #[derive(Default)]
@@ -288,7 +289,7 @@ impl MemoryBrokerBuilder {
                 publish_timeout: self.publish_timeout,
                 closed: AtomicBool::new(false),
                 lifecycle: Mutex::new(Lifecycle::new()),
-                topics: RwLock::new(HashMap::new()),
+                topics: RwLock::new(HashMap::default()),
             }),
         }
     }

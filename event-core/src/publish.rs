@@ -294,9 +294,8 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
-/// A new UUID v7 message id and the current time (RFC 3339, UTC, milliseconds), both inline
-/// header values (no allocation), from one clock reading.
-/// A fresh UUID v7 (hyphenated, lower case) and its time as RFC 3339 with milliseconds.
+/// A new UUID v7 message id (hyphenated, lower case) and the current time (RFC 3339, UTC,
+/// milliseconds), from one clock reading.
 fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     let now = SystemTime::now();
     let since_epoch = now
@@ -311,13 +310,42 @@ fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     let timestamp = V7.with(|context| {
         uuid::Timestamp::from_unix(context, since_epoch.as_secs(), since_epoch.subsec_nanos())
     });
-    let mut id = [0u8; ID_LEN];
-    uuid::Uuid::new_v7(timestamp)
-        .hyphenated()
-        .encode_lower(&mut id);
-    let mut time = [0u8; TIME_LEN];
-    format_rfc3339_millis(now, &mut time);
+    let id = hyphenated(uuid::Uuid::new_v7(timestamp).as_bytes());
+    // the date and time to the second change once a second: a thread keeps the last one
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; TIME_LEN])> =
+            const { std::cell::Cell::new((u64::MAX, [0; TIME_LEN])) };
+    }
+    let secs = since_epoch.as_secs();
+    let mut time = SECOND.with(|second| {
+        let (cached, mut text) = second.get();
+        if cached != secs {
+            format_rfc3339_millis(now, &mut text);
+            second.set((secs, text));
+        }
+        text
+    });
+    let millis = since_epoch.subsec_millis();
+    time[20] = b'0' + (millis / 100) as u8;
+    time[21] = b'0' + (millis / 10 % 10) as u8;
+    time[22] = b'0' + (millis % 10) as u8;
     (id, time)
+}
+
+/// A UUID's 8-4-4-4-12 lower-case text.
+fn hyphenated(bytes: &[u8; 16]) -> [u8; ID_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; ID_LEN];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
+    }
+    out
 }
 
 /// Writes `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (24 bytes) into `out`.
@@ -387,6 +415,20 @@ mod tests {
                 .as_millis() as u64;
             assert_eq!(id_millis, time_millis);
         }
+    }
+
+    #[test]
+    fn ids_read_as_the_uuid_they_encode() {
+        for _ in 0..1000 {
+            let uuid = uuid::Uuid::now_v7();
+            let mut expected = [0u8; ID_LEN];
+            uuid.hyphenated().encode_lower(&mut expected);
+            assert_eq!(hyphenated(uuid.as_bytes()), expected);
+        }
+        assert_eq!(
+            &hyphenated(&[0xff; 16]),
+            b"ffffffff-ffff-ffff-ffff-ffffffffffff"
+        );
     }
 
     #[test]
