@@ -337,14 +337,12 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
     loop {
         let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
         let started = std::time::Instant::now();
-        let outcome = run_handler(&*ctx.handler, pending.delivery())
-            .instrument(span.clone())
-            .await;
+        let outcome = in_span(&span, run_handler(&*ctx.handler, pending.delivery())).await;
         ctx.telemetry.ran(started.elapsed());
         let failure = match outcome {
             Outcome::Ack => {
                 let (_, acker) = pending.take();
-                if let Err(error) = acker.ack().instrument(span.clone()).await {
+                if let Err(error) = in_span(&span, acker.ack()).await {
                     tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
                 }
                 ctx.telemetry.settled(&span, RunOutcome::Acked, None);
@@ -388,6 +386,18 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
         };
         return dead_letter(ctx, pending, failure, span).await;
     }
+}
+
+/// Polls `future` inside `span`, entering it for each poll only (no guard is held across an
+/// await). Unlike `Instrument::instrument`, it borrows the span instead of taking a clone:
+/// a clone and its drop are two calls into the subscriber's registry for every message.
+async fn in_span<F: Future>(span: &Span, future: F) -> F::Output {
+    tokio::pin!(future);
+    std::future::poll_fn(|cx| {
+        let _entered = span.enter();
+        future.as_mut().poll(cx)
+    })
+    .await
 }
 
 async fn run_handler(handler: &dyn RawHandler, delivery: &Delivery) -> Outcome {
@@ -519,7 +529,7 @@ async fn dead_letter<A: Acknowledge>(
         }
     }
     let (_, acker) = pending.take();
-    if let Err(error) = acker.ack().instrument(span.clone()).await {
+    if let Err(error) = in_span(&span, acker.ack()).await {
         tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");
     }
     ctx.telemetry.settled(
