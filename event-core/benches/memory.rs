@@ -19,7 +19,9 @@
 //!   (a bare registry: the spans are made and entered, nothing records them) and `typed + otel`
 //!   (an OpenTelemetry layer, batch processor, no-op exporter, W3C inject and extract), and
 //!   `typed + otel lean` (the same without busy/idle timing, thread and location attributes),
-//!   and `typed + otel 1%` (lean, no context activation on entry, 1 % of traces sampled).
+//!   and `typed + otel 1%` (lean, no context activation on entry, 1 % of traces sampled), and
+//!   `otel sdk only`: the SDK's own cost for the two spans of an event, without `tracing` or
+//!   a broker (a floor for the OpenTelemetry runs).
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event.
 
@@ -406,6 +408,11 @@ fn main() {
             println!("  {name}: {:+.0} ns/event over typed", ns - typed_ns);
         }
     }
+    #[cfg(feature = "opentelemetry")]
+    if wanted("otel-sdk") {
+        let report = otel::sdk_only(n);
+        report.print(None);
+    }
     #[cfg(not(feature = "opentelemetry"))]
     let _ = typed_ns;
 }
@@ -477,6 +484,68 @@ mod otel {
                 .with(LevelFilter::INFO)
                 .with(layer),
         )
+    }
+
+    /// The OpenTelemetry SDK alone, as a floor for the runs above: per event, a producer
+    /// span and a consumer child span with the names, kinds and attributes our spans carry
+    /// (static values as static strings, the per-message id and correlation id as owned
+    /// strings), through the same batch processor and exporter; no `tracing`, no broker, no
+    /// header propagation, one thread.
+    pub(super) fn sdk_only(n: u64) -> super::Report {
+        use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+        use opentelemetry::{Context, KeyValue};
+
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(Discard)
+            .build();
+        let tracer = provider.tracer("bench");
+        let before = super::allocations();
+        let t = std::time::Instant::now();
+        for seq in 0..n {
+            let id = format!("0190a5c2-7f5e-7000-8000-{seq:012x}");
+            let common = |operation: &'static str| {
+                vec![
+                    KeyValue::new("messaging.system", "memory"),
+                    KeyValue::new("messaging.operation.type", operation),
+                    KeyValue::new("messaging.operation.name", operation),
+                    KeyValue::new("messaging.destination.name", "bench.typed"),
+                    KeyValue::new("messaging.message.id", id.clone()),
+                    KeyValue::new("messaging.message.body.size", 65_i64),
+                    KeyValue::new("cloudevents.event_type", "bench.v1.Tick"),
+                    KeyValue::new("correlation_id", id.clone()),
+                ]
+            };
+            let publish = tracer
+                .span_builder("publish bench.typed")
+                .with_kind(SpanKind::Producer)
+                .with_attributes(common("send"))
+                .start(&tracer);
+            let cx = Context::current_with_span(publish);
+            let mut attributes = common("process");
+            attributes.extend([
+                KeyValue::new("causation_id", id.clone()),
+                KeyValue::new("event.handler", "bench::handler"),
+                KeyValue::new("event.attempt", 1_i64),
+                KeyValue::new("event.outcome", "acked"),
+            ]);
+            let mut process = tracer
+                .span_builder("process bench.typed")
+                .with_kind(SpanKind::Consumer)
+                .with_attributes(attributes)
+                .start_with_context(&tracer, &cx);
+            opentelemetry::trace::Span::end(&mut process);
+            cx.span().end();
+        }
+        let elapsed = t.elapsed();
+        let allocations = super::allocations() - before;
+        std::mem::forget(provider);
+        super::Report {
+            name: "otel sdk only",
+            events: n,
+            elapsed,
+            allocations,
+            latencies: Vec::new(),
+        }
     }
 
     pub(super) fn run_under<F: Future>(dispatch: &Dispatch, run: impl FnOnce() -> F) -> F::Output {
