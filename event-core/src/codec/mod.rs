@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::broker::{Delivery, FailureKind, Position};
 
@@ -249,7 +249,7 @@ pub(crate) fn decode<T: prost::Message + Default>(
         });
     }
     let payload: &Bytes = delivery.payload();
-    let message = match T::decode(payload.clone()) {
+    let message = match T::decode(PayloadReader::new(payload)) {
         Ok(m) => m,
         Err(source) => {
             return Err(DecodeError::Malformed {
@@ -289,6 +289,51 @@ pub(crate) fn decode<T: prost::Message + Default>(
     })
 }
 
+/// A delivery's payload read as a [`Buf`] without taking a handle on it: `bytes` fields are cut
+/// from the payload (zero-copy, one handle each), everything else is read in place. Decoding
+/// from a clone of the payload instead costs a handle per message, and the first clone of a
+/// payload built from a vector allocates.
+struct PayloadReader<'a> {
+    payload: &'a Bytes,
+    at: usize,
+}
+
+impl<'a> PayloadReader<'a> {
+    fn new(payload: &'a Bytes) -> Self {
+        PayloadReader { payload, at: 0 }
+    }
+}
+
+impl Buf for PayloadReader<'_> {
+    fn remaining(&self) -> usize {
+        self.payload.len() - self.at
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.payload[self.at..]
+    }
+
+    fn advance(&mut self, count: usize) {
+        assert!(
+            count <= self.remaining(),
+            "advance by {count} past the {} bytes left",
+            self.remaining()
+        );
+        self.at += count;
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(
+            len <= self.remaining(),
+            "{len} bytes asked of the {} left",
+            self.remaining()
+        );
+        let bytes = self.payload.slice(self.at..self.at + len);
+        self.at += len;
+        bytes
+    }
+}
+
 /// Top-level field numbers present in `payload` but absent from `decoded` re-encoded.
 fn unknown_fields<T: prost::Message>(payload: &[u8], decoded: &T) -> Vec<u32> {
     let Some(seen) = classify::protobuf_fields(payload) else {
@@ -320,6 +365,27 @@ mod tests {
         ] {
             assert!(!is_protobuf(ct), "{ct}");
         }
+    }
+
+    #[test]
+    fn bytes_fields_are_cut_from_the_payload_not_copied() {
+        use prost::Message as _;
+        let tick = event_proto::bench::v1::Tick {
+            seq: 300,
+            payload: Bytes::from_static(b"0123456789"),
+        };
+        let payload = Bytes::from(tick.encode_to_vec());
+        let decoded =
+            event_proto::bench::v1::Tick::decode(PayloadReader::new(&payload)).expect("decodes");
+        assert_eq!(decoded, tick);
+        let range = payload.as_ptr_range();
+        assert!(
+            range.contains(&decoded.payload.as_ptr()),
+            "the bytes field was copied out of the payload"
+        );
+        // a truncated payload is an error, not a panic
+        let truncated = payload.slice(..payload.len() - 3);
+        assert!(event_proto::bench::v1::Tick::decode(PayloadReader::new(&truncated)).is_err());
     }
 
     #[test]
