@@ -212,7 +212,7 @@ pub(crate) fn publish_span(
         messaging.operation.name = "publish",
         messaging.destination.name = topic,
         messaging.message.id = headers.message_id(),
-        messaging.message.body.size = message.payload.len(),
+        messaging.message.body.size = as_attribute(message.payload.len()),
         messaging.destination.partition.id = Empty,
         messaging.kafka.offset = Empty,
         messaging.kafka.message.key = Empty,
@@ -243,6 +243,12 @@ fn record_system_fields(span: &Span, system: &str, topic: &str, key: Option<&[u8
     }
 }
 
+/// A count as an `i64` field: `tracing-opentelemetry` turns `u64` values into text (one
+/// allocation each) but keeps `i64` values integers, as OpenTelemetry expects.
+fn as_attribute(count: impl TryInto<i64>) -> i64 {
+    count.try_into().unwrap_or(i64::MAX)
+}
+
 fn record_position(span: &Span, position: &Position) {
     match position {
         Position::Offset { partition, offset } => {
@@ -253,7 +259,10 @@ fn record_position(span: &Span, position: &Position) {
             span.record("messaging.kafka.offset", offset);
         }
         Position::DeliveryTag { delivery_tag, .. } => {
-            span.record("messaging.rabbitmq.message.delivery_tag", delivery_tag);
+            span.record(
+                "messaging.rabbitmq.message.delivery_tag",
+                as_attribute(*delivery_tag),
+            );
         }
         Position::Sequence { .. } | Position::Confirmed => {}
     }
@@ -334,7 +343,7 @@ impl ConsumerTelemetry {
             messaging.destination.name = delivery.topic(),
             messaging.consumer.group.name = self.group.as_deref(),
             messaging.message.id = headers.message_id(),
-            messaging.message.body.size = delivery.payload().len(),
+            messaging.message.body.size = as_attribute(delivery.payload().len()),
             messaging.destination.partition.id = Empty,
             messaging.kafka.offset = Empty,
             messaging.kafka.message.key = Empty,
@@ -344,7 +353,7 @@ impl ConsumerTelemetry {
             correlation_id = headers.get_str(names::CORRELATION_ID),
             causation_id = headers.get_str(names::CAUSATION_ID),
             event.handler = handler,
-            event.attempt = delivery.attempt(),
+            event.attempt = i64::from(delivery.attempt()),
             event.outcome = Empty,
             event.payload_kind = Empty,
             error.type = Empty,
@@ -439,15 +448,17 @@ fn trace_id_of(headers: &Headers) -> Option<&str> {
 mod otel {
     use std::sync::LazyLock;
 
+    use opentelemetry::Context;
     use opentelemetry::propagation::{
         Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
     };
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::headers::{HeaderName, Headers, known, names};
+    use crate::headers::{HeaderName, HeaderValue, Headers, known, names};
+    use crate::publish::hex_lower;
 
     struct HeaderInjector<'a>(&'a mut Headers);
 
@@ -505,11 +516,51 @@ mod otel {
             // no OpenTelemetry layer: the passed-through headers stay as they are
             return;
         }
-        with_propagator(|propagator| propagator.inject_context(&cx, &mut HeaderInjector(headers)));
+        let global = opentelemetry::global::get_text_map_propagator(|global| {
+            let set = global.fields().next().is_some();
+            if set {
+                global.inject_context(&cx, &mut HeaderInjector(headers));
+            }
+            set
+        });
+        if !global {
+            inject_w3c(&cx, headers);
+        }
+    }
+
+    /// Writes what [`FALLBACK`] writes for `cx`, without the propagators' intermediate
+    /// strings: `traceparent` is formatted on the stack.
+    fn inject_w3c(cx: &Context, headers: &mut Headers) {
+        let span = cx.span();
+        let span_context = span.span_context();
+        if span_context.is_valid() {
+            headers.insert(
+                known::TRACEPARENT,
+                HeaderValue::copy_from_slice(&traceparent(span_context)),
+            );
+            headers.insert(known::TRACESTATE, span_context.trace_state().header());
+        }
+        BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`, version 0, with only the sampled flag kept.
+    fn traceparent(span_context: &SpanContext) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_lower(&span_context.trace_id().to_bytes(), &mut out[3..35]);
+        hex_lower(&span_context.span_id().to_bytes(), &mut out[36..52]);
+        let flags = span_context.trace_flags() & TraceFlags::SAMPLED;
+        hex_lower(&[flags.to_u8()], &mut out[53..]);
+        out
     }
 
     pub(super) fn extract(span: &Span, headers: &Headers) {
         let parent = with_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+        // the span continues its parent's trace: its id is known without starting the span
+        let parent_trace = {
+            let parent_span = parent.span();
+            let context = parent_span.span_context();
+            context.is_valid().then(|| context.trace_id())
+        };
         if span.set_parent(parent).is_err() {
             // no OpenTelemetry layer: read the trace id off the header
             if let Some(trace_id) = super::trace_id_of(headers) {
@@ -517,10 +568,79 @@ mod otel {
             }
             return;
         }
-        let cx = span.context();
-        let context = cx.span().span_context().clone();
-        if context.is_valid() {
-            span.record("trace_id", tracing::field::display(context.trace_id()));
+        let trace_id = parent_trace.or_else(|| {
+            let cx = span.context();
+            let context = cx.span().span_context().clone();
+            context.is_valid().then(|| context.trace_id())
+        });
+        if let Some(trace_id) = trace_id {
+            let mut hex = [0u8; 32];
+            hex_lower(&trace_id.to_bytes(), &mut hex);
+            span.record(
+                "trace_id",
+                std::str::from_utf8(&hex).expect("hex digits are ASCII"),
+            );
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::str::FromStr;
+
+        use opentelemetry::baggage::BaggageExt;
+        use opentelemetry::trace::{SpanId, TraceId, TraceState};
+        use opentelemetry::{Context, KeyValue};
+
+        use super::*;
+
+        fn written(headers: &Headers) -> Vec<(String, String)> {
+            headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        value.to_str().expect("text").to_owned(),
+                    )
+                })
+                .collect()
+        }
+
+        #[test]
+        fn the_w3c_fast_path_writes_what_the_propagators_write() {
+            let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+            let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+            let state = TraceState::from_str("vendor=abc,other=1").unwrap();
+            let contexts = [
+                SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, true, state.clone()),
+                // flags beyond "sampled" are not propagated
+                SpanContext::new(trace_id, span_id, TraceFlags::new(0xff), false, state),
+                SpanContext::new(
+                    trace_id,
+                    span_id,
+                    TraceFlags::default(),
+                    true,
+                    TraceState::default(),
+                ),
+                SpanContext::empty_context(),
+            ];
+            for span_context in contexts {
+                for with_baggage in [false, true] {
+                    let mut cx = Context::new().with_remote_span_context(span_context.clone());
+                    if with_baggage {
+                        cx = cx.with_baggage([KeyValue::new("tenant", "acme")]);
+                    }
+                    let mut fast = Headers::new();
+                    fast.append("traceparent", "passed through");
+                    let mut slow = fast.clone();
+                    inject_w3c(&cx, &mut fast);
+                    FALLBACK.inject_context(&cx, &mut HeaderInjector(&mut slow));
+                    assert_eq!(
+                        written(&fast),
+                        written(&slow),
+                        "{span_context:?}, baggage: {with_baggage}"
+                    );
+                }
+            }
         }
     }
 }

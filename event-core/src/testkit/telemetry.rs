@@ -95,13 +95,18 @@ impl Telemetry {
 
 /// The value of attribute `key` of `span` as text.
 pub fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    value(span, key).map(|value| match value {
+        Value::String(s) => s.as_str().to_owned(),
+        other => other.to_string(),
+    })
+}
+
+/// The value of attribute `key` of `span`, as recorded.
+pub fn value<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
     span.attributes
         .iter()
         .find(|kv: &&KeyValue| kv.key.as_str() == key)
-        .map(|kv| match &kv.value {
-            Value::String(s) => s.as_str().to_owned(),
-            other => other.to_string(),
-        })
+        .map(|kv| &kv.value)
 }
 
 fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
@@ -239,6 +244,19 @@ pub async fn trace_crosses_three_hops<F: BrokerFactory>(factory: &F) {
         assert_attribute(process, "messaging.consumer.group.name", group);
         assert_attribute(process, "event.outcome", "acked");
         assert_attribute(process, "event.attempt", "1");
+        // integers are recorded as integers, not as text
+        for (span, key) in [
+            (process, "event.attempt"),
+            (process, "messaging.message.body.size"),
+            (publish, "messaging.message.body.size"),
+        ] {
+            assert!(
+                matches!(value(span, key), Some(Value::I64(_))),
+                "{key} of {:?} is not an i64: {:?}",
+                span.name,
+                value(span, key)
+            );
+        }
         assert_attribute(
             process,
             "trace_id",
