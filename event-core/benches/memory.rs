@@ -4,6 +4,7 @@
 //! cargo bench -p event-core --bench memory            # 1,000,000 events per run
 //! cargo bench -p event-core --bench memory --features opentelemetry   # adds `typed + otel`
 //! EVENTS=200000 RUNS=typed,raw-broker cargo bench -p event-core --bench memory
+//! HANDLER_ROUNDS=400 RUNS=typed cargo bench -p event-core --bench memory   # a handler that works
 //! ```
 //!
 //! Runs, each on a 2-worker tokio runtime:
@@ -106,6 +107,24 @@ fn percentiles(samples: &[u64]) -> (Option<u64>, Option<u64>) {
 /// `prost only`, inflating the cost "over prost" by the harness's own work.
 const SAMPLE: u64 = 16;
 
+/// Busy work of the handlers of the raw channel, raw broker and typed runs: `HANDLER_ROUNDS`
+/// dependent multiply-adds (0 by default: a no-op handler). The raw channel run shows what it
+/// costs per event.
+fn handler_work(seq: u64) {
+    static ROUNDS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let rounds = *ROUNDS.get_or_init(|| {
+        std::env::var("HANDLER_ROUNDS")
+            .ok()
+            .and_then(|rounds| rounds.parse().ok())
+            .unwrap_or(0)
+    });
+    let mut x = seq;
+    for _ in 0..rounds {
+        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+    std::hint::black_box(x);
+}
+
 /// Publish-time stamps of the sampled events, read by handlers for latency.
 struct Stamps {
     start: Instant,
@@ -140,6 +159,7 @@ impl Stamps {
         }
     }
     fn handled(&self, seq: u64) {
+        handler_work(seq);
         if seq.is_multiple_of(SAMPLE) {
             let at = (seq / SAMPLE) as usize;
             let sent = self.sent[at].load(Ordering::Relaxed);

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+mod pool;
+
 /// Header names written and read by the framework (DESIGN.md §3).
 ///
 /// Kafka records carry them as written here (CloudEvents binary mode). Backends that need other
@@ -468,6 +470,18 @@ impl Headers {
         }
     }
 
+    /// No headers, with room for `capacity` entries, in a vector that is recycled when the
+    /// headers are dropped, on whichever thread that happens (see the `pool` module): what a
+    /// publisher uses for the headers of every message it builds.
+    pub(crate) fn pooled(capacity: usize) -> Self {
+        if capacity > pool::CAPACITY {
+            return Headers::with_capacity(capacity);
+        }
+        Headers {
+            entries: pool::take(),
+        }
+    }
+
     /// Appends an entry, keeping any earlier entry of the same name.
     ///
     /// Names given as `&str` are taken as they are (see [`HeaderName::from_wire`]); use
@@ -685,8 +699,16 @@ impl<N: IntoHeaderName, V: Into<HeaderValue>> FromIterator<(N, V)> for Headers {
 impl IntoIterator for Headers {
     type Item = (HeaderName, HeaderValue);
     type IntoIter = std::vec::IntoIter<(HeaderName, HeaderValue)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
+    fn into_iter(mut self) -> Self::IntoIter {
+        std::mem::take(&mut self.entries).into_iter()
+    }
+}
+
+impl Drop for Headers {
+    fn drop(&mut self) {
+        if self.entries.capacity() == pool::CAPACITY {
+            pool::give(std::mem::take(&mut self.entries));
+        }
     }
 }
 

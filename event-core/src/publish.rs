@@ -238,7 +238,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
         let (id, time) = new_id_and_time();
-        let mut headers = Headers::with_capacity(9 + ctx.map_or(0, |c| c.metadata().len() + 3));
+        let mut headers = Headers::pooled(9 + ctx.map_or(0, |c| c.metadata().len() + 3));
         headers.append_const(SPECVERSION);
         headers.append_copied(known::CE_ID, &id);
         headers.append_copy(known::CE_SOURCE, &self.inner.source);
