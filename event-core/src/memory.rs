@@ -18,6 +18,13 @@
 //!   the front of the queue, in publish order, when it leaves. A publisher waiting for room is
 //!   woken once an eighth of the queue (at most 64 slots) is free, not for every slot.
 //!
+//! - **Shared payload buffers**: the payloads of small messages (up to 1 KiB) that a
+//!   [`Publisher`](crate::Publisher) encodes on one thread are cut from shared 8 KiB buffers,
+//!   and nothing copies them on the way to the handler: a `bytes` field decoded as `Bytes`
+//!   (prost-build's `bytes` option) is a view of that buffer. A handler that keeps such a
+//!   field long after it returned keeps the whole buffer alive; copy what you keep
+//!   (`Bytes::copy_from_slice`).
+//!
 //! It has no persistence: a message published to a topic with no subscriber is discarded (the
 //! receipt's sequence still counts it), and a queue group's queue exists while the group has
 //! members. Subscribe to `<topic>.dlq` to keep dead letters.
