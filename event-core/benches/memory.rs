@@ -20,7 +20,9 @@
 //!   (a bare registry: the spans are made and entered, nothing records them) and `typed + otel`
 //!   (an OpenTelemetry layer, batch processor, no-op exporter, W3C inject and extract), and
 //!   `typed + otel lean` (the same without busy/idle timing, thread and location attributes),
-//!   and `typed + otel 1%` (lean, no context activation on entry, 1 % of traces sampled), and
+//!   and `typed + otel 1%` (lean, no context activation on entry, 1 % of traces sampled by the
+//!   SDK), and `typed + otel head 1%` (the same, 1 % sampled by the framework before the spans
+//!   are made, the unsampled ones left out of the layer: see `event_core::telemetry`), and
 //!   `otel sdk only`: the SDK's own cost for the two spans of an event, without `tracing` or
 //!   a broker (a floor for the OpenTelemetry runs).
 //!
@@ -417,11 +419,23 @@ fn main() {
             "typed + otel 1%",
             otel::with_opentelemetry(otel::Setup::Sampled),
         ),
+        (
+            "otel-head",
+            "typed + otel head 1%",
+            otel::with_opentelemetry(otel::Setup::HeadSampled),
+        ),
     ] {
         if !wanted(run) {
             continue;
         }
+        let head = run == "otel-head";
+        if head {
+            event_core::telemetry::set_root_sampling(0.01);
+        }
         let report = otel::run_under(&dispatch, || typed(n, name));
+        if head {
+            event_core::telemetry::set_root_sampling(1.0);
+        }
         report.print(Some(prost_ns));
         if let Some(typed_ns) = typed_ns {
             let ns = report.elapsed.as_nanos() as f64 / n as f64;
@@ -447,7 +461,8 @@ mod otel {
     use opentelemetry_sdk::error::OTelSdkResult;
     use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
     use tracing::Dispatch;
-    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
 
     #[derive(Debug)]
@@ -478,6 +493,10 @@ mod otel {
         /// `Lean`, without activating the OpenTelemetry context on each span entry, and 1 % of
         /// traces sampled (`ParentBased(TraceIdRatioBased(0.01))`), a usual production setting.
         Sampled,
+        /// `Lean`, without context activation, 1 % of traces sampled by the framework before
+        /// their spans are made (`event_core::telemetry::set_root_sampling(0.01)`), the layer
+        /// leaving out `UNSAMPLED_TARGET`, the SDK's default sampler (parent-based).
+        HeadSampled,
     }
 
     /// An OpenTelemetry layer whose spans go through a batch processor to an exporter that
@@ -496,14 +515,18 @@ mod otel {
             .with_tracked_inactivity(defaults)
             .with_threads(defaults)
             .with_location(defaults)
-            .with_context_activation(!matches!(setup, Setup::Sampled));
+            .with_context_activation(matches!(setup, Setup::Defaults | Setup::Lean));
         // the provider (and its batch thread) stays for the rest of the process
         std::mem::forget(provider);
-        Dispatch::new(
-            tracing_subscriber::registry()
-                .with(LevelFilter::INFO)
-                .with(layer),
-        )
+        let registry = tracing_subscriber::registry().with(LevelFilter::INFO);
+        if let Setup::HeadSampled = setup {
+            let filter = Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target(event_core::telemetry::UNSAMPLED_TARGET, LevelFilter::OFF);
+            Dispatch::new(registry.with(layer.with_filter(filter)))
+        } else {
+            Dispatch::new(registry.with(layer))
+        }
     }
 
     /// The OpenTelemetry SDK alone, as a floor for the runs above: per event, a producer

@@ -612,6 +612,15 @@ impl Headers {
         aliases.iter().find_map(|name| self.get(name))
     }
 
+    /// The first `traceparent` (any case).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn traceparent(&self) -> Option<&HeaderValue> {
+        self.entries
+            .iter()
+            .find(|(name, _)| name.role() == Role::Traceparent)
+            .map(|(_, value)| value)
+    }
+
     /// The message id: `ce_id`, else AMQP's `cloudEvents_id`/`cloudEvents:id`, else go-micro's
     /// `Micro-ID`.
     pub fn message_id_value(&self) -> Option<&HeaderValue> {

@@ -331,6 +331,22 @@ fn encode_payload<T: prost::Message>(message: &T) -> Bytes {
     })
 }
 
+/// A copy of `bytes` (at most [`OWN_BUFFER_ABOVE`] long) cut from this thread's encode
+/// buffer, as payloads are: for header values too long to be stored inline that every
+/// message carries (`traceparent`). A copy of its own would cost an allocation, and the
+/// first clone of it (the consumer's [`Context`] takes one) a second.
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn copy_shared(bytes: &[u8]) -> Bytes {
+    debug_assert!(bytes.len() <= OWN_BUFFER_ABOVE);
+    ENCODE_BUFFER.with_borrow_mut(|buffer| {
+        if buffer.capacity() < bytes.len() {
+            buffer.reserve(ENCODE_CHUNK);
+        }
+        buffer.extend_from_slice(bytes);
+        buffer.split().freeze()
+    })
+}
+
 const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 

@@ -44,6 +44,41 @@
 //! The global propagator (`opentelemetry::global::set_text_map_propagator`) is used; while none
 //! is set, W3C trace context and baggage are.
 //!
+//! # Head sampling
+//!
+//! `tracing-opentelemetry` turns every span it sees into OpenTelemetry span data (an owned
+//! copy of each text field, the builder, its attributes) before the SDK's sampler decides
+//! whether to keep it, so a sampler that drops 99 % of traces still pays for most of them.
+//! With the `opentelemetry` feature the framework therefore decides first, for its own
+//! spans, and gives the spans of a trace that is not sampled the target
+//! [`UNSAMPLED_TARGET`] instead of `event`. Leave that target out of the OpenTelemetry layer
+//! and those spans cost what a span costs without OpenTelemetry, while log layers still see
+//! them with every field:
+//!
+//! ```ignore
+//! use tracing_subscriber::filter::{LevelFilter, Targets};
+//! use tracing_subscriber::Layer as _;
+//!
+//! let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(
+//!     Targets::new()
+//!         .with_default(LevelFilter::INFO)
+//!         .with_target(event_core::telemetry::UNSAMPLED_TARGET, LevelFilter::OFF),
+//! );
+//! ```
+//!
+//! The decision follows the message: a message whose `traceparent` says "not sampled"
+//! (flags `00`) is processed, and everything its handler publishes is published, in
+//! unsampled spans; its `traceparent` passes on unchanged, so the next service decides the
+//! same. A new trace (a publish outside any handler, or a message without `traceparent`) is
+//! sampled with the ratio given to [`set_root_sampling`] (1.0, every trace, unless set),
+//! decided from the message id, so a redelivery decides the same; an unsampled new trace
+//! still gets a `traceparent` (flags `00`), so that the services after it agree and their
+//! log lines carry its trace id. Give the SDK a parent-based sampler (its default) so that
+//! it keeps what the framework sampled.
+//!
+//! Without the filter every span reaches the OpenTelemetry layer as before and the SDK's
+//! sampler has the last word.
+//!
 //! # Metrics
 //!
 //! Through the [`metrics`] facade: install any recorder (Prometheus, OpenTelemetry, StatsD)
@@ -59,7 +94,257 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::broker::{Delivery, FailureKind, Message, Position, PublishError, Receipt};
-use crate::headers::{Headers, names};
+use crate::headers::{HeaderValue, Headers, names};
+
+/// The target of the framework's spans in a sampled trace (and of all of them without the
+/// `opentelemetry` feature).
+pub const SAMPLED_TARGET: &str = "event";
+
+/// The target of the framework's `publish` and `process` spans in a trace that is not
+/// sampled (see [Head sampling](self#head-sampling)): leave it out of the OpenTelemetry layer.
+pub const UNSAMPLED_TARGET: &str = "event::unsampled";
+
+/// Samples `ratio` (0.0 to 1.0) of the traces the framework starts: publishes outside any
+/// handler and messages that arrive without `traceparent` (see
+/// [Head sampling](self#head-sampling)). Process-wide; 1.0 until set. A trace that arrives
+/// with a `traceparent` keeps the decision it carries.
+///
+/// # Panics
+///
+/// If `ratio` is not between 0.0 and 1.0.
+#[cfg(feature = "opentelemetry")]
+pub fn set_root_sampling(ratio: f64) {
+    assert!(
+        (0.0..=1.0).contains(&ratio),
+        "set_root_sampling: the ratio must be between 0.0 and 1.0, not {ratio}"
+    );
+    sampling::set_ratio(ratio);
+}
+
+/// The sampling decision of the framework's spans (see [Head sampling](self#head-sampling)).
+pub(crate) mod sampling {
+    #[cfg(feature = "opentelemetry")]
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{HeaderValue, Headers, names};
+
+    /// New traces whose id hashes to at most this are sampled; `u64::MAX` samples all.
+    #[cfg(feature = "opentelemetry")]
+    static ROOT_THRESHOLD: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    #[cfg(feature = "opentelemetry")]
+    pub(super) fn set_ratio(ratio: f64) {
+        let threshold = if ratio >= 1.0 {
+            u64::MAX
+        } else {
+            // `as` saturates; 0.0 gives 0, and no id is sampled (see `sampled`)
+            (ratio * u64::MAX as f64) as u64
+        };
+        ROOT_THRESHOLD.store(threshold, Ordering::Relaxed);
+    }
+
+    /// Whether the process span of a delivery with these headers is sampled.
+    pub(crate) fn of_delivery(headers: &Headers) -> bool {
+        decide(headers, |headers| headers.message_id_value())
+    }
+
+    /// Whether the publish span of a message with these headers is sampled: a message a
+    /// handler publishes names the handled message as its cause, and is decided as that
+    /// message was.
+    pub(crate) fn of_publish(headers: &Headers) -> bool {
+        decide(headers, |headers| {
+            headers
+                .get(names::CAUSATION_ID)
+                .or_else(|| headers.message_id_value())
+        })
+    }
+
+    #[cfg(not(feature = "opentelemetry"))]
+    fn decide(_: &Headers, _: impl FnOnce(&Headers) -> Option<&HeaderValue>) -> bool {
+        true
+    }
+
+    #[cfg(feature = "opentelemetry")]
+    fn decide<'a>(
+        headers: &'a Headers,
+        root_id: impl FnOnce(&'a Headers) -> Option<&'a HeaderValue>,
+    ) -> bool {
+        decide_with(ROOT_THRESHOLD.load(Ordering::Relaxed), headers, root_id)
+    }
+
+    /// The `traceparent`'s decision, else the root decision of `threshold` for the id.
+    #[cfg(feature = "opentelemetry")]
+    fn decide_with<'a>(
+        threshold: u64,
+        headers: &'a Headers,
+        root_id: impl FnOnce(&'a Headers) -> Option<&'a HeaderValue>,
+    ) -> bool {
+        if let Some(sampled) = headers.traceparent().and_then(|v| flag(v.as_bytes())) {
+            return sampled;
+        }
+        if threshold == u64::MAX {
+            return true;
+        }
+        // no id to decide by: sampled, as without head sampling
+        root_id(headers).is_none_or(|id| threshold > 0 && hash(id.as_bytes()) <= threshold)
+    }
+
+    /// The sampled flag of a W3C `traceparent` (`vv-<32 hex>-<16 hex>-ff`); `None` when it
+    /// is not one.
+    #[cfg(feature = "opentelemetry")]
+    pub(super) fn flag(traceparent: &[u8]) -> Option<bool> {
+        let well_formed = traceparent.len() >= 55
+            && traceparent[2] == b'-'
+            && traceparent[35] == b'-'
+            && traceparent[52] == b'-'
+            && (traceparent.len() == 55 || traceparent[55] == b'-')
+            && traceparent[..2] != *b"ff";
+        if !well_formed {
+            return None;
+        }
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let flags = hex(traceparent[53])? << 4 | hex(traceparent[54])?;
+        Some(flags & 1 == 1)
+    }
+
+    /// FNV-1a: the same on every run and in every process.
+    #[cfg(feature = "opentelemetry")]
+    fn hash(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    /// Gives a message of an unsampled trace a `traceparent` that says so, when it has none:
+    /// the services after it then decide the same, and their logs carry its trace id.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn mark_unsampled(headers: &mut Headers) {
+        if headers.traceparent().is_some() {
+            return;
+        }
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // ids must not be all zeros: a set top bit rules that out
+        let trace_id = fastrand::u128(..) | 1 << 127;
+        let span_id = fastrand::u64(..) | 1 << 63;
+        crate::publish::hex_lower(&trace_id.to_be_bytes(), &mut traceparent[3..35]);
+        crate::publish::hex_lower(&span_id.to_be_bytes(), &mut traceparent[36..52]);
+        headers.append(
+            crate::headers::known::TRACEPARENT,
+            HeaderValue::from_bytes(crate::publish::copy_shared(&traceparent)),
+        );
+    }
+
+    #[cfg(all(test, feature = "opentelemetry"))]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_sampled_flag_is_read_from_a_well_formed_traceparent_only() {
+            let id = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+            for (traceparent, expected) in [
+                (format!("00-{id}-01"), Some(true)),
+                (format!("00-{id}-00"), Some(false)),
+                // flags beyond "sampled" do not change the decision
+                (format!("00-{id}-03"), Some(true)),
+                (format!("00-{id}-02"), Some(false)),
+                (format!("00-{id}-0F"), Some(true)),
+                // a later version may append fields
+                (format!("01-{id}-01-extra"), Some(true)),
+                (format!("01-{id}-01extra"), None),
+                (format!("ff-{id}-01"), None),
+                (format!("00-{id}-0x"), None),
+                (format!("00-{id}"), None),
+                ("00-aa-bb-01".to_owned(), None),
+                (String::new(), None),
+            ] {
+                assert_eq!(flag(traceparent.as_bytes()), expected, "{traceparent:?}");
+            }
+        }
+
+        fn headers(traceparent: Option<&str>, id: &str, causation: Option<&str>) -> Headers {
+            let mut headers = Headers::new();
+            headers.append("ce_id", id);
+            if let Some(cause) = causation {
+                headers.append(names::CAUSATION_ID, cause);
+            }
+            if let Some(traceparent) = traceparent {
+                headers.append("Traceparent", traceparent);
+            }
+            headers
+        }
+
+        #[test]
+        fn a_traceparent_decides_whatever_the_ratio() {
+            let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+            for threshold in [0, u64::MAX / 2, u64::MAX] {
+                let h = headers(Some(sampled), "id", None);
+                assert!(decide_with(threshold, &h, |h| h.message_id_value()));
+                let h = headers(Some(unsampled), "id", None);
+                assert!(!decide_with(threshold, &h, |h| h.message_id_value()));
+            }
+        }
+
+        #[test]
+        fn new_traces_are_sampled_by_ratio_of_their_id() {
+            let ids: Vec<String> = (0..10_000)
+                .map(|_| uuid::Uuid::now_v7().to_string())
+                .collect();
+            let share = |ratio: f64| {
+                let threshold = (ratio * u64::MAX as f64) as u64;
+                ids.iter()
+                    .filter(|id| {
+                        decide_with(threshold, &headers(None, id, None), |h| {
+                            h.message_id_value()
+                        })
+                    })
+                    .count()
+            };
+            assert_eq!(share(0.0), 0);
+            let tenth = share(0.1);
+            assert!((800..=1200).contains(&tenth), "{tenth} of 10,000 at 0.1");
+            let half = share(0.5);
+            assert!((4700..=5300).contains(&half), "{half} of 10,000 at 0.5");
+            assert_eq!(
+                ids.iter()
+                    .filter(|id| decide_with(u64::MAX, &headers(None, id, None), |_| None))
+                    .count(),
+                10_000
+            );
+        }
+
+        #[test]
+        fn a_handler_publishes_as_its_message_was_decided() {
+            let threshold = u64::MAX / 2;
+            for _ in 0..200 {
+                let handled = uuid::Uuid::now_v7().to_string();
+                let published = uuid::Uuid::now_v7().to_string();
+                let delivery = headers(None, &handled, None);
+                let follow_up = headers(None, &published, Some(&handled));
+                assert_eq!(
+                    decide_with(threshold, &delivery, |h| h.message_id_value()),
+                    decide_with(threshold, &follow_up, |h| h
+                        .get(names::CAUSATION_ID)
+                        .or_else(|| h.message_id_value())),
+                    "{handled} -> {published}"
+                );
+            }
+        }
+
+        #[test]
+        fn an_unsampled_root_gets_a_traceparent_that_says_so() {
+            let mut h = headers(None, "id", None);
+            mark_unsampled(&mut h);
+            let traceparent = h.traceparent().expect("written").as_bytes().to_vec();
+            assert_eq!(flag(&traceparent), Some(false));
+            assert_ne!(&traceparent[3..35], [b'0'; 32].as_slice());
+            // one that is there stays
+            mark_unsampled(&mut h);
+            assert_eq!(h.get_all(names::TRACEPARENT).count(), 1);
+            assert_eq!(h.traceparent().unwrap().as_bytes(), traceparent.as_slice());
+        }
+    }
+}
 
 /// Metric names.
 pub mod metric {
@@ -163,10 +448,16 @@ impl PublishTelemetry {
 
     /// The publish span of `message`, with the span's trace context written into its headers.
     pub(crate) fn span(&self, topic: &str, message: &mut Message) -> Span {
-        let span = publish_span(&self.span_name, self.system, topic, message);
+        let sampled = sampling::of_publish(&message.headers);
+        let span = publish_span(&self.span_name, self.system, topic, message, sampled);
         #[cfg(feature = "opentelemetry")]
-        if !span.is_disabled() {
-            otel::inject(&span, &mut message.headers);
+        {
+            if !span.is_disabled() {
+                otel::inject(&span, &mut message.headers);
+            }
+            if !sampled {
+                sampling::mark_unsampled(&mut message.headers);
+            }
         }
         span
     }
@@ -190,7 +481,8 @@ impl PublishTelemetry {
     }
 }
 
-/// A `publish {topic}` span for `message`, a child of the current span.
+/// A `publish {topic}` span for `message`, a child of the current span; with the target
+/// [`UNSAMPLED_TARGET`] unless `sampled`.
 ///
 /// It writes no trace context into the message: a typed publish does (see
 /// [`PublishTelemetry::span`]), a dead letter keeps the original headers unchanged.
@@ -199,29 +491,39 @@ pub(crate) fn publish_span(
     system: &'static str,
     topic: &str,
     message: &Message,
+    sampled: bool,
 ) -> Span {
     let headers = &message.headers;
-    let span = tracing::info_span!(
-        target: "event",
-        "publish",
-        otel.name = span_name,
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        messaging.system = system,
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = topic,
-        messaging.message.id = headers.message_id(),
-        messaging.message.body.size = as_attribute(message.payload.len()),
-        messaging.destination.partition.id = Empty,
-        messaging.kafka.offset = Empty,
-        messaging.kafka.message.key = Empty,
-        messaging.rabbitmq.destination.routing_key = Empty,
-        cloudevents.event_type = headers.message_type(),
-        correlation_id = headers.get_str(names::CORRELATION_ID),
-        causation_id = headers.get_str(names::CAUSATION_ID),
-        error.type = Empty,
-    );
+    macro_rules! span {
+        ($target:expr) => {
+            tracing::info_span!(
+                target: $target,
+                "publish",
+                otel.name = span_name,
+                otel.kind = "producer",
+                otel.status_code = Empty,
+                messaging.system = system,
+                messaging.operation.type = "send",
+                messaging.operation.name = "publish",
+                messaging.destination.name = topic,
+                messaging.message.id = headers.message_id(),
+                messaging.message.body.size = as_attribute(message.payload.len()),
+                messaging.destination.partition.id = Empty,
+                messaging.kafka.offset = Empty,
+                messaging.kafka.message.key = Empty,
+                messaging.rabbitmq.destination.routing_key = Empty,
+                cloudevents.event_type = headers.message_type(),
+                correlation_id = headers.get_str(names::CORRELATION_ID),
+                causation_id = headers.get_str(names::CAUSATION_ID),
+                error.type = Empty,
+            )
+        };
+    }
+    let span = if sampled {
+        span!(SAMPLED_TARGET)
+    } else {
+        span!(UNSAMPLED_TARGET)
+    };
     if span.is_disabled() {
         return span;
     }
@@ -327,38 +629,48 @@ impl ConsumerTelemetry {
     }
 
     /// The `process {topic}` span of one handler run, a child of the publisher's span when the
-    /// headers carry its trace context.
+    /// headers carry its trace context; with the target [`UNSAMPLED_TARGET`] when the message
+    /// belongs to a trace that is not sampled.
     pub(crate) fn span(&self, delivery: &Delivery, handler: &str) -> Span {
         let headers = delivery.headers();
-        let span = tracing::info_span!(
-            target: "event",
-            parent: None,
-            "process",
-            otel.name = &*self.span_name,
-            otel.kind = "consumer",
-            otel.status_code = Empty,
-            messaging.system = self.system,
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = delivery.topic(),
-            messaging.consumer.group.name = self.group.as_deref(),
-            messaging.message.id = headers.message_id(),
-            messaging.message.body.size = as_attribute(delivery.payload().len()),
-            messaging.destination.partition.id = Empty,
-            messaging.kafka.offset = Empty,
-            messaging.kafka.message.key = Empty,
-            messaging.rabbitmq.destination.routing_key = Empty,
-            messaging.rabbitmq.message.delivery_tag = Empty,
-            cloudevents.event_type = headers.message_type(),
-            correlation_id = headers.get_str(names::CORRELATION_ID),
-            causation_id = headers.get_str(names::CAUSATION_ID),
-            event.handler = handler,
-            event.attempt = i64::from(delivery.attempt()),
-            event.outcome = Empty,
-            event.payload_kind = Empty,
-            error.type = Empty,
-            trace_id = Empty,
-        );
+        macro_rules! span {
+            ($target:expr) => {
+                tracing::info_span!(
+                    target: $target,
+                    parent: None,
+                    "process",
+                    otel.name = &*self.span_name,
+                    otel.kind = "consumer",
+                    otel.status_code = Empty,
+                    messaging.system = self.system,
+                    messaging.operation.type = "process",
+                    messaging.operation.name = "process",
+                    messaging.destination.name = delivery.topic(),
+                    messaging.consumer.group.name = self.group.as_deref(),
+                    messaging.message.id = headers.message_id(),
+                    messaging.message.body.size = as_attribute(delivery.payload().len()),
+                    messaging.destination.partition.id = Empty,
+                    messaging.kafka.offset = Empty,
+                    messaging.kafka.message.key = Empty,
+                    messaging.rabbitmq.destination.routing_key = Empty,
+                    messaging.rabbitmq.message.delivery_tag = Empty,
+                    cloudevents.event_type = headers.message_type(),
+                    correlation_id = headers.get_str(names::CORRELATION_ID),
+                    causation_id = headers.get_str(names::CAUSATION_ID),
+                    event.handler = handler,
+                    event.attempt = i64::from(delivery.attempt()),
+                    event.outcome = Empty,
+                    event.payload_kind = Empty,
+                    error.type = Empty,
+                    trace_id = Empty,
+                )
+            };
+        }
+        let span = if sampling::of_delivery(headers) {
+            span!(SAMPLED_TARGET)
+        } else {
+            span!(UNSAMPLED_TARGET)
+        };
         if span.is_disabled() {
             return span;
         }
@@ -536,7 +848,7 @@ mod otel {
         if span_context.is_valid() {
             headers.insert(
                 known::TRACEPARENT,
-                HeaderValue::copy_from_slice(&traceparent(span_context)),
+                HeaderValue::from_bytes(crate::publish::copy_shared(&traceparent(span_context))),
             );
             headers.insert(known::TRACESTATE, span_context.trace_state().header());
         }

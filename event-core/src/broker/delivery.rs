@@ -30,7 +30,7 @@ use super::{
 };
 use crate::headers::names;
 use crate::ratelimit::RateLimitedLog;
-use crate::telemetry::{ConsumerTelemetry, RunOutcome, publish_span};
+use crate::telemetry::{ConsumerTelemetry, RunOutcome, publish_span, sampling};
 
 /// A message fetched by a backend, with the means to settle it.
 #[derive(Debug)]
@@ -495,6 +495,8 @@ async fn dead_letter<A: Acknowledge>(
                 ctx.dead_letter_broker.messaging_system(),
                 &ctx.dead_letter_topic,
                 &message,
+                // the original headers: decided as the message's process span was
+                sampling::of_delivery(&message.headers),
             )
         });
         let published = ctx

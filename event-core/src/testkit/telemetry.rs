@@ -1,6 +1,7 @@
 //! Telemetry cases every broker must pass (features `testkit` and `opentelemetry`): one trace
-//! across three hops, a foreign producer's `Traceparent` continued, and metrics that move
-//! exactly as the delivery outcomes say.
+//! across three hops, a foreign producer's `Traceparent` continued, an unsampled trace kept
+//! out of the OpenTelemetry layer, and metrics that move exactly as the delivery outcomes
+//! say.
 //!
 //! A backend runs them with [`telemetry_suite!`](crate::telemetry_suite):
 //!
@@ -17,10 +18,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
-use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -57,8 +59,13 @@ pub fn install() -> &'static Telemetry {
             .with_simple_exporter(spans.clone())
             .build();
         let tracer = provider.tracer("event-testkit");
+        // as the `telemetry` module recommends: spans of unsampled traces skip the layer
         let filter = tracing_subscriber::filter::Targets::new()
             .with_target("event", tracing::Level::INFO)
+            .with_target(
+                crate::telemetry::UNSAMPLED_TARGET,
+                tracing_subscriber::filter::LevelFilter::OFF,
+            )
             .with_target("testkit", tracing::Level::INFO);
         let subscriber = tracing_subscriber::registry().with(
             tracing_opentelemetry::layer()
@@ -354,6 +361,112 @@ pub async fn foreign_traceparent_continues<F: BrokerFactory>(factory: &F) {
     );
 }
 
+/// A message whose `traceparent` says "not sampled" is handled, and its handler's follow-up
+/// published, in spans the OpenTelemetry layer never sees (the layer leaves out
+/// [`UNSAMPLED_TARGET`](crate::telemetry::UNSAMPLED_TARGET)); the follow-up carries the same
+/// `traceparent`, so the next service decides the same. A sampled message sent after it
+/// through the same relay is exported as usual: the control that the layer was listening.
+pub async fn unsampled_trace_stays_unsampled<F: BrokerFactory>(factory: &F) {
+    let telemetry = install();
+    let broker = factory.broker().await;
+    let topic = unique("unsampled");
+    let next_topic = format!("{topic}.next");
+    factory.create_topic(&topic).await;
+    factory.create_topic(&next_topic).await;
+    let (tx, mut received) = Collector::new(factory.timeout());
+    let observer = delivery_subscriber(&*broker, &next_topic, tx).await;
+    let next = Publisher::<Probe>::new(broker.clone(), "relay", next_topic.as_str());
+    // per message: whether the OpenTelemetry layer knows the handler's span
+    let seen_by_layer = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let seen = seen_by_layer.clone();
+    let relay = move |probe: Probe| {
+        let next = next.clone();
+        let known = tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .is_valid();
+        seen.lock().expect("not poisoned").insert(probe.seq, known);
+        async move { next.publish(&probe).await.map(|_| ()) }
+    };
+    let service = Service::builder("relay")
+        .broker(broker.clone())
+        .subscribe(topic.as_str(), relay)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+
+    let foreign = Publisher::<Probe>::new(broker.clone(), "go-service", topic.as_str());
+    let span_id = SpanId::from_bytes(0x00f0_67aa_0ba9_02b7_u64.to_be_bytes());
+    let mut traces = Vec::new();
+    for (seq, flags) in [(1, "00"), (2, "01")] {
+        let trace_id = TraceId::from_bytes(*uuid::Uuid::now_v7().as_bytes());
+        let traceparent = format!("00-{trace_id}-{span_id}-{flags}");
+        let mut message = foreign.encode(
+            &Probe {
+                seq,
+                note: format!("flags {flags}"),
+            },
+            None,
+        );
+        message.headers.append("Traceparent", traceparent.as_str());
+        // one key: one partition, handled in this order
+        message.key = Some(bytes::Bytes::from_static(b"one"));
+        broker.publish(&topic, message).await.expect("publish");
+        traces.push((trace_id, traceparent));
+    }
+    let mut follow_ups = HashMap::new();
+    for _ in 0..2 {
+        let delivery = received.next("a follow-up").await;
+        let probe: Probe = prost::Message::decode(delivery.payload().clone()).expect("a probe");
+        follow_ups.insert(probe.seq, delivery);
+    }
+    service.stop().await;
+    observer.unsubscribe().await;
+
+    assert_eq!(
+        *seen_by_layer.lock().expect("not poisoned"),
+        HashMap::from([(1, false), (2, true)]),
+        "the layer must know the sampled message's span (2) and not the unsampled one's (1)"
+    );
+    let (unsampled, unsampled_traceparent) = &traces[0];
+    let (sampled, _) = &traces[1];
+    let unsampled_follow_up = &follow_ups[&1];
+    assert_eq!(
+        unsampled_follow_up
+            .headers()
+            .get_all(names::TRACEPARENT)
+            .map(|v| v.to_str().expect("text"))
+            .collect::<Vec<_>>(),
+        [unsampled_traceparent.as_str()],
+        "the unsampled traceparent passes on unchanged"
+    );
+    let sampled_traceparent = follow_ups[&2]
+        .headers()
+        .get_str(names::TRACEPARENT)
+        .expect("the sampled follow-up carries traceparent");
+    assert!(
+        sampled_traceparent.starts_with(&format!("00-{sampled}-"))
+            && sampled_traceparent.ends_with("-01"),
+        "{sampled_traceparent}"
+    );
+
+    let spans = telemetry.spans_of("", &[topic.as_str(), next_topic.as_str()]);
+    let process = one(&spans, &format!("process {topic}"));
+    let publish = one(&spans, &format!("publish {next_topic}"));
+    assert_eq!(process.span_context.trace_id(), *sampled);
+    assert_child(publish, process);
+    assert!(
+        spans
+            .iter()
+            .all(|span| span.span_context.trace_id() != *unsampled),
+        "spans of the unsampled trace reached the layer: {:#?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+}
+
 /// Counters move exactly as outcomes say: one message acked at once, one retried once then
 /// acked, one retried to exhaustion and dead-lettered, one undecodable and dead-lettered.
 pub async fn metrics_follow_outcomes<F: BrokerFactory>(factory: &F) {
@@ -556,7 +669,8 @@ macro_rules! telemetry_suite {
             #[allow(unused_imports)]
             use super::*;
             $crate::conformance_suite!(@telemetry $factory;
-                trace_crosses_three_hops, foreign_traceparent_continues, metrics_follow_outcomes);
+                trace_crosses_three_hops, foreign_traceparent_continues,
+                unsampled_trace_stays_unsampled, metrics_follow_outcomes);
         }
     };
 }
