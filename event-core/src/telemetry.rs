@@ -764,12 +764,14 @@ mod otel {
     use opentelemetry::propagation::{
         Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
     };
-    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
     use tracing::Span;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::headers::{HeaderName, HeaderValue, Headers, known, names};
+    use crate::headers::{HeaderName, HeaderValue, Headers, Role, known, names};
     use crate::publish::hex_lower;
 
     struct HeaderInjector<'a>(&'a mut Headers);
@@ -865,8 +867,54 @@ mod otel {
         out
     }
 
+    /// What [`FALLBACK`] extracts from `headers` when they carry a canonical version-00
+    /// `traceparent` and neither `tracestate` nor `baggage`, without the propagators'
+    /// intermediate vector; `None` for anything else, which the propagators read.
+    fn extract_w3c(headers: &Headers) -> Option<Context> {
+        if headers
+            .iter()
+            .any(|(name, _)| matches!(name.role(), Role::Tracestate | Role::Baggage))
+        {
+            return None;
+        }
+        let value: &[u8; 55] = headers.traceparent()?.as_bytes().try_into().ok()?;
+        let lower_hex = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        };
+        let canonical = value.starts_with(b"00-")
+            && value[35] == b'-'
+            && value[52] == b'-'
+            && lower_hex(&value[3..35])
+            && lower_hex(&value[36..52])
+            && lower_hex(&value[53..]);
+        if !canonical {
+            return None;
+        }
+        let text = std::str::from_utf8(value).ok()?;
+        let span_context = SpanContext::new(
+            TraceId::from_hex(&text[3..35]).ok()?,
+            SpanId::from_hex(&text[36..52]).ok()?,
+            TraceFlags::new(u8::from_str_radix(&text[53..], 16).ok()?) & TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        span_context
+            .is_valid()
+            .then(|| Context::current().with_remote_span_context(span_context))
+    }
+
     pub(super) fn extract(span: &Span, headers: &Headers) {
-        let parent = with_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+        let custom = opentelemetry::global::get_text_map_propagator(|global| {
+            global.fields().next().is_some()
+        });
+        let parent = (!custom)
+            .then(|| extract_w3c(headers))
+            .flatten()
+            .unwrap_or_else(|| {
+                with_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+            });
         // the span continues its parent's trace: its id is known without starting the span
         let parent_trace = {
             let parent_span = parent.span();
@@ -915,6 +963,58 @@ mod otel {
                     )
                 })
                 .collect()
+        }
+
+        #[test]
+        fn the_w3c_fast_path_reads_what_the_propagators_read() {
+            let id = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+            let cases: &[&[(&str, &str)]] = &[
+                &[("traceparent", &format!("00-{id}-01"))],
+                &[("Traceparent", &format!("00-{id}-00"))],
+                &[("traceparent", &format!("00-{id}-ff"))],
+                &[("traceparent", &format!("00-{}-01", id.to_uppercase()))],
+                &[("traceparent", &format!("01-{id}-01"))],
+                &[("traceparent", &format!("00-{id}-01-x"))],
+                &[("traceparent", &format!(" 00-{id}-01"))],
+                &[(
+                    "traceparent",
+                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                )],
+                &[(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                )],
+                &[("traceparent", "garbage")],
+                &[
+                    ("traceparent", &format!("00-{id}-01")),
+                    ("tracestate", "vendor=abc"),
+                ],
+                &[("traceparent", &format!("00-{id}-01")), ("baggage", "k=v")],
+                &[],
+            ];
+            for case in cases {
+                let headers: Headers = case.iter().map(|(n, v)| (*n, *v)).collect();
+                let slow = FALLBACK.extract(&HeaderExtractor(&headers));
+                let fast = extract_w3c(&headers);
+                if let Some(fast) = &fast {
+                    assert_eq!(
+                        fast.span().span_context(),
+                        slow.span().span_context(),
+                        "{case:?}"
+                    );
+                    assert_eq!(fast.baggage().len(), slow.baggage().len(), "{case:?}");
+                }
+                // the fast path takes the plain canonical cases, and only those
+                let plain = case.len() == 1 && {
+                    let v = case[0].1;
+                    v.len() == 55
+                        && v.starts_with("00-")
+                        && v == v.to_lowercase()
+                        && !v.contains("00000000000000000000000000000000")
+                        && !v.contains("-0000000000000000-")
+                };
+                assert_eq!(fast.is_some(), plain, "{case:?}");
+            }
         }
 
         #[test]
