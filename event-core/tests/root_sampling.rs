@@ -2,18 +2,16 @@
 //! the ratio is process-wide, and the telemetry suite expects every new trace sampled.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use event_core::Publisher;
 use event_core::broker::Broker;
 use event_core::headers::names;
 use event_core::memory::MemoryBroker;
 use event_core::telemetry::set_root_sampling;
-use event_core::testkit::telemetry::install;
+use event_core::testkit::telemetry::{install, start_watched_relay};
 use event_core::testkit::{Collector, Probe, delivery_subscriber, unique};
-use event_core::{Publisher, Service};
-use opentelemetry::trace::TraceContextExt as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// With a ratio of 0, a publish outside any handler starts an unsampled trace: its message
 /// carries a `traceparent` with flags `00`, the relay's follow-up carries the same one, and
@@ -31,28 +29,7 @@ async fn new_traces_follow_the_root_ratio() {
     let (tx, mut follow_ups) = Collector::new(timeout);
     let follow_up_observer = delivery_subscriber(&*broker, &next_topic, tx).await;
 
-    let next = Publisher::<Probe>::new(broker.clone(), "relay", next_topic.as_str());
-    // per message: whether the OpenTelemetry layer knows the handler's span
-    let seen_by_layer = Arc::new(Mutex::new(HashMap::new()));
-    let seen = seen_by_layer.clone();
-    let relay = move |probe: Probe| {
-        let next = next.clone();
-        let known = tracing::Span::current()
-            .context()
-            .span()
-            .span_context()
-            .is_valid();
-        seen.lock().expect("not poisoned").insert(probe.seq, known);
-        async move { next.publish(&probe).await.map(|_| ()) }
-    };
-    let service = Service::builder("relay")
-        .broker(broker.clone())
-        .subscribe(topic.as_str(), relay)
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start");
+    let (service, seen_by_layer) = start_watched_relay(broker.clone(), &topic, &next_topic).await;
     let origin = Publisher::<Probe>::new(broker.clone(), "origin", topic.as_str());
 
     set_root_sampling(0.0);
@@ -91,7 +68,7 @@ async fn new_traces_follow_the_root_ratio() {
         "the follow-up passes the unsampled traceparent on"
     );
     assert_eq!(
-        *seen_by_layer.lock().expect("not poisoned"),
+        seen_by_layer.by_seq(),
         HashMap::from([(1, false), (2, true)]),
         "the layer must know the sampled message's span (2) and not the unsampled one's (1)"
     );

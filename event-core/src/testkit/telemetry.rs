@@ -28,10 +28,10 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use super::metrics::Metrics;
 use super::{BrokerFactory, Collector, Probe, delivery_subscriber, fast_retry, unique};
-use crate::broker::{Message, PublishError, SubscribeOptions};
+use crate::broker::{Broker, Message, PublishError, SubscribeOptions};
 use crate::headers::names;
 use crate::publish::Publisher;
-use crate::service::Service;
+use crate::service::{RunningService, Service};
 use crate::telemetry::{label, metric};
 
 /// Reads what the process-wide span exporter and metrics recorder collected.
@@ -165,6 +165,69 @@ fn relay(
             tracing::info!(target: "testkit", seq = probe.seq, "relaying");
             next.publish(&probe).await.map(|_| ())
         })
+    }
+}
+
+/// Starts a service named `relay` whose handler `relay` handles `topic`.
+pub async fn start_relay<H, Args>(broker: Arc<dyn Broker>, topic: &str, relay: H) -> RunningService
+where
+    H: crate::subscribe::Handler<Probe, Args>,
+    Args: 'static,
+{
+    Service::builder("relay")
+        .broker(broker)
+        .subscribe(topic, relay)
+        .build()
+        .expect("build the relay service")
+        .start()
+        .await
+        .expect("start the relay service")
+}
+
+/// Starts a [`watched_relay`] from `topic` to `next_topic`: the service, and what its
+/// handler saw.
+pub async fn start_watched_relay(
+    broker: Arc<dyn Broker>,
+    topic: &str,
+    next_topic: &str,
+) -> (RunningService, LayerSeen) {
+    let next = Publisher::<Probe>::new(broker.clone(), "relay", next_topic);
+    let seen = LayerSeen::default();
+    let service = start_relay(broker, topic, watched_relay(next, seen.clone())).await;
+    (service, seen)
+}
+
+/// Which relayed [`Probe`]s (by `seq`) ran in a span the OpenTelemetry layer knows: a span
+/// the layer leaves out has no OpenTelemetry context.
+#[derive(Clone, Debug, Default)]
+pub struct LayerSeen(Arc<std::sync::Mutex<HashMap<u64, bool>>>);
+
+impl LayerSeen {
+    /// Per `seq`, whether the layer knew the handler's span.
+    pub fn by_seq(&self) -> HashMap<u64, bool> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+}
+
+/// A [`relay`] that also notes in `seen` whether the OpenTelemetry layer knows the span its
+/// handler runs in.
+pub fn watched_relay(
+    next: Publisher<Probe>,
+    seen: LayerSeen,
+) -> impl Fn(Probe) -> BoxFuture<'static, Result<(), PublishError>> + Clone + Send + Sync + 'static
+{
+    let relay = relay(next);
+    move |probe: Probe| {
+        let known = tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .is_valid();
+        seen.0
+            .lock()
+            .expect("not poisoned")
+            .insert(probe.seq, known);
+        relay(probe)
     }
 }
 
@@ -310,14 +373,7 @@ pub async fn foreign_traceparent_continues<F: BrokerFactory>(factory: &F) {
     let (tx, mut received) = Collector::new(factory.timeout());
     let observer = delivery_subscriber(&*broker, &next_topic, tx).await;
     let next = Publisher::<Probe>::new(broker.clone(), "relay", next_topic.as_str());
-    let service = Service::builder("relay")
-        .broker(broker.clone())
-        .subscribe(topic.as_str(), relay(next))
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start");
+    let service = start_relay(broker.clone(), &topic, relay(next)).await;
 
     let trace_id = TraceId::from_bytes(*uuid::Uuid::now_v7().as_bytes());
     let span_id = SpanId::from_bytes(0x00f0_67aa_0ba9_02b7_u64.to_be_bytes());
@@ -375,28 +431,7 @@ pub async fn unsampled_trace_stays_unsampled<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&next_topic).await;
     let (tx, mut received) = Collector::new(factory.timeout());
     let observer = delivery_subscriber(&*broker, &next_topic, tx).await;
-    let next = Publisher::<Probe>::new(broker.clone(), "relay", next_topic.as_str());
-    // per message: whether the OpenTelemetry layer knows the handler's span
-    let seen_by_layer = Arc::new(std::sync::Mutex::new(HashMap::new()));
-    let seen = seen_by_layer.clone();
-    let relay = move |probe: Probe| {
-        let next = next.clone();
-        let known = tracing::Span::current()
-            .context()
-            .span()
-            .span_context()
-            .is_valid();
-        seen.lock().expect("not poisoned").insert(probe.seq, known);
-        async move { next.publish(&probe).await.map(|_| ()) }
-    };
-    let service = Service::builder("relay")
-        .broker(broker.clone())
-        .subscribe(topic.as_str(), relay)
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start");
+    let (service, seen_by_layer) = start_watched_relay(broker.clone(), &topic, &next_topic).await;
 
     let foreign = Publisher::<Probe>::new(broker.clone(), "go-service", topic.as_str());
     let span_id = SpanId::from_bytes(0x00f0_67aa_0ba9_02b7_u64.to_be_bytes());
@@ -427,7 +462,7 @@ pub async fn unsampled_trace_stays_unsampled<F: BrokerFactory>(factory: &F) {
     observer.unsubscribe().await;
 
     assert_eq!(
-        *seen_by_layer.lock().expect("not poisoned"),
+        seen_by_layer.by_seq(),
         HashMap::from([(1, false), (2, true)]),
         "the layer must know the sampled message's span (2) and not the unsampled one's (1)"
     );
