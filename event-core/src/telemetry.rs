@@ -69,12 +69,14 @@
 //! The decision follows the message: a message whose `traceparent` says "not sampled"
 //! (flags `00`) is processed, and everything its handler publishes is published, in
 //! unsampled spans; its `traceparent` passes on unchanged, so the next service decides the
-//! same. A new trace (a publish outside any handler, or a message without `traceparent`) is
-//! sampled with the ratio given to [`set_root_sampling`] (1.0, every trace, unless set),
-//! decided from the message id, so a redelivery decides the same; an unsampled new trace
-//! still gets a `traceparent` (flags `00`), so that the services after it agree and their
-//! log lines carry its trace id. Give the SDK a parent-based sampler (its default) so that
-//! it keeps what the framework sampled.
+//! same. A publish inside a span of the application's (an HTTP request, say) continues that
+//! span's trace and is decided on by the OpenTelemetry layer and the SDK, as any child span.
+//! A new trace (a publish outside any span and any handler, or a message without
+//! `traceparent`) is sampled with the ratio given to [`set_root_sampling`] (1.0, every trace,
+//! unless set), decided from the message id, so a redelivery decides the same; an unsampled
+//! new trace still gets a `traceparent` (flags `00`), so that the services after it agree and
+//! their log lines carry its trace id. Give the SDK a parent-based sampler (its default) so
+//! that it keeps what the framework sampled.
 //!
 //! Without the filter every span reaches the OpenTelemetry layer as before and the SDK's
 //! sampler has the last word.
@@ -105,7 +107,7 @@ pub const SAMPLED_TARGET: &str = "event";
 pub const UNSAMPLED_TARGET: &str = "event::unsampled";
 
 /// Samples `ratio` (0.0 to 1.0) of the traces the framework starts: publishes outside any
-/// handler and messages that arrive without `traceparent` (see
+/// span and any handler, and messages that arrive without `traceparent` (see
 /// [Head sampling](self#head-sampling)). Process-wide; 1.0 until set. A trace that arrives
 /// with a `traceparent` keeps the decision it carries.
 ///
@@ -150,12 +152,17 @@ pub(crate) mod sampling {
 
     /// Whether the publish span of a message with these headers is sampled: a message a
     /// handler publishes names the handled message as its cause, and is decided as that
-    /// message was.
+    /// message was; one published inside a span of the application's continues that span's
+    /// trace, which the OpenTelemetry layer and the SDK decide on as for any child span.
     pub(crate) fn of_publish(headers: &Headers) -> bool {
         decide(headers, |headers| {
-            headers
-                .get(names::CAUSATION_ID)
-                .or_else(|| headers.message_id_value())
+            headers.get(names::CAUSATION_ID).or_else(|| {
+                let in_span = tracing::dispatcher::get_default(|dispatch| {
+                    dispatch.current_span().id().is_some()
+                });
+                // no id to decide by: sampled
+                (!in_span).then(|| headers.message_id_value()).flatten()
+            })
         })
     }
 

@@ -12,11 +12,15 @@ use event_core::memory::MemoryBroker;
 use event_core::telemetry::set_root_sampling;
 use event_core::testkit::telemetry::{install, start_watched_relay};
 use event_core::testkit::{Collector, Probe, delivery_subscriber, unique};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-/// With a ratio of 0, a publish outside any handler starts an unsampled trace: its message
-/// carries a `traceparent` with flags `00`, the relay's follow-up carries the same one, and
-/// no span of the chain reaches the OpenTelemetry layer. Back at 1, the next publish is
-/// sampled and exported: the control that the layer was listening.
+/// With a ratio of 0, a publish outside any handler and any span starts an unsampled trace:
+/// its message carries a `traceparent` with flags `00`, the relay's follow-up carries the same
+/// one, and no span of the chain reaches the OpenTelemetry layer. A publish inside a span of
+/// the application's continues that span's trace whatever the ratio. Back at 1, the next
+/// publish is sampled and exported: the control that the layer was listening.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_traces_follow_the_root_ratio() {
     let telemetry = install();
@@ -42,6 +46,22 @@ async fn new_traces_follow_the_root_ratio() {
         .expect("publish");
     let original = originals.next("the unsampled original").await;
     let follow_up = follow_ups.next("the unsampled follow-up").await;
+    // inside a span of the application's, a publish continues that span's trace
+    let request = tracing::info_span!(target: "testkit", "request");
+    let request_trace = request.context().span().span_context().trace_id();
+    async {
+        origin
+            .publish(&Probe {
+                seq: 3,
+                note: "in a request".into(),
+            })
+            .await
+            .expect("publish")
+    }
+    .instrument(request)
+    .await;
+    let in_request = originals.next("the original published in a request").await;
+    follow_ups.next("the follow-up of the request").await;
     set_root_sampling(1.0);
     origin
         .publish(&Probe {
@@ -69,8 +89,8 @@ async fn new_traces_follow_the_root_ratio() {
     );
     assert_eq!(
         seen_by_layer.by_seq(),
-        HashMap::from([(1, false), (2, true)]),
-        "the layer must know the sampled message's span (2) and not the unsampled one's (1)"
+        HashMap::from([(1, false), (2, true), (3, true)]),
+        "the layer must know the spans of the sampled messages (2, and 3 published in a request) and not the unsampled one's (1)"
     );
     let spans = telemetry.spans_of("", &[topic.as_str(), next_topic.as_str()]);
     assert!(
@@ -78,6 +98,14 @@ async fn new_traces_follow_the_root_ratio() {
             .iter()
             .all(|span| span.span_context.trace_id().to_string() != trace_id),
         "spans of the unsampled trace were exported"
+    );
+    let in_request = in_request
+        .headers()
+        .get_str(names::TRACEPARENT)
+        .expect("a publish in a request writes traceparent");
+    assert!(
+        in_request.starts_with(&format!("00-{request_trace}-")) && in_request.ends_with("-01"),
+        "{in_request} does not continue the request's trace {request_trace}"
     );
     let sampled_traceparent = sampled_original
         .headers()
