@@ -187,9 +187,15 @@ fn init_telemetry() -> Result<Telemetry, Box<dyn std::error::Error>> {
     let provider = provider.build();
 
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // the framework's spans and this program's; not the HTTP client's or the brokers' clients'
+    // the framework's spans and this program's; not the HTTP client's or the brokers'
+    // clients', nor the framework's spans of unsampled traces (head sampling: see
+    // `event_core::telemetry`; every trace is sampled unless `set_root_sampling` says less)
     let trace_filter = Targets::new()
         .with_target("event", tracing::Level::INFO)
+        .with_target(
+            event_core::telemetry::UNSAMPLED_TARGET,
+            tracing_subscriber::filter::LevelFilter::OFF,
+        )
         .with_target(TARGET, tracing::Level::INFO);
     tracing_subscriber::registry()
         .with(
