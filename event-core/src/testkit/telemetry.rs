@@ -209,8 +209,8 @@ impl LayerSeen {
     }
 }
 
-/// A [`relay`] that also notes in `seen` whether the OpenTelemetry layer knows the span its
-/// handler runs in.
+/// A relay (handles [`Probe`]s and publishes each on with `next`) that also notes in `seen`
+/// whether the OpenTelemetry layer knows the span its handler runs in.
 pub fn watched_relay(
     next: Publisher<Probe>,
     seen: LayerSeen,
