@@ -318,15 +318,23 @@ fn encode_payload<T: prost::Message>(message: &T) -> Bytes {
             .expect("a BytesMut sized to encoded_len has room");
         return payload.freeze();
     }
+    cut_from_encode_buffer(len, |buffer| {
+        message
+            .encode(buffer)
+            .expect("the encode buffer was given room for encoded_len");
+    })
+}
+
+/// `len` bytes written by `write` into this thread's encode buffer, cut off as a `Bytes` that
+/// shares the buffer's allocation (see [`encode_payload`]).
+fn cut_from_encode_buffer(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
     ENCODE_BUFFER.with_borrow_mut(|buffer| {
         if buffer.capacity() < len {
             // writes over the chunk again when no payload cut from it is alive, else starts
             // a new one
             buffer.reserve(ENCODE_CHUNK);
         }
-        message
-            .encode(buffer)
-            .expect("the encode buffer was given room for encoded_len");
+        write(buffer);
         buffer.split().freeze()
     })
 }
@@ -338,13 +346,7 @@ fn encode_payload<T: prost::Message>(message: &T) -> Bytes {
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn copy_shared(bytes: &[u8]) -> Bytes {
     debug_assert!(bytes.len() <= OWN_BUFFER_ABOVE);
-    ENCODE_BUFFER.with_borrow_mut(|buffer| {
-        if buffer.capacity() < bytes.len() {
-            buffer.reserve(ENCODE_CHUNK);
-        }
-        buffer.extend_from_slice(bytes);
-        buffer.split().freeze()
-    })
+    cut_from_encode_buffer(bytes.len(), |buffer| buffer.extend_from_slice(bytes))
 }
 
 const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
