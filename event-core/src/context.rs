@@ -195,7 +195,17 @@ impl Context {
 
     /// Runs `future` with this context current.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+        self.scoped(future).await
+    }
+
+    /// `future` with this context current while it is polled: [`Context::scope`] without
+    /// the async wrapper, for the delivery path (each wrapper moves the handler's future once
+    /// more before it first runs).
+    pub(crate) fn scoped<F: Future>(
+        self,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+        CURRENT.scope(self, future)
     }
 
     /// The user metadata.

@@ -15,12 +15,14 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
@@ -192,18 +194,38 @@ async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> super::Drai
 
 /// Fetches the next message unless the loop was told to stop.
 ///
-/// The source is polled first: under load it is always ready, so the stop token's waiter is
-/// only registered when there is nothing to do; the flag check before each fetch makes a busy
-/// loop stop fetching as soon as it is told to.
+/// The flag check before each fetch makes a busy loop stop fetching as soon as it is told to.
 async fn fetch<S: DeliverySource>(source: &mut S, ctx: &LoopContext) -> Option<Incoming<S::Acker>> {
     if ctx.stop.is_cancelled() {
         return None;
     }
-    tokio::select! {
-        biased;
-        incoming = source.next() => incoming,
-        _ = ctx.stop.cancelled() => None,
-    }
+    unless_stopped(pin!(source.next()), &ctx.stop)
+        .await
+        .flatten()
+}
+
+/// Polls `future` to completion, or until `stop` is cancelled (`None`), whichever comes
+/// first; `future` is polled first.
+///
+/// The stop token's waiter is only made once `future` was not ready: under load the source
+/// has a message and a handler that does not wait finishes on its first poll, and making
+/// and dropping a waiter for each would cost more than the rest of the loop's bookkeeping.
+async fn unless_stopped<F: Future>(
+    mut future: Pin<&mut F>,
+    stop: &CancellationToken,
+) -> Option<F::Output> {
+    let mut stopped = pin!(None::<WaitForCancellationFuture<'_>>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if stopped.is_none() {
+            stopped.set(Some(stop.cancelled()));
+        }
+        let waiting = stopped.as_mut().as_pin_mut().expect("set above");
+        waiting.poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Concurrency 1: handle each message inline, in order.
@@ -213,12 +235,12 @@ async fn run_sequential<S: DeliverySource>(
 ) -> super::DrainReport {
     let mut report = super::DrainReport::default();
     while let Some(incoming) = fetch(&mut source, &ctx).await {
-        let processing = process(&ctx, incoming);
-        tokio::pin!(processing);
-        tokio::select! {
-            biased;
-            _ = &mut processing => continue,
-            _ = ctx.stop.cancelled() => {}
+        let mut processing = pin!(process(&ctx, incoming));
+        if unless_stopped(processing.as_mut(), &ctx.stop)
+            .await
+            .is_some()
+        {
+            continue;
         }
         // stopped while handling: give the handler the drain timeout
         match tokio::time::timeout(ctx.drain_timeout, processing).await {
@@ -357,7 +379,7 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
                     RunOutcome::Retried,
                     Some((failure.kind(), failure.payload_kind())),
                 );
-                let delivery = pending.delivery.as_mut().expect("present");
+                let delivery = pending.delivery();
                 let backoff = ctx.retry.backoff(delivery.attempt());
                 tracing::debug!(
                     parent: &span,
@@ -370,21 +392,39 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
                     "handler failed; retrying"
                 );
                 drop(span);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => delivery.next_attempt(),
-                    _ = ctx.stop.cancelled() => {
-                        let (delivery, acker) = pending.take();
-                        if let Err(error) = acker.nack(delivery).await {
-                            tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
-                        }
-                        return Settled::Returned;
-                    }
+                // boxed, as is the dead-letter path below: the rare paths' futures (a timer,
+                // a publish) would otherwise make this future, which is built and moved for
+                // every message, several times larger
+                match Box::pin(back_off(ctx, &mut pending, backoff)).await {
+                    Some(settled) => return settled,
+                    None => continue,
                 }
-                continue;
             }
             Outcome::Retry(failure) | Outcome::DeadLetter(failure) => failure,
         };
-        return dead_letter(ctx, pending, failure, span).await;
+        return Box::pin(dead_letter(ctx, pending, failure, span)).await;
+    }
+}
+
+/// Waits `backoff` before the next attempt; if the loop is stopped meanwhile, gives the
+/// message back to the broker and returns [`Settled::Returned`].
+async fn back_off<A: Acknowledge>(
+    ctx: &LoopContext,
+    pending: &mut Pending<A>,
+    backoff: Duration,
+) -> Option<Settled> {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => {
+            pending.delivery.as_mut().expect("present").next_attempt();
+            None
+        }
+        _ = ctx.stop.cancelled() => {
+            let (delivery, acker) = pending.take();
+            if let Err(error) = acker.nack(delivery).await {
+                tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
+            }
+            Some(Settled::Returned)
+        }
     }
 }
 

@@ -2,6 +2,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use crate::broker::{Delivery, Failure, FailureKind, Outcome, RawHandler};
@@ -119,7 +120,7 @@ where
             type_verified: decoded.type_verified,
         };
         match self.handler.call(decoded.message, &parts) {
-            Ok(future) => Box::pin(async move { context.scope(future).await.into_outcome() }),
+            Ok(future) => Box::pin(context.scoped(future).map(IntoOutcome::into_outcome)),
             Err(error) => Box::pin(std::future::ready(Outcome::DeadLetter(Failure::new(
                 FailureKind::Extract,
                 error,
