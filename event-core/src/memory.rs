@@ -770,14 +770,15 @@ impl MemorySource {
     }
 
     fn incoming(&self, entry: Entry) -> Incoming<MemoryAcker> {
-        let delivery = Delivery::new(
+        let mut delivery = Delivery::new(
             self.topic_name.clone(),
             entry.message,
             Position::Sequence {
                 sequence: entry.sequence,
             },
-        )
-        .with_attempt(entry.attempt);
+        );
+        // set in place: the builder would move the delivery twice more
+        delivery.set_attempt(entry.attempt);
         Incoming {
             delivery,
             acker: MemoryAcker {

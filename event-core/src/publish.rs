@@ -349,45 +349,85 @@ pub(crate) fn copy_shared(bytes: &[u8]) -> Bytes {
     cut_from_encode_buffer(bytes.len(), |buffer| buffer.extend_from_slice(bytes))
 }
 
-const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+/// A hyphenated UUID: 32 hex digits and 4 hyphens.
+const ID_LEN: usize = 36;
 const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
 /// A new UUID v7 message id (hyphenated, lower case) and the current time (RFC 3339, UTC,
-/// milliseconds), from one clock reading.
+/// milliseconds), from one clock reading: the time is the id's own timestamp.
 fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
-    let now = SystemTime::now();
-    let since_epoch = now
+    let since_epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    // A context per thread: ids made by one thread increase strictly (a counter orders ids of
-    // the same millisecond), without the process-wide lock of `Uuid::now_v7`.
-    thread_local! {
-        static V7: uuid::timestamp::context::ContextV7 =
-            const { uuid::timestamp::context::ContextV7::new() };
-    }
-    let timestamp = V7.with(|context| {
-        uuid::Timestamp::from_unix(context, since_epoch.as_secs(), since_epoch.subsec_nanos())
-    });
-    let id = hyphenated(uuid::Uuid::new_v7(timestamp).as_bytes());
+    let (millis, counter) = next_v7_millis_and_counter(since_epoch.as_millis() as u64);
+    let id = hyphenated(&uuid_v7(millis, counter, fastrand::u32(..)));
     // the date and time to the second change once a second: a thread keeps the last one
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; TIME_LEN])> =
             const { std::cell::Cell::new((u64::MAX, [0; TIME_LEN])) };
     }
-    let secs = since_epoch.as_secs();
+    let secs = millis / 1000;
     let mut time = SECOND.with(|second| {
         let (cached, mut text) = second.get();
         if cached != secs {
-            format_rfc3339_millis(now, &mut text);
+            format_rfc3339_millis(secs, 0, &mut text);
             second.set((secs, text));
         }
         text
     });
-    let millis = since_epoch.subsec_millis();
+    let millis = millis % 1000;
     time[20] = b'0' + (millis / 100) as u8;
     time[21] = b'0' + (millis / 10 % 10) as u8;
     time[22] = b'0' + (millis % 10) as u8;
     (id, time)
+}
+
+/// The largest value of the 42-bit counter of a UUID v7 (RFC 9562, section 6.2, method 1).
+const V7_COUNTER_MAX: u64 = (1 << 42) - 1;
+
+/// The millisecond and counter of this thread's next UUID v7, `now` being the clock's
+/// millisecond. Ids made by one thread increase strictly, without a process-wide lock:
+///
+/// - in a new millisecond the counter starts at a random value below 2^41 (room to count);
+/// - within the same millisecond, or if the clock stepped back, the last millisecond is kept
+///   and the counter counts on;
+/// - should the counter ever run out, the next millisecond is taken early.
+fn next_v7_millis_and_counter(now: u64) -> (u64, u64) {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    LAST.with(|last| {
+        let next = advance_v7(last.get(), now, || fastrand::u64(..) >> 23);
+        last.set(next);
+        next
+    })
+}
+
+/// The step of [`next_v7_millis_and_counter`] from `(millisecond, counter)` of the last id;
+/// `seed` gives a new millisecond's first counter.
+fn advance_v7(
+    (last_millis, last_counter): (u64, u64),
+    now: u64,
+    seed: impl FnOnce() -> u64,
+) -> (u64, u64) {
+    if now > last_millis {
+        (now, seed())
+    } else if last_counter < V7_COUNTER_MAX {
+        (last_millis, last_counter + 1)
+    } else {
+        (last_millis + 1, seed())
+    }
+}
+
+/// The 16 bytes of a UUID v7: 48 bits of Unix milliseconds, the version, the counter's top 12
+/// bits, the variant, the counter's low 30 bits and 32 random bits.
+fn uuid_v7(millis: u64, counter: u64, random: u32) -> [u8; 16] {
+    let high = (millis & 0xffff_ffff_ffff) << 16 | 0x7 << 12 | (counter >> 30 & 0xfff);
+    let low = 0b10 << 62 | (counter & 0x3fff_ffff) << 32 | u64::from(random);
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&high.to_be_bytes());
+    bytes[8..].copy_from_slice(&low.to_be_bytes());
+    bytes
 }
 
 /// A UUID's 8-4-4-4-12 lower-case text.
@@ -403,21 +443,26 @@ fn hyphenated(bytes: &[u8; 16]) -> [u8; ID_LEN] {
 
 /// Writes `bytes` as lower-case hex into `out`, which is twice as long.
 pub(crate) fn hex_lower(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// The two hex digits of every byte value.
+    static PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        pairs
+    };
     debug_assert_eq!(out.len(), bytes.len() * 2);
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+        pair.copy_from_slice(&PAIRS[usize::from(*byte)]);
     }
 }
 
-/// Writes `time` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (24 bytes) into `out`.
-fn format_rfc3339_millis(time: SystemTime, out: &mut [u8]) {
-    let since_epoch = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let millis = since_epoch.subsec_millis();
+/// Writes the time `secs` and `millis` after the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`
+/// (24 bytes) into `out`.
+fn format_rfc3339_millis(secs: u64, millis: u32, out: &mut [u8]) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
@@ -539,6 +584,55 @@ mod tests {
     }
 
     #[test]
+    fn uuid_v7_fields_sit_where_rfc_9562_puts_them() {
+        let millis = 0x0192_3456_789a;
+        let counter = 0x2ab_cdef_0123; // 42 bits
+        let bytes = uuid_v7(millis, counter, 0xdead_beef);
+        let parsed = uuid::Uuid::from_bytes(bytes);
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = parsed.get_timestamp().expect("a v7 timestamp").to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos / 1_000_000), millis);
+        // rand_a: the counter's top 12 bits; rand_b: its low 30 bits, then the random word
+        assert_eq!(
+            u64::from(u16::from_be_bytes([bytes[6], bytes[7]]) & 0xfff),
+            counter >> 30
+        );
+        let low = u64::from_be_bytes(bytes[8..].try_into().unwrap());
+        assert_eq!(low >> 32 & 0x3fff_ffff, counter & 0x3fff_ffff);
+        assert_eq!(low as u32, 0xdead_beef);
+    }
+
+    #[test]
+    fn the_v7_counter_orders_ids_within_a_millisecond_and_across_a_clock_step_back() {
+        let seed = || 5;
+        assert_eq!(
+            advance_v7((0, 0), 1_000, seed),
+            (1_000, 5),
+            "a new millisecond: seeded"
+        );
+        assert_eq!(
+            advance_v7((1_000, 5), 1_000, seed),
+            (1_000, 6),
+            "the same: counts on"
+        );
+        assert_eq!(
+            advance_v7((1_000, 6), 990, seed),
+            (1_000, 7),
+            "a step back: keeps the last"
+        );
+        assert_eq!(
+            advance_v7((1_000, V7_COUNTER_MAX), 1_000, seed),
+            (1_001, 5),
+            "counter run out: the next millisecond early"
+        );
+        // and the ids built from them sort in that order
+        let ids = [(1_000, 5), (1_000, 6), (1_000, 7), (1_001, 5)]
+            .map(|(millis, counter)| uuid::Uuid::from_bytes(uuid_v7(millis, counter, u32::MAX)));
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    }
+
+    #[test]
     fn ids_read_as_the_uuid_they_encode() {
         for _ in 0..1000 {
             let uuid = uuid::Uuid::now_v7();
@@ -563,11 +657,11 @@ mod tests {
             4_102_444_799, // 2099-12-31T23:59:59
             253_402_300_799,
         ] {
-            for millis in [0u64, 7, 999] {
-                let t =
-                    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + millis);
+            for millis in [0u32, 7, 999] {
+                let t = SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_millis(secs * 1000 + u64::from(millis));
                 let mut out = [0u8; TIME_LEN];
-                format_rfc3339_millis(t, &mut out);
+                format_rfc3339_millis(secs, millis, &mut out);
                 assert_eq!(
                     std::str::from_utf8(&out).unwrap(),
                     humantime::format_rfc3339_millis(t).to_string()

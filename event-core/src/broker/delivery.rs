@@ -192,40 +192,48 @@ async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> super::Drai
     }
 }
 
-/// Fetches the next message unless the loop was told to stop.
-///
-/// The flag check before each fetch makes a busy loop stop fetching as soon as it is told to.
-async fn fetch<S: DeliverySource>(source: &mut S, ctx: &LoopContext) -> Option<Incoming<S::Acker>> {
-    if ctx.stop.is_cancelled() {
-        return None;
+pin_project_lite::pin_project! {
+    /// Polls a future to completion, or until the loop's stop token is cancelled (`None`),
+    /// whichever comes first; the future is polled first.
+    ///
+    /// The stop token's waiter is only made once the future was not ready: under load the source
+    /// has a message and a handler that does not wait finishes on its first poll, and making
+    /// and dropping a waiter for each would cost more than the rest of the loop's bookkeeping.
+    /// A future of its own rather than an `async fn`: each `async` layer moves the output once
+    /// more on its way out, and here the output is a whole message.
+    struct UnlessStopped<'a, F> {
+        future: Pin<&'a mut F>,
+        stop: &'a CancellationToken,
+        #[pin]
+        stopped: Option<WaitForCancellationFuture<'a>>,
     }
-    unless_stopped(pin!(source.next()), &ctx.stop)
-        .await
-        .flatten()
 }
 
-/// Polls `future` to completion, or until `stop` is cancelled (`None`), whichever comes
-/// first; `future` is polled first.
-///
-/// The stop token's waiter is only made once `future` was not ready: under load the source
-/// has a message and a handler that does not wait finishes on its first poll, and making
-/// and dropping a waiter for each would cost more than the rest of the loop's bookkeeping.
-async fn unless_stopped<F: Future>(
-    mut future: Pin<&mut F>,
-    stop: &CancellationToken,
-) -> Option<F::Output> {
-    let mut stopped = pin!(None::<WaitForCancellationFuture<'_>>);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+fn unless_stopped<'a, F: Future>(
+    future: Pin<&'a mut F>,
+    stop: &'a CancellationToken,
+) -> UnlessStopped<'a, F> {
+    UnlessStopped {
+        future,
+        stop,
+        stopped: None,
+    }
+}
+
+impl<F: Future> Future for UnlessStopped<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
         }
-        if stopped.is_none() {
-            stopped.set(Some(stop.cancelled()));
+        if this.stopped.is_none() {
+            this.stopped.set(Some(this.stop.cancelled()));
         }
-        let waiting = stopped.as_mut().as_pin_mut().expect("set above");
-        waiting.poll(cx).map(|()| None)
-    })
-    .await
+        let stopped = this.stopped.as_pin_mut().expect("set above");
+        stopped.poll(cx).map(|()| None)
+    }
 }
 
 /// Concurrency 1: handle each message inline, in order.
@@ -234,7 +242,10 @@ async fn run_sequential<S: DeliverySource>(
     ctx: Arc<LoopContext>,
 ) -> super::DrainReport {
     let mut report = super::DrainReport::default();
-    while let Some(incoming) = fetch(&mut source, &ctx).await {
+    // the flag check before each fetch makes a busy loop stop fetching as soon as it is told to
+    while !ctx.stop.is_cancelled()
+        && let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop).await
+    {
         let mut processing = pin!(process(&ctx, incoming));
         if unless_stopped(processing.as_mut(), &ctx.stop)
             .await
@@ -338,7 +349,10 @@ impl<A: Acknowledge> Pending<A> {
 
 impl<A: Acknowledge> Drop for Pending<A> {
     fn drop(&mut self) {
-        if let (Some(delivery), Some(acker)) = (self.delivery.take(), self.acker.take()) {
+        // the acker first: a settled message has none, and its delivery is not moved out
+        if let Some(acker) = self.acker.take()
+            && let Some(delivery) = self.delivery.take()
+        {
             acker.abandon(delivery);
         }
     }
@@ -363,7 +377,8 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
         ctx.telemetry.ran(started.elapsed());
         let failure = match outcome {
             Outcome::Ack => {
-                let (_, acker) = pending.take();
+                // the delivery is dropped where it lies (moving it out to drop it is a copy)
+                let acker = pending.acker.take().expect("settled once");
                 if let Err(error) = in_span(&span, acker.ack()).await {
                     tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
                 }

@@ -205,8 +205,13 @@ impl Delivery {
     /// Sets the attempt number (backends that carry attempts across redeliveries).
     #[must_use]
     pub fn with_attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt.max(1);
+        self.set_attempt(attempt);
         self
+    }
+
+    /// [`Delivery::with_attempt`] in place.
+    pub(crate) fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt.max(1);
     }
 
     /// The topic the message was consumed from.
