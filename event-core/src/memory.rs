@@ -531,10 +531,10 @@ impl Drop for Waiting<'_> {
 }
 
 /// The topics this thread published to lately, each with the broker it belongs to: a publish
-/// loop then finds its topic without the topic map's lock and lookup (measured: about 100 ns
-/// of a 700 ns publish-to-handler event, see `BENCHMARKS.md`). A broker never removes a topic
-/// from its map, so an entry stays right for as long as its broker lives; the `Weak` keeps the
-/// broker's address from being taken by another broker meanwhile.
+/// loop then finds its topic without the topic map's lock and lookup (in the memory bench, with
+/// the publisher the slower side, about 100 ns of 700 per event; see `BENCHMARKS.md`). A broker
+/// never removes a topic from its map, so an entry stays right for as long as its broker lives;
+/// the `Weak` keeps the broker's address from being taken by another broker meanwhile.
 struct RecentTopics {
     entries: [Option<(Weak<Inner>, Arc<Topic>)>; RECENT_TOPICS],
     /// The entry replaced next.
