@@ -82,7 +82,7 @@ struct Inner {
 #[derive(Default)]
 struct Topic {
     /// The topic's name, for the per-thread lookup cache ([`RecentTopics`]).
-    name: Box<str>,
+    name: Arc<str>,
     sequence: AtomicU64,
     /// Copy-on-write list of queues: publishers take a cheap snapshot.
     queues: RwLock<Arc<[Arc<Queue>]>>,
@@ -530,42 +530,50 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// The topics this thread published to lately, each with the broker it belongs to: a publish
-/// loop then finds its topic without the topic map's lock and lookup (in the memory bench, with
-/// the publisher the slower side, about 100 ns of 700 per event; see `BENCHMARKS.md`). A broker
-/// never removes a topic from its map, so an entry stays right for as long as its broker lives;
-/// the `Weak` keeps the broker's address from being taken by another broker meanwhile.
+/// The topics this thread has published to, each with the broker it belongs to: a publish then
+/// finds its topic without the broker's topic-map lock (in the memory bench, with the publisher
+/// the slower side, that lock was about 100 ns of 700 per event; see `BENCHMARKS.md`).
+///
+/// A broker never removes a topic from its map, so an entry stays right for as long as its
+/// broker lives; the `Weak` keeps the broker's address from being taken by another broker
+/// meanwhile. Entries of dropped brokers are cleared when a name is added and the map has
+/// grown past [`RecentTopics::PRUNE_ABOVE`] names; until then they hold their topic's queue
+/// list (no messages: a broker's queues are emptied when their last member leaves).
+#[derive(Default)]
 struct RecentTopics {
-    entries: [Option<(Weak<Inner>, Arc<Topic>)>; RECENT_TOPICS],
-    /// The entry replaced next.
-    next: usize,
+    /// Topic name → that topic on each broker this thread published it to.
+    by_name: HashMap<Arc<str>, Vec<BrokerTopic>, foldhash::fast::RandomState>,
 }
 
-/// Topics remembered per thread.
-const RECENT_TOPICS: usize = 4;
+/// A topic and the broker it belongs to.
+type BrokerTopic = (Weak<Inner>, Arc<Topic>);
 
 thread_local! {
-    static RECENT: RefCell<RecentTopics> = const {
-        RefCell::new(RecentTopics {
-            entries: [const { None }; RECENT_TOPICS],
-            next: 0,
-        })
-    };
+    static RECENT: RefCell<RecentTopics> = RefCell::default();
 }
 
 impl RecentTopics {
-    /// `broker`'s topic named `name`, if this thread published to it lately.
+    /// Names held before entries of dropped brokers are cleared.
+    const PRUNE_ABOVE: usize = 256;
+
+    /// `broker`'s topic named `name`, if this thread published to it before.
     fn find(&self, broker: &Arc<Inner>, name: &str) -> Option<&Topic> {
-        self.entries.iter().flatten().find_map(|(owner, topic)| {
-            (std::ptr::eq(owner.as_ptr(), Arc::as_ptr(broker)) && *topic.name == *name)
-                .then_some(&**topic)
+        self.by_name.get(name)?.iter().find_map(|(owner, topic)| {
+            std::ptr::eq(owner.as_ptr(), Arc::as_ptr(broker)).then_some(&**topic)
         })
     }
 
-    /// Remembers `topic` of `broker` in place of the oldest entry.
+    /// Remembers `topic` of `broker`.
     fn remember(&mut self, broker: &Arc<Inner>, topic: Arc<Topic>) {
-        self.entries[self.next] = Some((Arc::downgrade(broker), topic));
-        self.next = (self.next + 1) % RECENT_TOPICS;
+        if !self.by_name.contains_key(&*topic.name) && self.by_name.len() >= Self::PRUNE_ABOVE {
+            self.by_name.retain(|_, topics| {
+                topics.retain(|(owner, _)| owner.strong_count() > 0);
+                !topics.is_empty()
+            });
+        }
+        let topics = self.by_name.entry(topic.name.clone()).or_default();
+        topics.retain(|(owner, _)| owner.strong_count() > 0);
+        topics.push((Arc::downgrade(broker), topic));
     }
 }
 
@@ -892,14 +900,15 @@ impl Broker for MemoryBroker {
                 self.topic_or_create(topic)
             }
         };
+        let published = self.try_publish_to(&state, message);
         // skipped in a thread-local destructor, or should a publish ever run inside the
         // lookup above
         let _ = RECENT.try_with(|recent| {
             if let Ok(mut recent) = recent.try_borrow_mut() {
-                recent.remember(&self.inner, state.clone());
+                recent.remember(&self.inner, state);
             }
         });
-        self.try_publish_to(&state, message)
+        published
     }
 
     async fn subscribe(
@@ -1030,9 +1039,9 @@ mod tests {
     }
 
     /// The per-thread topic cache ([`RecentTopics`]) never sends a message to the wrong
-    /// broker or topic: one thread publishes in turn to one topic name on two brokers (cache
-    /// hits), to more topics than the cache holds (replacements), and to a broker made after
-    /// another was dropped.
+    /// broker or topic: one thread publishes in turn to one topic name on two brokers, to
+    /// many topics, and to a broker made after another, which the cache names under the same
+    /// topic, was dropped.
     #[tokio::test(flavor = "current_thread")]
     async fn publishes_reach_their_own_broker_and_topic_through_the_thread_cache() {
         let first = MemoryBroker::new();
@@ -1048,7 +1057,7 @@ mod tests {
             assert_eq!(next(&mut on_second).await, format!("second {round}"));
         }
 
-        let topics: Vec<String> = (0..RECENT_TOPICS + 2).map(|i| format!("t{i}")).collect();
+        let topics: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
         let mut receivers = Vec::new();
         for topic in &topics {
             receivers.push(collect(&first, topic).await);
@@ -1064,7 +1073,10 @@ mod tests {
             }
         }
 
-        // a broker dropped while the cache still names it, then a new one
+        // the cache names `first`'s "same" when `first` is dropped; a new broker's "same"
+        // must not be taken for it
+        send(&first, "same", "first, last".to_owned()).await;
+        assert_eq!(next(&mut on_first).await, "first, last");
         drop(receivers);
         first.disconnect().await.expect("disconnect");
         drop(first);
@@ -1072,6 +1084,36 @@ mod tests {
         let (_c, mut on_third) = collect(&third, "same").await;
         send(&third, "same", "third".to_owned()).await;
         assert_eq!(next(&mut on_third).await, "third");
+        send(&second, "same", "second, last".to_owned()).await;
+        assert_eq!(next(&mut on_second).await, "second, last");
+    }
+
+    /// Entries of dropped brokers leave the thread's cache once it holds more names than
+    /// [`RecentTopics::PRUNE_ABOVE`]; live ones stay.
+    #[test]
+    fn the_thread_cache_forgets_dropped_brokers() {
+        let mut recent = RecentTopics::default();
+        let live = MemoryBroker::new();
+        let kept = live.topic_or_create("kept");
+        recent.remember(&live.inner, kept);
+        {
+            let gone = MemoryBroker::new();
+            for i in 0..RecentTopics::PRUNE_ABOVE {
+                let name = format!("gone.{i}");
+                recent.remember(&gone.inner, gone.topic_or_create(&name));
+            }
+            assert!(recent.find(&gone.inner, "gone.0").is_some());
+        }
+        assert_eq!(recent.by_name.len(), RecentTopics::PRUNE_ABOVE + 1);
+        // a new name past the bound clears the dropped broker's entries
+        recent.remember(&live.inner, live.topic_or_create("new"));
+        assert_eq!(
+            recent.by_name.len(),
+            2,
+            "only the live broker's names are left"
+        );
+        assert!(recent.find(&live.inner, "kept").is_some());
+        assert!(recent.find(&live.inner, "new").is_some());
     }
 
     #[test]

@@ -354,19 +354,24 @@ const ID_LEN: usize = 36;
 const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
 /// A new UUID v7 message id (hyphenated, lower case) and the current time (RFC 3339, UTC,
-/// milliseconds), from one clock reading: the time is the id's own timestamp.
+/// milliseconds), from one clock reading. The id's timestamp is that time, except after the
+/// clock stepped back (or in the rare millisecond whose counter ran out): the id then keeps
+/// counting from the last one, so that a thread's ids still increase, while the time is the
+/// clock's.
 fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     let since_epoch = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let (millis, counter) = next_v7_millis_and_counter(since_epoch.as_millis() as u64);
-    let id = hyphenated(&uuid_v7(millis, counter, fastrand::u32(..)));
+    let (id_millis, counter) = next_v7_millis_and_counter(since_epoch.as_millis() as u64);
+    // random bits from `fastrand` (seeded per thread from the OS's randomness, not a
+    // cryptographic generator): message ids must be unique, not unguessable
+    let id = hyphenated(&uuid_v7(id_millis, counter, fastrand::u32(..)));
     // the date and time to the second change once a second: a thread keeps the last one
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; TIME_LEN])> =
             const { std::cell::Cell::new((u64::MAX, [0; TIME_LEN])) };
     }
-    let secs = millis / 1000;
+    let secs = since_epoch.as_secs();
     let mut time = SECOND.with(|second| {
         let (cached, mut text) = second.get();
         if cached != secs {
@@ -375,7 +380,7 @@ fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
         }
         text
     });
-    let millis = millis % 1000;
+    let millis = since_epoch.subsec_millis();
     time[20] = b'0' + (millis / 100) as u8;
     time[21] = b'0' + (millis / 10 % 10) as u8;
     time[22] = b'0' + (millis % 10) as u8;

@@ -243,9 +243,12 @@ async fn run_sequential<S: DeliverySource>(
 ) -> super::DrainReport {
     let mut report = super::DrainReport::default();
     // the flag check before each fetch makes a busy loop stop fetching as soon as it is told to
-    while !ctx.stop.is_cancelled()
-        && let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop).await
-    {
+    while !ctx.stop.is_cancelled() {
+        // a `let` of its own: the finished fetch future is dropped here, before the handler
+        // runs (in a `while let` condition it would live until the end of the body)
+        let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop).await else {
+            break;
+        };
         let mut processing = pin!(process(&ctx, incoming));
         if unless_stopped(processing.as_mut(), &ctx.stop)
             .await
@@ -377,8 +380,10 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
         ctx.telemetry.ran(started.elapsed());
         let failure = match outcome {
             Outcome::Ack => {
-                // the delivery is dropped where it lies (moving it out to drop it is a copy)
                 let acker = pending.acker.take().expect("settled once");
+                // dropped where it lies (moving it out to drop it is a copy), and before the
+                // acknowledgement, which may wait on the broker
+                pending.delivery = None;
                 if let Err(error) = in_span(&span, acker.ack()).await {
                     tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
                 }
