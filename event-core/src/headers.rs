@@ -450,8 +450,12 @@ impl fmt::Debug for HeaderValue {
 /// assert_eq!(headers.get_str("TENANT"), Some("t-1"));
 /// assert_eq!(headers.get_all("tenant").count(), 2);
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Headers {
+    /// Entries every message of one publisher carries (its source, type and so on), made
+    /// once and never freed ([`Headers::with_shared`]); they come before `entries`. A
+    /// publisher then writes only what changes per message, and a consumer frees no more.
+    shared: &'static [(HeaderName, HeaderValue)],
     entries: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -459,6 +463,7 @@ impl Headers {
     /// No headers.
     pub const fn new() -> Self {
         Headers {
+            shared: &[],
             entries: Vec::new(),
         }
     }
@@ -466,6 +471,7 @@ impl Headers {
     /// No headers, with room for `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Self {
         Headers {
+            shared: &[],
             entries: Vec::with_capacity(capacity),
         }
     }
@@ -478,8 +484,31 @@ impl Headers {
             return Headers::with_capacity(capacity);
         }
         Headers {
+            shared: &[],
             entries: pool::take(),
         }
+    }
+
+    /// Headers that start with `shared`, which are not copied: for the entries every message
+    /// of a publisher carries. Changing or removing one of them makes the headers copy them
+    /// first.
+    pub(crate) fn with_shared(mut self, shared: &'static [(HeaderName, HeaderValue)]) -> Self {
+        debug_assert!(self.shared.is_empty() && self.entries.is_empty());
+        self.shared = shared;
+        self
+    }
+
+    /// Copies the shared entries into `entries`, in front, before a change that touches one.
+    fn own_shared(&mut self) {
+        if !self.shared.is_empty() {
+            self.entries.splice(0..0, self.shared.iter().cloned());
+            self.shared = &[];
+        }
+    }
+
+    /// All entries in order, for the lookups below.
+    fn all(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.shared.iter().chain(&self.entries)
     }
 
     /// Appends an entry, keeping any earlier entry of the same name.
@@ -488,13 +517,6 @@ impl Headers {
     /// [`HeaderName::new`] to validate them first.
     pub fn append(&mut self, name: impl IntoHeaderName, value: impl Into<HeaderValue>) {
         self.entries.push((name.into_header_name(), value.into()));
-    }
-
-    /// Appends an entry given as a constant, which is then stored in place (see
-    /// [`Headers::append_copied`]).
-    #[inline(always)]
-    pub(crate) fn append_const(&mut self, entry: (HeaderName, HeaderValue)) {
-        self.entries.push(entry);
     }
 
     /// Appends a copy of `value`, written in place when it fits inline (see
@@ -544,6 +566,9 @@ impl Headers {
     pub fn insert(&mut self, name: impl IntoHeaderName, value: impl Into<HeaderValue>) {
         let name = name.into_header_name();
         let value = value.into();
+        if self.shared.iter().any(|(n, _)| n == &name) {
+            self.own_shared();
+        }
         match self.entries.iter().position(|(n, _)| n == &name) {
             Some(first) => {
                 self.entries[first] = (name.clone(), value);
@@ -562,6 +587,9 @@ impl Headers {
 
     /// Removes every entry named `name` (any case); returns how many were removed.
     pub fn remove(&mut self, name: &str) -> usize {
+        if self.shared.iter().any(|(n, _)| n.matches(name)) {
+            self.own_shared();
+        }
         let before = self.entries.len();
         self.entries.retain(|(n, _)| !n.matches(name));
         before - self.entries.len()
@@ -569,10 +597,7 @@ impl Headers {
 
     /// The first value named `name`, ignoring ASCII case.
     pub fn get(&self, name: &str) -> Option<&HeaderValue> {
-        self.entries
-            .iter()
-            .find(|(n, _)| n.matches(name))
-            .map(|(_, v)| v)
+        self.all().find(|(n, _)| n.matches(name)).map(|(_, v)| v)
     }
 
     /// The first value named `name` as text; `None` if absent or not UTF-8.
@@ -582,8 +607,7 @@ impl Headers {
 
     /// Every value named `name`, in order.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-        self.entries
-            .iter()
+        self.all()
             .filter(move |(n, _)| n.matches(name))
             .map(|(_, v)| v)
     }
@@ -595,17 +619,20 @@ impl Headers {
 
     /// All entries in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> {
-        self.entries.iter().map(|(n, v)| (n, v))
+        Iter {
+            shared: self.shared.iter(),
+            entries: self.entries.iter(),
+        }
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.shared.len() + self.entries.len()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.shared.is_empty() && self.entries.is_empty()
     }
 
     fn first_of(&self, aliases: &[&str]) -> Option<&HeaderValue> {
@@ -615,8 +642,7 @@ impl Headers {
     /// The first `traceparent` (any case).
     #[cfg(feature = "opentelemetry")]
     pub(crate) fn traceparent(&self) -> Option<&HeaderValue> {
-        self.entries
-            .iter()
+        self.all()
             .find(|(name, _)| name.role() == Role::Traceparent)
             .map(|(_, value)| value)
     }
@@ -660,7 +686,7 @@ impl Headers {
     /// alias lookups of the id and type, with the names' roles worked out beforehand.
     fn best_ranked(&self, rank_of: impl Fn(Role) -> Option<u8>) -> Option<&HeaderValue> {
         let mut best: Option<(u8, &HeaderValue)> = None;
-        for (name, value) in &self.entries {
+        for (name, value) in self.all() {
             if let Some(rank) = rank_of(name.role())
                 && best.is_none_or(|(b, _)| rank < b)
             {
@@ -688,6 +714,39 @@ impl Headers {
     }
 }
 
+/// The entries of [`Headers::iter`].
+struct Iter<'a> {
+    shared: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+    entries: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a HeaderName, &'a HeaderValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.shared
+            .next()
+            .or_else(|| self.entries.next())
+            .map(|(name, value)| (name, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let len = self.shared.len() + self.entries.len();
+        (len, Some(len))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl PartialEq for Headers {
+    /// The same entries in the same order, however they are stored.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.iter()).finish()
@@ -697,6 +756,7 @@ impl fmt::Debug for Headers {
 impl<N: IntoHeaderName, V: Into<HeaderValue>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Headers {
+            shared: &[],
             entries: iter
                 .into_iter()
                 .map(|(n, v)| (n.into_header_name(), v.into()))
@@ -709,6 +769,7 @@ impl IntoIterator for Headers {
     type Item = (HeaderName, HeaderValue);
     type IntoIter = std::vec::IntoIter<(HeaderName, HeaderValue)>;
     fn into_iter(mut self) -> Self::IntoIter {
+        self.own_shared();
         std::mem::take(&mut self.entries).into_iter()
     }
 }
@@ -801,6 +862,77 @@ mod tests {
         );
         assert_eq!(h.remove("TENANT"), 1);
         assert!(!h.contains("tenant"));
+    }
+
+    fn pairs(h: &Headers) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// Headers that start with shared entries read, compare, change and give up their
+    /// entries exactly as headers holding all of them would.
+    #[test]
+    fn shared_entries_behave_as_owned_ones() {
+        static SHARED: std::sync::LazyLock<Vec<(HeaderName, HeaderValue)>> =
+            std::sync::LazyLock::new(|| {
+                vec![
+                    (
+                        HeaderName::from_wire("ce_type"),
+                        HeaderValue::from("x.v1.A"),
+                    ),
+                    (HeaderName::from_wire("Tenant"), HeaderValue::from("1")),
+                ]
+            });
+        let make = || {
+            let mut h = Headers::with_capacity(4).with_shared(&SHARED);
+            h.append("ce_id", "id-1");
+            h.append("TENANT", "2");
+            h
+        };
+        let plain: Headers = [
+            ("ce_type", "x.v1.A"),
+            ("Tenant", "1"),
+            ("ce_id", "id-1"),
+            ("TENANT", "2"),
+        ]
+        .into_iter()
+        .collect();
+
+        let h = make();
+        assert_eq!(h, plain, "equal to the same entries held as owned ones");
+        assert_eq!(pairs(&h), pairs(&plain));
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.iter().len(), 4);
+        assert_eq!(h.message_type(), Some("x.v1.A"));
+        assert_eq!(h.message_id(), Some("id-1"));
+        assert_eq!(h.get_str("tenant"), Some("1"), "the first, a shared one");
+        assert_eq!(h.get_all("tenant").count(), 2);
+        assert_eq!(format!("{h:?}"), format!("{plain:?}"));
+        assert_eq!(
+            h.clone().into_iter().count(),
+            4,
+            "owned iteration yields the shared entries too"
+        );
+
+        // changing a shared name: replaced at the first position, as for owned entries
+        let (mut h, mut p) = (make(), plain.clone());
+        h.insert("tenant", "3");
+        p.insert("tenant", "3");
+        assert_eq!(pairs(&h), pairs(&p));
+        assert_eq!(pairs(&h)[1], ("tenant".to_owned(), "3".to_owned()));
+
+        let (mut h, mut p) = (make(), plain.clone());
+        assert_eq!(h.remove("CE_TYPE"), p.remove("CE_TYPE"));
+        assert_eq!(pairs(&h), pairs(&p));
+        assert_eq!(h.message_type(), None);
+
+        // a change that touches no shared name leaves them shared, and in front
+        let mut h = make();
+        h.insert("x-event-error", "boom");
+        assert_eq!(h.shared.len(), 2);
+        assert_eq!(pairs(&h)[0].0, "ce_type");
+        assert_eq!(h.get_str("x-event-error"), Some("boom"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Typed publishing: [`Publisher<T>`] and typed [`Topic<T>`] constants.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -117,7 +118,8 @@ struct Inner {
     broker: Arc<dyn Broker>,
     topic: String,
     message_type: HeaderValue,
-    source: HeaderValue,
+    /// `ce_specversion`, `ce_source`, `ce_type` and `content-type`: the same on every message.
+    shared_headers: &'static [(HeaderName, HeaderValue)],
     telemetry: PublishTelemetry,
 }
 
@@ -147,6 +149,27 @@ const CONTENT_TYPE_PROTOBUF: (HeaderName, HeaderValue) = (
     HeaderValue::from_static(crate::codec::PROTOBUF),
 );
 
+/// The headers every message of `source` of type `message_type` carries, made once per pair for
+/// the life of the process and shared by every publisher of that pair (a process has few:
+/// one per service and message type).
+fn shared_headers(source: &str, message_type: &str) -> &'static [(HeaderName, HeaderValue)] {
+    type Made = HashMap<(String, String), &'static [(HeaderName, HeaderValue)]>;
+    static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry((source.to_owned(), message_type.to_owned()))
+        .or_insert_with(|| {
+            Box::leak(Box::new([
+                SPECVERSION,
+                (known::CE_SOURCE, HeaderValue::from(source)),
+                (known::CE_TYPE, HeaderValue::from(message_type)),
+                CONTENT_TYPE_PROTOBUF,
+            ]))
+        })
+}
+
 impl<T: prost::Message + prost::Name> Publisher<T> {
     /// A publisher of `T` to `topic` through `broker`, naming `source` as the producer.
     pub fn new(broker: Arc<dyn Broker>, source: &str, topic: impl TopicFor<T>) -> Self {
@@ -161,8 +184,8 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
                 ),
                 broker,
                 topic: topic.to_owned(),
+                shared_headers: shared_headers(source, &T::full_name()),
                 message_type: HeaderValue::from(T::full_name()),
-                source: HeaderValue::from(source),
             }),
             _type: PhantomData,
         }
@@ -238,13 +261,11 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
         let (id, time) = new_id_and_time();
-        let mut headers = Headers::pooled(9 + ctx.map_or(0, |c| c.metadata().len() + 3));
-        headers.append_const(SPECVERSION);
+        // only what changes per message is written: the rest is shared by all of them
+        let mut headers = Headers::pooled(5 + ctx.map_or(0, |c| c.metadata().len() + 3))
+            .with_shared(self.inner.shared_headers);
         headers.append_copied(known::CE_ID, &id);
-        headers.append_copy(known::CE_SOURCE, &self.inner.source);
-        headers.append_copy(known::CE_TYPE, &self.inner.message_type);
         headers.append_copied(known::CE_TIME, &time);
-        headers.append_const(CONTENT_TYPE_PROTOBUF);
         match ctx {
             Some(ctx) => ctx.write_headers(&mut headers, &id),
             None => Context::write_empty(&mut headers, &id),
