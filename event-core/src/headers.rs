@@ -901,21 +901,42 @@ mod tests {
 
         let h = make();
         assert_eq!(h, plain, "equal to the same entries held as owned ones");
+        let other: Headers = [
+            ("ce_type", "x.v1.A"),
+            ("Tenant", "9"),
+            ("ce_id", "id-1"),
+            ("TENANT", "2"),
+        ]
+        .into_iter()
+        .collect();
+        assert_ne!(h, other, "a shared value that differs is a difference");
         assert_eq!(pairs(&h), pairs(&plain));
         assert_eq!(h.len(), 4);
         assert_eq!(h.iter().len(), 4);
+        let only_shared = Headers::new().with_shared(&SHARED);
+        assert!(!only_shared.is_empty());
+        assert_eq!(only_shared.len(), 2);
         assert_eq!(h.message_type(), Some("x.v1.A"));
         assert_eq!(h.message_id(), Some("id-1"));
         assert_eq!(h.get_str("tenant"), Some("1"), "the first, a shared one");
         assert_eq!(h.get_all("tenant").count(), 2);
         assert_eq!(format!("{h:?}"), format!("{plain:?}"));
+        let owned: Headers = h.clone().into_iter().collect();
         assert_eq!(
-            h.clone().into_iter().count(),
-            4,
-            "owned iteration yields the shared entries too"
+            pairs(&owned),
+            pairs(&plain),
+            "owned iteration yields the shared entries too, first"
         );
 
-        // changing a shared name: replaced at the first position, as for owned entries
+        // changing a shared name: replaced at the first position, as for owned entries, in a
+        // publisher's pooled vector too
+        let mut pooled = Headers::pooled(4).with_shared(&SHARED);
+        pooled.append("ce_id", "id-1");
+        pooled.append("TENANT", "2");
+        pooled.insert("tenant", "3");
+        let mut p = plain.clone();
+        p.insert("tenant", "3");
+        assert_eq!(pairs(&pooled), pairs(&p));
         let (mut h, mut p) = (make(), plain.clone());
         h.insert("tenant", "3");
         p.insert("tenant", "3");
@@ -929,6 +950,8 @@ mod tests {
 
         // a change that touches no shared name leaves them shared, and in front
         let mut h = make();
+        h.insert("x-event-error", "boom");
+        assert_eq!(h.remove("x-event-error"), 1);
         h.insert("x-event-error", "boom");
         assert_eq!(h.shared.len(), 2);
         assert_eq!(pairs(&h)[0].0, "ce_type");

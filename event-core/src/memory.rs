@@ -82,7 +82,7 @@ struct Inner {
 #[derive(Default)]
 struct Topic {
     /// The topic's name, for the per-thread lookup cache ([`RecentTopics`]).
-    name: Arc<str>,
+    name: Box<str>,
     sequence: AtomicU64,
     /// Copy-on-write list of queues: publishers take a cheap snapshot.
     queues: RwLock<Arc<[Arc<Queue>]>>,
@@ -542,7 +542,11 @@ impl Drop for Waiting<'_> {
 #[derive(Default)]
 struct RecentTopics {
     /// Topic name → that topic on each broker this thread published it to.
-    by_name: HashMap<Arc<str>, Vec<BrokerTopic>, foldhash::fast::RandomState>,
+    ///
+    /// The names are this thread's own copies: the topic's name sits in a small allocation
+    /// whose cache line may be shared with a consumer's reference counts, which change with
+    /// every message (measured: 4 % of a publishing thread's time in comparing the name).
+    by_name: HashMap<Box<str>, Vec<BrokerTopic>, foldhash::fast::RandomState>,
 }
 
 /// A topic and the broker it belongs to.
@@ -571,7 +575,7 @@ impl RecentTopics {
                 !topics.is_empty()
             });
         }
-        let topics = self.by_name.entry(topic.name.clone()).or_default();
+        let topics = self.by_name.entry(Box::from(&*topic.name)).or_default();
         topics.retain(|(owner, _)| owner.strong_count() > 0);
         topics.push((Arc::downgrade(broker), topic));
     }

@@ -93,7 +93,8 @@ impl<T> TopicFor<T> for &String {
 /// Every message gets the headers of DESIGN.md §3: `ce_specversion`, `ce_id` (UUID v7),
 /// `ce_source` (the service name), `ce_type` (`T`'s protobuf full name), `ce_time`,
 /// `content-type: application/protobuf`, a `correlation-id`, and from the current
-/// [`Context`]: `causation-id`, trace context and user metadata.
+/// [`Context`]: `causation-id`, trace context and user metadata. Their order is not part of
+/// the contract.
 ///
 /// ```
 /// use event_core::{memory::MemoryBroker, Publisher};
@@ -118,8 +119,9 @@ struct Inner {
     broker: Arc<dyn Broker>,
     topic: String,
     message_type: HeaderValue,
-    /// `ce_specversion`, `ce_source`, `ce_type` and `content-type`: the same on every message.
-    shared_headers: &'static [(HeaderName, HeaderValue)],
+    /// `ce_specversion`, `ce_source`, `ce_type` and `content-type`: the same on every message;
+    /// shared by reference, or (past [`MAX_SHARED_PAIRS`]) this publisher's own to copy.
+    constant_headers: Result<SharedHeaders, Box<[Entry]>>,
     telemetry: PublishTelemetry,
 }
 
@@ -149,29 +151,54 @@ const CONTENT_TYPE_PROTOBUF: (HeaderName, HeaderValue) = (
     HeaderValue::from_static(crate::codec::PROTOBUF),
 );
 
-/// The headers every message of `source` of type `message_type` carries, made once per pair for
-/// the life of the process and shared by every publisher of that pair (a process has few:
-/// one per service and message type).
-fn shared_headers(source: &str, message_type: &str) -> &'static [(HeaderName, HeaderValue)] {
-    type Made = HashMap<(String, String), &'static [(HeaderName, HeaderValue)]>;
+/// The headers every message of `source` of type `message_type` carries: made once per pair
+/// and shared by every publisher of that pair, for the life of the process. A process has few
+/// pairs (one per service and message type); past [`MAX_SHARED_PAIRS`] of them, a publisher
+/// gets its own copy (`Err`) and writes them into each message instead.
+fn shared_headers(source: &str, message_type: &str) -> Result<SharedHeaders, Box<[Entry]>> {
+    type Made = HashMap<String, HashMap<String, SharedHeaders>>;
     static MADE: OnceLock<Mutex<Made>> = OnceLock::new();
+    let make = || -> Box<[Entry]> {
+        Box::new([
+            SPECVERSION,
+            (known::CE_SOURCE, HeaderValue::from(source)),
+            (known::CE_TYPE, HeaderValue::from(message_type)),
+            CONTENT_TYPE_PROTOBUF,
+        ])
+    };
     let mut made = MADE
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    made.entry((source.to_owned(), message_type.to_owned()))
-        .or_insert_with(|| {
-            Box::leak(Box::new([
-                SPECVERSION,
-                (known::CE_SOURCE, HeaderValue::from(source)),
-                (known::CE_TYPE, HeaderValue::from(message_type)),
-                CONTENT_TYPE_PROTOBUF,
-            ]))
-        })
+    if let Some(shared) = made.get(source).and_then(|types| types.get(message_type)) {
+        return Ok(shared);
+    }
+    if made.values().map(HashMap::len).sum::<usize>() >= MAX_SHARED_PAIRS {
+        return Err(make());
+    }
+    let shared: SharedHeaders = Box::leak(make());
+    made.entry(source.to_owned())
+        .or_default()
+        .insert(message_type.to_owned(), shared);
+    Ok(shared)
 }
+
+/// A header entry.
+type Entry = (HeaderName, HeaderValue);
+
+/// Header entries made once and kept for the life of the process.
+type SharedHeaders = &'static [Entry];
+
+/// How many (source, message type) pairs get shared headers (about 300 bytes each).
+const MAX_SHARED_PAIRS: usize = 1024;
 
 impl<T: prost::Message + prost::Name> Publisher<T> {
     /// A publisher of `T` to `topic` through `broker`, naming `source` as the producer.
+    ///
+    /// The headers that are the same on every message (`ce_source`, `ce_type` and the like)
+    /// are made once per `source` and `T` and kept for the life of the process, shared by
+    /// every publisher of that pair, for the first 1,024 pairs: a source is meant to name a
+    /// service, not a request or a tenant (put those in [`Context`] metadata).
     pub fn new(broker: Arc<dyn Broker>, source: &str, topic: impl TopicFor<T>) -> Self {
         let topic = topic.topic_name();
         Publisher {
@@ -184,7 +211,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
                 ),
                 broker,
                 topic: topic.to_owned(),
-                shared_headers: shared_headers(source, &T::full_name()),
+                constant_headers: shared_headers(source, &T::full_name()),
                 message_type: HeaderValue::from(T::full_name()),
             }),
             _type: PhantomData,
@@ -262,8 +289,17 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
         let (id, time) = new_id_and_time();
         // only what changes per message is written: the rest is shared by all of them
-        let mut headers = Headers::pooled(5 + ctx.map_or(0, |c| c.metadata().len() + 3))
-            .with_shared(self.inner.shared_headers);
+        let capacity = 9 + ctx.map_or(0, |c| c.metadata().len() + 3);
+        let mut headers = match &self.inner.constant_headers {
+            Ok(shared) => Headers::pooled(capacity).with_shared(shared),
+            Err(own) => {
+                let mut headers = Headers::pooled(capacity);
+                for (name, value) in own.iter() {
+                    headers.append_copy(name.clone(), value);
+                }
+                headers
+            }
+        };
         headers.append_copied(known::CE_ID, &id);
         headers.append_copied(known::CE_TIME, &time);
         match ctx {
@@ -656,6 +692,50 @@ mod tests {
         let ids = [(1_000, 5), (1_000, 6), (1_000, 7), (1_001, 5)]
             .map(|(millis, counter)| uuid::Uuid::from_bytes(uuid_v7(millis, counter, u32::MAX)));
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    }
+
+    /// The headers of an encoded message: every entry but the per-message id, time and
+    /// correlation id (the id again), by name.
+    fn constant_part(message: &Message) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = message
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "ce_id" | "ce_time" | "correlation-id"))
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// A publisher past the shared pairs writes the same headers into each message as a
+    /// publisher that shares them.
+    #[test]
+    fn publishers_with_and_without_shared_headers_write_the_same_headers() {
+        let broker: Arc<dyn Broker> = Arc::new(crate::memory::MemoryBroker::new());
+        let shared = Publisher::<event_proto::bench::v1::Tick>::new(broker, "bench", "t");
+        let Ok(entries) = shared.inner.constant_headers else {
+            panic!("the first pairs of a process are shared");
+        };
+        let own = Publisher::<event_proto::bench::v1::Tick> {
+            inner: Arc::new(Inner {
+                broker: shared.inner.broker.clone(),
+                topic: "t".to_owned(),
+                message_type: shared.inner.message_type.clone(),
+                constant_headers: Err(entries.to_vec().into_boxed_slice()),
+                telemetry: PublishTelemetry::new("memory", "memory", "t", "bench.v1.Tick"),
+            }),
+            _type: PhantomData,
+        };
+        let (a, b) = (
+            shared.encode(&tick(1, 8), None),
+            own.encode(&tick(1, 8), None),
+        );
+        assert_eq!(a.headers.len(), 7);
+        assert_eq!(b.headers.len(), 7);
+        assert_eq!(constant_part(&a), constant_part(&b));
+        assert_eq!(a.headers.message_type(), Some("bench.v1.Tick"));
+        assert_eq!(b.headers.source(), Some("bench"));
+        assert!(a.headers.message_id().is_some() && b.headers.message_id().is_some());
     }
 
     #[test]

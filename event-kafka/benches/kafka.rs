@@ -100,7 +100,8 @@ fn raw_producer() -> FutureProducer {
         .expect("raw producer")
 }
 
-/// The headers a typed publish writes, with fixed values.
+/// The headers a typed publish sends, with fixed values (the order on the wire differs: it is
+/// not part of the contract).
 fn typed_like_headers() -> Vec<(&'static str, Bytes)> {
     vec![
         ("ce_specversion", Bytes::from_static(b"1.0")),

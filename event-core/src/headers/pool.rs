@@ -22,9 +22,10 @@ use super::{HeaderName, HeaderValue};
 /// The entries of a header map.
 pub(super) type Entries = Vec<(HeaderName, HeaderValue)>;
 
-/// The capacity of every pooled vector (1 KiB): a typed publish writes 7 entries, plus up to 3
-/// trace headers and the causation id, which leaves room for a few metadata entries. Vectors
-/// of another capacity are neither handed out nor kept.
+/// The capacity of every pooled vector (1 KiB): a typed publish writes 3 entries of its own
+/// (the rest are shared, see `Headers::with_shared`), plus up to 3 trace headers and the
+/// causation id, which leaves room for metadata, or for the shared entries should a change
+/// copy them in. Vectors of another capacity are neither handed out nor kept.
 pub(super) const CAPACITY: usize = 16;
 
 /// Spare vectors a thread keeps, and the size of a batch passed through the depot.
