@@ -353,7 +353,8 @@ const ENCODE_CHUNK: usize = 8 * 1024;
 const OWN_BUFFER_ABOVE: usize = 1024;
 
 thread_local! {
-    /// The unused rest of this thread's current encode chunk.
+    /// The unused rest of this thread's current encode chunk, initialized (see
+    /// [`cut_from_encode_buffer`]).
     static ENCODE_BUFFER: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
@@ -382,17 +383,29 @@ fn encode_payload<T: prost::Message>(message: &T) -> Bytes {
     })
 }
 
-/// `len` bytes written by `write` into this thread's encode buffer, cut off as a `Bytes` that
-/// shares the buffer's allocation (see [`encode_payload`]).
-fn cut_from_encode_buffer(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+/// What `write` writes into this thread's encode buffer (given room for at least `len`
+/// bytes), cut off as a `Bytes` that shares the buffer's allocation (see [`encode_payload`]).
+///
+/// The buffer's unused rest is kept initialized (a new or reused chunk is zeroed once), so
+/// that `write` fills a plain byte slice: prost writes a varint a byte at a time, and a slice
+/// takes a byte for a bounds check where a `BytesMut` checks its capacity and length.
+fn cut_from_encode_buffer(len: usize, write: impl FnOnce(&mut &mut [u8])) -> Bytes {
     ENCODE_BUFFER.with_borrow_mut(|buffer| {
-        if buffer.capacity() < len {
+        if buffer.len() < len {
             // writes over the chunk again when no payload cut from it is alive, else starts
             // a new one
+            buffer.clear();
             buffer.reserve(ENCODE_CHUNK);
+            let capacity = buffer.capacity();
+            buffer.resize(capacity, 0);
         }
-        write(buffer);
-        buffer.split().freeze()
+        // the whole rest, not `len` bytes: what was written is cut off, as it would be from
+        // a growing buffer, even from a message whose `encoded_len` is off
+        let mut out = &mut buffer[..];
+        let rest = out.len();
+        write(&mut out);
+        let written = rest - out.len();
+        buffer.split_to(written).freeze()
     })
 }
 
@@ -403,7 +416,7 @@ fn cut_from_encode_buffer(len: usize, write: impl FnOnce(&mut BytesMut)) -> Byte
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn copy_shared(bytes: &[u8]) -> Bytes {
     debug_assert!(bytes.len() <= OWN_BUFFER_ABOVE);
-    cut_from_encode_buffer(bytes.len(), |buffer| buffer.extend_from_slice(bytes))
+    cut_from_encode_buffer(bytes.len(), |out| bytes::BufMut::put_slice(out, bytes))
 }
 
 /// A hyphenated UUID: 32 hex digits and 4 hyphens.
