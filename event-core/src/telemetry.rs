@@ -836,8 +836,9 @@ impl ConsumerTelemetry {
     }
 
     /// A message with fields unknown to this build was handled.
-    pub(crate) fn schema_drift(&self) {
-        self.drift.increment(1);
+    /// The schema drift counter, for [`Delivery`]s (the typed handler counts).
+    pub(crate) fn drift(&self) -> &Counter {
+        &self.drift
     }
 }
 

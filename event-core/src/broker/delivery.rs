@@ -17,6 +17,7 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -84,7 +85,32 @@ pub trait DeliverySource: Send + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct Lifecycle {
     token: CancellationToken,
+    /// Set by [`Lifecycle::shutdown`] before it cancels `token` (see [`Stop`]).
+    shutting_down: Arc<AtomicBool>,
     tracker: TaskTracker,
+}
+
+/// How a subscription's loop is told to stop: a cancellation token that the loop waits on
+/// while idle, and flags that a busy loop reads before each fetch. Reading a token takes its
+/// lock; reading a flag is a load. So every stop goes through [`Stop::stop`] or
+/// [`Lifecycle::shutdown`], which set a flag before they cancel.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    token: CancellationToken,
+    stopped: Arc<AtomicBool>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Stops the loop: it fetches nothing more and drains.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.shutting_down.load(Ordering::Acquire)
+    }
 }
 
 impl Lifecycle {
@@ -106,7 +132,8 @@ impl Lifecycle {
         }
     }
 
-    /// A token cancelled at shutdown, for backend tasks of their own.
+    /// A token cancelled at shutdown, for backend tasks of their own to watch. Cancelling it
+    /// stops idle subscriptions only; [`Lifecycle::shutdown`] stops them all.
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
@@ -125,7 +152,11 @@ impl Lifecycle {
         broker: Arc<dyn Broker>,
     ) -> Subscription {
         let topic: Arc<str> = Arc::from(topic);
-        let stop = self.token.child_token();
+        let stop = Stop {
+            token: self.token.child_token(),
+            stopped: Arc::default(),
+            shutting_down: self.shutting_down.clone(),
+        };
         let telemetry = Arc::new(ConsumerTelemetry::new(
             broker.messaging_system(),
             broker.name(),
@@ -151,6 +182,7 @@ impl Lifecycle {
 
     /// Stops every subscription and waits until each has drained.
     pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
         self.token.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -166,7 +198,7 @@ struct LoopContext {
     concurrency: usize,
     drain_timeout: Duration,
     dead_letter_broker: Arc<dyn Broker>,
-    stop: CancellationToken,
+    stop: Stop,
     log: RateLimitedLog,
 }
 
@@ -243,14 +275,15 @@ async fn run_sequential<S: DeliverySource>(
 ) -> super::DrainReport {
     let mut report = super::DrainReport::default();
     // the flag check before each fetch makes a busy loop stop fetching as soon as it is told to
-    while !ctx.stop.is_cancelled() {
+    while !ctx.stop.is_stopped() {
         // a `let` of its own: the finished fetch future is dropped here, before the handler
         // runs (in a `while let` condition it would live until the end of the body)
-        let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop).await else {
+        let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop.token).await
+        else {
             break;
         };
         let mut processing = pin!(process(&ctx, incoming));
-        if unless_stopped(processing.as_mut(), &ctx.stop)
+        if unless_stopped(processing.as_mut(), &ctx.stop.token)
             .await
             .is_some()
         {
@@ -277,7 +310,7 @@ async fn run_concurrent<S: DeliverySource>(
 ) -> super::DrainReport {
     let mut in_flight = FuturesUnordered::new();
     let mut report = super::DrainReport::default();
-    let stopped = ctx.stop.cancelled();
+    let stopped = ctx.stop.token.cancelled();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
@@ -286,7 +319,7 @@ async fn run_concurrent<S: DeliverySource>(
             Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
                 // a handler can finish in the same wake-up that brings the stop: it belongs
                 // to the drain
-                if ctx.stop.is_cancelled() {
+                if ctx.stop.token.is_cancelled() {
                     report.tally(settled);
                 }
             }
@@ -368,7 +401,7 @@ async fn process_owned<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming
 async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Settled {
     let _in_flight = ctx.telemetry.received();
     let mut delivery = incoming.delivery;
-    delivery.telemetry = Some(ctx.telemetry.clone());
+    delivery.drift = ctx.telemetry.drift().clone();
     let mut pending = Pending {
         delivery: Some(delivery),
         acker: Some(incoming.acker),
@@ -438,7 +471,7 @@ async fn back_off<A: Acknowledge>(
             pending.delivery.as_mut().expect("present").next_attempt();
             None
         }
-        _ = ctx.stop.cancelled() => {
+        _ = ctx.stop.token.cancelled() => {
             let (delivery, acker) = pending.take();
             if let Err(error) = acker.nack(delivery).await {
                 tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
@@ -577,7 +610,7 @@ async fn dead_letter<A: Acknowledge>(
                 message = error.into_message();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.stop.cancelled() => {
+                    _ = ctx.stop.token.cancelled() => {
                         let (delivery, acker) = pending.take();
                         if let Err(error) = acker.nack(delivery).await {
                             tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");

@@ -184,21 +184,33 @@ pub struct Delivery {
     position: Position,
     attempt: u32,
     received_at: SystemTime,
-    /// The subscription's instruments, set by the delivery loop (schema drift is counted by
-    /// the typed handler).
-    pub(crate) telemetry: Option<Arc<crate::telemetry::ConsumerTelemetry>>,
+    /// The subscription's schema drift counter, set by the delivery loop and counted by the
+    /// typed handler. A handle, not the subscription's instruments: without a metrics
+    /// recorder it is empty, and cloning it into every delivery costs nothing.
+    pub(crate) drift: metrics::Counter,
 }
 
 impl Delivery {
     /// A first delivery of `message`, received now. Backends call this.
     pub fn new(topic: impl Into<Arc<str>>, message: Message, position: Position) -> Self {
+        Delivery::received(topic, message, position, SystemTime::now())
+    }
+
+    /// A first delivery of `message`, received at `received_at`: for a backend that takes
+    /// messages from its broker in batches and reads the clock once per batch.
+    pub fn received(
+        topic: impl Into<Arc<str>>,
+        message: Message,
+        position: Position,
+        received_at: SystemTime,
+    ) -> Self {
         Delivery {
             topic: topic.into(),
             message,
             position,
             attempt: 1,
-            received_at: SystemTime::now(),
-            telemetry: None,
+            received_at,
+            drift: metrics::Counter::noop(),
         }
     }
 

@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use super::delivery::Stop;
 
 /// A running subscription. Dropping it stops fetching and drains in the background; call
 /// [`Subscription::unsubscribe`] to wait for the drain.
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Subscription {
     topic: Arc<str>,
     queue: Option<Arc<str>>,
-    stop: CancellationToken,
+    stop: Stop,
     task: Option<JoinHandle<DrainReport>>,
 }
 
@@ -31,7 +32,7 @@ impl Subscription {
     pub(crate) fn new(
         topic: Arc<str>,
         queue: Option<Arc<str>>,
-        stop: CancellationToken,
+        stop: Stop,
         task: JoinHandle<DrainReport>,
     ) -> Self {
         Subscription {
@@ -60,7 +61,7 @@ impl Subscription {
     /// Stops fetching, lets in-flight handlers finish (bounded by the drain timeout) and
     /// returns what happened to them.
     pub async fn unsubscribe(mut self) -> DrainReport {
-        self.stop.cancel();
+        self.stop.stop();
         match self.task.take() {
             Some(task) => task.await.unwrap_or_default(),
             None => DrainReport::default(),
@@ -70,6 +71,6 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.stop.stop();
     }
 }

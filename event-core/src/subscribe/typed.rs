@@ -92,9 +92,7 @@ where
             Err(error) => return Box::pin(std::future::ready(decode_failure(error))),
         };
         if !decoded.unknown_fields.is_empty() {
-            if let Some(telemetry) = &delivery.telemetry {
-                telemetry.schema_drift();
-            }
+            delivery.drift.increment(1);
             self.drift.error(
                 (
                     delivery.topic().to_owned(),
