@@ -247,7 +247,7 @@ fn invalid_memory_urls_are_refused() {
         ),
         (
             "memory://name?colour=1",
-            "unknown query parameter \"colour\"; the memory broker knows capacity and publish_timeout_ms",
+            "unknown query parameter \"colour\"; the memory broker knows capacity, publish_timeout_ms and batch_wait_us",
         ),
     ] {
         match broker::connect(url) {
@@ -261,8 +261,8 @@ fn invalid_memory_urls_are_refused() {
             other => panic!("{url}: expected Invalid, got {other:?}"),
         }
     }
-    let broker =
-        broker::connect("memory://name?capacity=8&publish_timeout_ms=100").expect("valid settings");
+    let broker = broker::connect("memory://name?capacity=8&publish_timeout_ms=100&batch_wait_us=0")
+        .expect("valid settings");
     assert_eq!(broker.address(), "memory://name");
 }
 
