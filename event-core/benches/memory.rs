@@ -26,9 +26,13 @@
 //!   `otel sdk only`: the SDK's own cost for the two spans of an event, without `tracing` or
 //!   a broker (a floor for the OpenTelemetry runs).
 //!
-//! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event.
+//! `BATCH_WAIT_US=0` turns the memory broker's batch wait off for the typed runs (see
+//! `MemoryBrokerBuilder::batch_wait`).
+//!
+//! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event, and for
+//! the `typed` run the CPU time per event of the publishing thread and of the runtime's
+//! workers (Linux only): the slower of the two sets the pace.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -146,8 +150,10 @@ struct Stamps {
 }
 
 impl Stamps {
-    fn new(n: usize) -> Arc<Self> {
-        Arc::new(Stamps {
+    /// Leaked, so that handlers borrow it: an `Arc` cloned into every handler future would add
+    /// two atomic operations per event that are the harness's, not the framework's.
+    fn new(n: usize) -> &'static Self {
+        Box::leak(Box::new(Stamps {
             start: Instant::now(),
             sent: (0..n.div_ceil(SAMPLE as usize))
                 .map(|_| AtomicU64::new(0))
@@ -158,7 +164,7 @@ impl Stamps {
             handled: AtomicUsize::new(0),
             done: Notify::new(),
             target: n,
-        })
+        }))
     }
     fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
@@ -191,7 +197,6 @@ async fn raw_channel(n: u64, encoded: Bytes) -> Report {
     let (tx, mut rx) = mpsc::channel::<(u64, Bytes)>(1024);
     let stamps = Stamps::new(n as usize);
     let consumer = {
-        let stamps = stamps.clone();
         tokio::spawn(async move {
             while let Some((seq, bytes)) = rx.recv().await {
                 std::hint::black_box(bytes);
@@ -245,14 +250,10 @@ async fn raw_broker(n: u64, encoded: Bytes) -> Report {
             "bench.raw",
             SubscribeOptions::new(),
             handler_fn("bench-raw", {
-                let stamps = stamps.clone();
-                move |d: Delivery| {
-                    let stamps = stamps.clone();
-                    async move {
-                        let seq = u64::from_le_bytes(d.payload()[..8].try_into().expect("8 bytes"));
-                        stamps.handled(seq);
-                        Outcome::Ack
-                    }
+                move |d: Delivery| async move {
+                    let seq = u64::from_le_bytes(d.payload()[..8].try_into().expect("8 bytes"));
+                    stamps.handled(seq);
+                    Outcome::Ack
                 }
             }),
         )
@@ -283,16 +284,23 @@ async fn raw_broker(n: u64, encoded: Bytes) -> Report {
     }
 }
 
+/// The broker of the typed runs: `BATCH_WAIT_US` sets its
+/// [`batch_wait`](event_core::memory::MemoryBrokerBuilder::batch_wait) (`0`: off).
+fn memory_broker() -> MemoryBroker {
+    let batch_wait = std::env::var("BATCH_WAIT_US")
+        .ok()
+        .and_then(|us| us.parse().ok())
+        .map(Duration::from_micros);
+    match batch_wait {
+        Some(wait) => MemoryBroker::builder().batch_wait(wait).build(),
+        None => MemoryBroker::new(),
+    }
+}
+
 async fn typed(n: u64, name: &'static str) -> Report {
-    let broker = MemoryBroker::new();
+    let broker = memory_broker();
     let stamps = Stamps::new(n as usize);
-    let handler = {
-        let stamps = stamps.clone();
-        move |t: Tick| {
-            let stamps = stamps.clone();
-            async move { stamps.handled(t.seq) }
-        }
-    };
+    let handler = { move |t: Tick| async move { stamps.handled(t.seq) } };
     let running = Service::builder("bench")
         .broker(broker)
         .subscribe("bench.typed", handler)
@@ -323,7 +331,7 @@ async fn typed(n: u64, name: &'static str) -> Report {
 }
 
 async fn typed_ping_pong(n: u64) -> Report {
-    let broker = MemoryBroker::new();
+    let broker = memory_broker();
     let (tx, mut rx) = mpsc::channel::<u64>(1);
     let handler = move |t: Tick| {
         let tx = tx.clone();
@@ -400,8 +408,10 @@ fn main() {
     }
     let mut typed_ns = None;
     if wanted("typed") {
+        let before = threads::snapshot();
         let report = runtime.block_on(typed(n, "typed"));
         report.print(Some(prost_ns));
+        threads::print_since(&before, n);
         typed_ns = Some(report.elapsed.as_nanos() as f64 / n as f64);
     }
     if wanted("ping-pong") {
@@ -611,5 +621,55 @@ mod otel {
             .build()
             .expect("runtime");
         tracing::dispatcher::with_default(dispatch, || runtime.block_on(run()))
+    }
+}
+
+/// CPU time per thread, from Linux's `/proc/self/task/*/schedstat` (nothing elsewhere): which
+/// side of the hand-off is the slower one, the publishing thread or the runtime's workers.
+mod threads {
+    use std::collections::BTreeMap;
+
+    /// Nanoseconds on a CPU per thread id, with the thread's name.
+    pub(super) struct Snapshot(BTreeMap<String, (String, u64)>);
+
+    pub(super) fn snapshot() -> Snapshot {
+        let mut threads = BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Snapshot(threads);
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let on_cpu = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|stat| stat.split_whitespace().next()?.parse().ok());
+            if let Some(on_cpu) = on_cpu {
+                let id = task.file_name().to_string_lossy().into_owned();
+                threads.insert(id, (name.trim().to_owned(), on_cpu));
+            }
+        }
+        Snapshot(threads)
+    }
+
+    /// Prints the CPU time per event of the publishing thread (this one, named after the
+    /// binary) and of the runtime's workers since `before`.
+    pub(super) fn print_since(before: &Snapshot, events: u64) {
+        let after = snapshot();
+        let (mut publishing, mut workers) = (0, 0);
+        for (id, (name, on_cpu)) in &after.0 {
+            let spent = on_cpu - before.0.get(id).map_or(0, |(_, cpu)| *cpu);
+            if name.starts_with("tokio-rt-worker") {
+                workers += spent;
+            } else {
+                publishing += spent;
+            }
+        }
+        if publishing + workers > 0 {
+            println!(
+                "  on CPU per event: publishing thread {} ns, worker threads {} ns",
+                publishing / events,
+                workers / events
+            );
+        }
     }
 }
