@@ -18,9 +18,9 @@
 //!   the front of the queue, in publish order, when it leaves. A publisher waiting for room is
 //!   woken once an eighth of the queue (at most 64 slots) is free, not for every slot.
 //! - **A backlog under sustained load**: while publishers keep the only member of a queue
-//!   busy, it lets a backlog build up for up to 50 µs before it takes the next messages
-//!   ([`MemoryBrokerBuilder::batch_wait`]); a message that reaches an idle subscriber is taken
-//!   at once.
+//!   busy, it lets a backlog build up (by default for up to about 50 µs) before it takes the
+//!   next messages ([`MemoryBrokerBuilder::batch_wait`]); a message that reaches an idle
+//!   subscriber is taken at once.
 //!
 //! - **Shared payload buffers**: the payloads of small messages (up to 1 KiB) that a
 //!   [`Publisher`](crate::Publisher) encodes on one thread are cut from shared 8 KiB buffers,
@@ -106,6 +106,9 @@ struct Queue {
     /// Written by publishers and read by consumers; on a cache line of its own.
     pending: Padded<Pending>,
     slots: Slots,
+    /// Waits for a backlog its members started ([`Pacing`]), for tests.
+    #[cfg(test)]
+    batch_waits: AtomicUsize,
 }
 
 /// The messages waiting in a queue and the consumers' wake-up.
@@ -306,16 +309,20 @@ impl MemoryBrokerBuilder {
     /// subscriber, or a group of one) and handles one message at a time. Such a subscriber
     /// takes up to 64 waiting messages at once. When it comes back for more and finds several
     /// messages waiting, right after a fetch that found several too, its publishers are
-    /// keeping it busy:
-    /// it then waits until 128 messages wait, no message arrived for 5 µs, or this much time
-    /// passed, whichever comes first, and takes the next 64. The publishing and consuming
-    /// threads then meet once per batch on a queue that never runs empty, instead of once per
-    /// message; on the memory bench that is about 90 ns less per event (`BENCHMARKS.md`).
+    /// keeping it busy. It then waits until 128 messages wait, a publisher waits for room, no
+    /// message arrived for 5 µs, or this much time passed, and takes the next 64. The
+    /// publishing and consuming threads then meet once per batch on a queue that never runs
+    /// empty, instead of once per message; on the memory bench that is about 100 ns less per
+    /// event (`BENCHMARKS.md`). Queues of less than 256 slots (room for two such backlogs)
+    /// never wait: the publishers would fill them while the subscriber waits.
     ///
     /// The cost is latency under sustained load: a message may wait this much longer in a
-    /// queue that is busy anyway. A message that reaches an idle subscriber, and the last
-    /// messages of a burst, are taken at once (within 5 µs). The waiting subscriber yields to
-    /// the runtime, so other tasks on its thread keep running.
+    /// queue that is busy anyway. A message that reaches an idle subscriber is taken at once,
+    /// the last messages of a burst about 5 µs after the last one arrived. When publishers
+    /// wait for the subscriber instead (clients that each keep a request in flight), waits
+    /// end on that pause and are then skipped more and more often. The waiting subscriber
+    /// yields to the runtime, so other tasks on its thread keep running; it looks at the clock
+    /// each time it gets the thread back, so on a busy runtime a wait can last longer.
     pub fn batch_wait(mut self, wait: Duration) -> Self {
         self.batch_wait = wait;
         self
@@ -413,6 +420,18 @@ impl MemoryBroker {
             // settings given: a private broker with those settings
             Some(builder) => builder.build(),
             None => MemoryBroker::shared(&name),
+        })
+    }
+
+    /// Waits for a backlog the subscribers of `topic` started.
+    #[cfg(test)]
+    fn batch_waits(&self, topic: &str) -> usize {
+        self.topic(topic).map_or(0, |topic| {
+            let queues = topic.snapshot();
+            queues
+                .iter()
+                .map(|q| q.batch_waits.load(Ordering::Relaxed))
+                .sum()
         })
     }
 
@@ -644,6 +663,8 @@ impl Topic {
                 ready: Notify::new(),
             }),
             slots: Slots::new(capacity),
+            #[cfg(test)]
+            batch_waits: AtomicUsize::new(0),
         });
         let mut next: Vec<_> = queues.iter().cloned().collect();
         next.push(queue.clone());
@@ -762,23 +783,110 @@ const BATCH: usize = 64;
 /// queued meanwhile, so that the publishers never find the queue empty (see [`BatchWait`]).
 const BACKLOG: usize = 2 * BATCH;
 
+/// The smallest queue whose subscriber waits for a backlog: room for two.
+const MIN_CAPACITY: usize = 2 * BACKLOG;
+
 /// Messages waiting at a fetch that show a busy subscriber: more than one, so that a client
 /// that waits for each message's answer before it sends the next (one message waits at every
 /// fetch) never waits for a backlog that cannot come.
 const BUSY: usize = 2;
 
 /// A wait of [`MemoryBrokerBuilder::batch_wait`] ends this long after the last message
-/// arrived: the publishers paused, and what they sent is taken at once.
+/// arrived: the publishers paused, and what they sent is taken.
 const QUIET: Duration = Duration::from_micros(5);
 
-/// One wait of a busy subscriber for its backlog ([`MemoryBrokerBuilder::batch_wait`]).
+/// The most fetches a subscriber goes without waiting after waits that ended on a pause.
+const MAX_SKIP: u32 = 64;
+
+/// How a busy subscriber paces its fetches ([`MemoryBrokerBuilder::batch_wait`]): when it
+/// waits for a backlog, and when it skips waits that would find none coming.
 ///
 /// Why: when a subscriber is as fast as its publishers, the queue is nearly empty, and the
 /// two threads meet on it for every message (its lock, the slot just written, the header
 /// vector and payload buffer just used, a wake-up when the queue was empty). With a backlog
 /// they meet once per batch, on lines neither touched recently. Measured on the memory bench:
-/// about 90 ns less per event, and no more runs that are slow because the queue happened to
+/// about 100 ns less per event, and no more runs that are slow because the queue happened to
 /// stay empty (`BENCHMARKS.md`).
+#[derive(Debug)]
+struct Pacing {
+    /// Zero (no waits) in a queue of less than [`MIN_CAPACITY`].
+    batch_wait: Duration,
+    /// Whether the last fetch found [`BUSY`] messages or more waiting.
+    busy: bool,
+    /// Fetches to go without waiting. Publishers that wait for this subscriber's answers
+    /// (clients that each keep a request in flight) send no backlog: a wait for one ends on a
+    /// pause, and then the next 1, 2, 4, ... (at most [`MAX_SKIP`]) fetches skip theirs, until
+    /// a wait ends with its backlog or deadline.
+    skip: u32,
+    /// How many fetches the next wait that ends on a pause makes skip theirs.
+    next_skip: u32,
+}
+
+/// Why a [`BatchWait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitEnd {
+    /// The backlog is there, or publishers wait for room.
+    Backlog,
+    /// [`MemoryBrokerBuilder::batch_wait`] passed.
+    Deadline,
+    /// No message arrived for [`QUIET`].
+    Pause,
+}
+
+impl Pacing {
+    fn new(batch_wait: Duration, capacity: usize) -> Self {
+        Pacing {
+            // in a queue without room for two backlogs the publishers would fill it while the
+            // subscriber waits, and then wait for it to empty: the two threads would take
+            // turns instead of working side by side
+            batch_wait: if capacity >= MIN_CAPACITY {
+                batch_wait
+            } else {
+                Duration::ZERO
+            },
+            busy: false,
+            skip: 0,
+            next_skip: 1,
+        }
+    }
+
+    /// Before a fetch that finds `waiting` messages: a wait to start, or `None` to fetch at
+    /// once. A wait starts only if this fetch and the last both find [`BUSY`] or more (the
+    /// publishers keep the subscriber busy), the subscriber is its queue's only member
+    /// (`alone`), waiting is on, the backlog is not there yet, and no skip is left.
+    fn before_fetch(&mut self, waiting: usize, alone: bool, now: Instant) -> Option<BatchWait> {
+        let was_busy = std::mem::replace(&mut self.busy, waiting >= BUSY);
+        if !was_busy || !alone || self.batch_wait.is_zero() || !(BUSY..BACKLOG).contains(&waiting) {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        Some(BatchWait {
+            deadline: now + self.batch_wait,
+            waiting,
+            last_arrival: now,
+        })
+    }
+
+    /// The subscriber found the queue empty: it is not kept busy.
+    fn went_idle(&mut self) {
+        self.busy = false;
+    }
+
+    /// After a wait that ended for `end`.
+    fn after_wait(&mut self, end: WaitEnd) {
+        if end == WaitEnd::Pause {
+            self.skip = self.next_skip;
+            self.next_skip = (self.next_skip * 2).min(MAX_SKIP);
+        } else {
+            self.next_skip = 1;
+        }
+    }
+}
+
+/// One wait of a busy subscriber for its backlog (see [`Pacing`]).
 #[derive(Debug)]
 struct BatchWait {
     deadline: Instant,
@@ -787,26 +895,22 @@ struct BatchWait {
 }
 
 impl BatchWait {
-    /// A wait before a fetch that finds `waiting` messages, or `None` to fetch at once:
-    /// unless this fetch and the last (`busy`) both find [`BUSY`] or more (the publishers
-    /// keep the subscriber, the queue's only member, busy), waiting is off, or the backlog is
-    /// there.
-    fn start(batch_wait: Duration, busy: bool, waiting: usize, now: Instant) -> Option<Self> {
-        (busy && !batch_wait.is_zero() && (BUSY..BACKLOG).contains(&waiting)).then(|| BatchWait {
-            deadline: now + batch_wait,
-            waiting,
-            last_arrival: now,
-        })
-    }
-
-    /// Whether the wait is over with `waiting` messages at `now`: the backlog is there, the
-    /// batch wait passed, or no message arrived for [`QUIET`].
-    fn is_over(&mut self, waiting: usize, now: Instant) -> bool {
+    /// Whether, and why, the wait is over with `waiting` messages at `now`;
+    /// `publishers_wait`: a publisher waits for room in the queue.
+    fn is_over(&mut self, waiting: usize, publishers_wait: bool, now: Instant) -> Option<WaitEnd> {
         if waiting != self.waiting {
             self.waiting = waiting;
             self.last_arrival = now;
         }
-        waiting >= BACKLOG || now >= self.deadline || now >= self.last_arrival + QUIET
+        if waiting >= BACKLOG || publishers_wait {
+            Some(WaitEnd::Backlog)
+        } else if now >= self.deadline {
+            Some(WaitEnd::Deadline)
+        } else if now >= self.last_arrival + QUIET {
+            Some(WaitEnd::Pause)
+        } else {
+            None
+        }
     }
 }
 
@@ -816,12 +920,9 @@ struct MemorySource {
     queue: Arc<Queue>,
     /// Messages taken from the queue, not yet handed to the delivery loop.
     batch: VecDeque<Entry>,
-    /// [`MemoryBrokerBuilder::batch_wait`], or zero when the subscription handles several
-    /// messages at once (it may then have some in flight, which the wait cannot tell from
-    /// waiting ones).
-    batch_wait: Duration,
-    /// Whether the last fetch found [`BUSY`] messages or more waiting.
-    busy: bool,
+    /// When to wait for a backlog; never when the subscription handles several messages at
+    /// once (it may then have some in flight, which the wait cannot tell from waiting ones).
+    pacing: Pacing,
     /// When `batch` was taken from the queue: its messages' receive time.
     taken_at: SystemTime,
 }
@@ -867,24 +968,27 @@ impl Acknowledge for MemoryAcker {
 
 impl MemorySource {
     /// Before a fetch from the queue: lets a backlog build up while the publishers keep this
-    /// subscriber busy (see [`MemoryBrokerBuilder::batch_wait`] and [`BatchWait`]).
+    /// subscriber busy (see [`MemoryBrokerBuilder::batch_wait`] and [`Pacing`]).
     async fn wait_for_batch(&mut self) {
         // with one message handled at a time and none left in `batch`, every unsettled
         // message waits in the queue
         let waiting = self.queue.slots.in_use();
-        let was_busy = std::mem::replace(&mut self.busy, waiting >= BUSY);
         let alone = self.queue.members.load(Ordering::Acquire) == 1;
-        let Some(mut wait) =
-            BatchWait::start(self.batch_wait, was_busy && alone, waiting, Instant::now())
-        else {
+        let Some(mut wait) = self.pacing.before_fetch(waiting, alone, Instant::now()) else {
             return;
         };
+        #[cfg(test)]
+        self.queue.batch_waits.fetch_add(1, Ordering::Relaxed);
         loop {
             // yields rather than spins: other tasks of this thread run meanwhile
             tokio::task::yield_now().await;
-            if self.queue.closed.load(Ordering::Acquire)
-                || wait.is_over(self.queue.slots.in_use(), Instant::now())
-            {
+            if self.queue.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let publishers_wait = self.queue.slots.waiting.load(Ordering::SeqCst) > 0;
+            let now = Instant::now();
+            if let Some(end) = wait.is_over(self.queue.slots.in_use(), publishers_wait, now) {
+                self.pacing.after_wait(end);
                 return;
             }
         }
@@ -937,7 +1041,7 @@ impl DeliverySource for MemorySource {
             if let Some(incoming) = self.take_next() {
                 return Some(incoming);
             }
-            self.busy = false;
+            self.pacing.went_idle();
             if self.queue.closed.load(Ordering::Acquire) {
                 return None;
             }
@@ -1061,12 +1165,14 @@ impl Broker for MemoryBroker {
             topic: state,
             queue,
             batch: VecDeque::new(),
-            batch_wait: if options.concurrency.get() == 1 {
-                self.inner.batch_wait
-            } else {
-                Duration::ZERO
-            },
-            busy: false,
+            pacing: Pacing::new(
+                if options.concurrency.get() == 1 {
+                    self.inner.batch_wait
+                } else {
+                    Duration::ZERO
+                },
+                self.inner.capacity,
+            ),
             taken_at: SystemTime::UNIX_EPOCH,
         };
         Ok(self
@@ -1141,31 +1247,62 @@ mod tests {
     fn a_batch_wait_starts_only_for_a_busy_subscriber() {
         let now = Instant::now();
         let wait = Duration::from_micros(50);
+        // `busy_then(n)`: pacing whose last fetch found BUSY, now finding `n`
+        let busy_then = |batch_wait, capacity, waiting, alone| {
+            let mut pacing = Pacing::new(batch_wait, capacity);
+            assert!(
+                pacing.before_fetch(BUSY, alone, now).is_none(),
+                "first fetch"
+            );
+            pacing.before_fetch(waiting, alone, now)
+        };
         // the last fetch found less than BUSY: a message to an idle subscriber, or a client
         // that waits for each answer, is taken at once
-        assert!(BatchWait::start(wait, false, 5, now).is_none());
+        let mut pacing = Pacing::new(wait, 1024);
+        assert!(pacing.before_fetch(BUSY - 1, true, now).is_none());
+        assert!(pacing.before_fetch(5, true, now).is_none());
         // this fetch finds less than BUSY
-        assert!(BatchWait::start(wait, true, 0, now).is_none());
-        assert!(BatchWait::start(wait, true, BUSY - 1, now).is_none());
+        assert!(busy_then(wait, 1024, BUSY - 1, true).is_none());
         // the backlog is there
-        assert!(BatchWait::start(wait, true, BACKLOG, now).is_none());
-        // waiting is off
-        assert!(BatchWait::start(Duration::ZERO, true, BUSY, now).is_none());
-        assert!(BatchWait::start(wait, true, BUSY, now).is_some());
-        assert!(BatchWait::start(wait, true, BACKLOG - 1, now).is_some());
+        assert!(busy_then(wait, 1024, BACKLOG, true).is_none());
+        // a queue without room for two backlogs: no waits
+        assert!(busy_then(wait, 16, 8, true).is_none());
+        assert!(busy_then(wait, MIN_CAPACITY - 1, 8, true).is_none());
+        assert!(busy_then(wait, MIN_CAPACITY, 8, true).is_some());
+        // waiting is off, or the subscriber shares its queue with others
+        assert!(busy_then(Duration::ZERO, 1024, BUSY, true).is_none());
+        assert!(busy_then(wait, 1024, BUSY, false).is_none());
+        assert!(busy_then(wait, 1024, BUSY, true).is_some());
+        assert!(busy_then(wait, 1024, BACKLOG - 1, true).is_some());
+        // an empty queue ends the streak
+        let mut pacing = Pacing::new(wait, 1024);
+        assert!(pacing.before_fetch(BUSY, true, now).is_none());
+        pacing.went_idle();
+        assert!(pacing.before_fetch(BUSY, true, now).is_none());
     }
 
-    /// A wait ends with the backlog, at the deadline, or once no message arrived for
-    /// [`QUIET`]; arrivals keep it going until then.
+    /// A wait ends with the backlog, when publishers wait for room, at the deadline, or once
+    /// no message arrived for [`QUIET`]; arrivals keep it going until then.
     #[test]
     fn a_batch_wait_ends_with_the_backlog_the_deadline_or_a_pause() {
         let start = Instant::now();
         let us = |n| start + Duration::from_micros(n);
-        let new = || BatchWait::start(Duration::from_micros(50), true, 10, start).expect("busy");
+        let new = || {
+            let mut pacing = Pacing::new(Duration::from_micros(50), 1024);
+            assert!(pacing.before_fetch(10, true, start).is_none());
+            pacing.before_fetch(10, true, start).expect("busy")
+        };
 
         let mut wait = new();
-        assert!(!wait.is_over(10, us(1)));
-        assert!(wait.is_over(BACKLOG, us(2)), "the backlog is there");
+        assert_eq!(wait.is_over(10, false, us(1)), None);
+        assert_eq!(wait.is_over(BACKLOG, false, us(2)), Some(WaitEnd::Backlog));
+
+        let mut wait = new();
+        assert_eq!(
+            wait.is_over(10, true, us(1)),
+            Some(WaitEnd::Backlog),
+            "a publisher waits for room: the backlog cannot grow"
+        );
 
         // a message every 3 µs (closer than QUIET) keeps the wait going to its deadline
         let mut wait = new();
@@ -1174,35 +1311,95 @@ mod tests {
         while at + 3 < 50 {
             at += 3;
             waiting += 1;
-            assert!(!wait.is_over(waiting, us(at)), "still arriving at {at} µs");
+            assert_eq!(wait.is_over(waiting, false, us(at)), None, "at {at} µs");
         }
-        assert!(wait.is_over(waiting + 1, us(50)), "the deadline passed");
+        assert_eq!(
+            wait.is_over(waiting + 1, false, us(50)),
+            Some(WaitEnd::Deadline)
+        );
 
         // the publishers paused: the wait ends QUIET after the last arrival
         let quiet = QUIET.as_micros() as u64;
         let mut wait = new();
-        assert!(!wait.is_over(11, us(2)));
-        assert!(!wait.is_over(11, us(2 + quiet - 1)));
-        assert!(wait.is_over(11, us(2 + quiet)));
+        assert_eq!(wait.is_over(11, false, us(2)), None);
+        assert_eq!(wait.is_over(11, false, us(2 + quiet - 1)), None);
+        assert_eq!(wait.is_over(11, false, us(2 + quiet)), Some(WaitEnd::Pause));
+    }
+
+    /// Waits that end on a pause (publishers that wait for this subscriber) make the next
+    /// 1, 2, 4, ... fetches skip theirs; a wait that gets its backlog starts that over.
+    #[test]
+    fn waits_that_end_on_a_pause_are_skipped_more_and_more() {
+        let now = Instant::now();
+        let mut pacing = Pacing::new(Duration::from_micros(50), 1024);
+        assert!(pacing.before_fetch(10, true, now).is_none(), "first fetch");
+        // (waits started, fetches skipped) over a run of fetches
+        let run = |pacing: &mut Pacing, fetches: usize, end: WaitEnd| {
+            let (mut waits, mut skipped) = (0, 0);
+            for _ in 0..fetches {
+                match pacing.before_fetch(10, true, now) {
+                    Some(_) => {
+                        waits += 1;
+                        pacing.after_wait(end);
+                    }
+                    None => skipped += 1,
+                }
+            }
+            (waits, skipped)
+        };
+        // waits at fetches 1, 3, 6, 11, 20, 37, 70 and 135, each followed by 1, 2, 4, 8, 16,
+        // 32, 64 and 64 skips: 8 waits in 150 fetches, 49 skips left
+        assert_eq!(run(&mut pacing, 150, WaitEnd::Pause), (8, 142));
+        // the skips left run out, then a wait that gets its backlog starts over
+        assert_eq!(run(&mut pacing, 50, WaitEnd::Backlog), (1, 49));
+        assert_eq!(run(&mut pacing, 3, WaitEnd::Backlog), (3, 0));
+        assert_eq!(run(&mut pacing, 4, WaitEnd::Pause), (2, 2));
     }
 
     /// With a batch wait far longer than the test may run, a subscriber kept busy by a burst
-    /// still gets the burst's last messages (the wait ends once the publisher pauses), and a
-    /// client that waits for each answer gets every answer.
+    /// waits for a backlog once, and still gets the burst's last messages when the publisher
+    /// pauses; a client that waits for each answer gets every answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_batch_wait_holds_back_neither_a_burst_nor_a_round_trip() {
         let broker = MemoryBroker::builder()
             .batch_wait(Duration::from_secs(600))
             .build();
-        let (_subscription, mut received) = collect(&broker, "burst").await;
-        // a burst larger than the backlog: the subscriber is busy for several fetches
-        for i in 0..(3 * BACKLOG) {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let _subscription = broker
+            .subscribe(
+                "burst",
+                SubscribeOptions::new(),
+                crate::broker::handler_fn("collect", {
+                    let release = release.clone();
+                    move |delivery: Delivery| {
+                        let (tx, release) = (tx.clone(), release.clone());
+                        async move {
+                            let _ = tx.send(delivery.payload().clone());
+                            release.acquire().await.expect("open").forget();
+                            crate::broker::Outcome::Ack
+                        }
+                    }
+                }),
+            )
+            .await
+            .expect("subscribe");
+        // the first message is fetched alone and held; the burst queues behind it, so the
+        // fetches after it find 3 * BACKLOG - 1, then 64 fewer each time: the first under
+        // BACKLOG waits (and ends on the pause), the next skips its wait
+        let total = 3 * BACKLOG;
+        send(&broker, "burst", "0".to_owned()).await;
+        assert_eq!(next(&mut received).await, "0");
+        for i in 1..total {
             send(&broker, "burst", format!("{i}")).await;
         }
-        for i in 0..(3 * BACKLOG) {
+        release.add_permits(total);
+        for i in 1..total {
             assert_eq!(next(&mut received).await, format!("{i}"));
         }
+        assert_eq!(broker.batch_waits("burst"), 1, "waits for a backlog");
         for i in 0..20 {
+            release.add_permits(1);
             send(&broker, "burst", format!("round trip {i}")).await;
             assert_eq!(next(&mut received).await, format!("round trip {i}"));
         }
