@@ -399,8 +399,9 @@ fn cut_from_encode_buffer(len: usize, write: impl FnOnce(&mut &mut [u8])) -> Byt
             let capacity = buffer.capacity();
             buffer.resize(capacity, 0);
         }
-        // the whole rest, not `len` bytes: what was written is cut off, as it would be from
-        // a growing buffer, even from a message whose `encoded_len` is off
+        // the whole rest, not `len` bytes: what was written is cut off, even from a message
+        // that writes less than its `encoded_len` (prost's own messages write exactly that).
+        // One that writes past the chunk's end panics, as it would encoding into any slice.
         let mut out = &mut buffer[..];
         let rest = out.len();
         write(&mut out);

@@ -835,7 +835,6 @@ impl ConsumerTelemetry {
         metrics::counter!(name, labels).increment(1);
     }
 
-    /// A message with fields unknown to this build was handled.
     /// The schema drift counter, for [`Delivery`]s (the typed handler counts).
     pub(crate) fn drift(&self) -> &Counter {
         &self.drift

@@ -132,10 +132,11 @@ impl Lifecycle {
         }
     }
 
-    /// A token cancelled at shutdown, for backend tasks of their own to watch. Cancelling it
-    /// stops idle subscriptions only; [`Lifecycle::shutdown`] stops them all.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
+    /// A token cancelled at shutdown, for a backend task of its own to watch. It is a child
+    /// of the lifecycle's: cancelling it stops nothing else ([`Lifecycle::shutdown`] stops
+    /// the subscriptions).
+    pub fn token(&self) -> CancellationToken {
+        self.token.child_token()
     }
 
     /// Runs the delivery loop for `source` on the current tokio runtime.

@@ -261,7 +261,9 @@ impl Delivery {
         self.attempt
     }
 
-    /// When the message was received from the broker.
+    /// When the message was received from the broker: when the backend took it, perhaps with
+    /// others in one batch (the memory broker reads the clock once per batch taken from a
+    /// queue, as a prefetch would).
     pub fn received_at(&self) -> SystemTime {
         self.received_at
     }
