@@ -27,7 +27,7 @@
 //!   a broker (a floor for the OpenTelemetry runs).
 //!
 //! `BATCH_WAIT_US=0` turns the memory broker's batch wait off for the typed runs (see
-//! `MemoryBrokerBuilder::batch_wait`).
+//! `MemoryBrokerBuilder::batch_wait`), `QUEUE_CAPACITY=N` sets their queue's capacity.
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event, and for
 //! the `typed` run the CPU time per event of the publishing thread and of the runtime's
@@ -285,16 +285,18 @@ async fn raw_broker(n: u64, encoded: Bytes) -> Report {
 }
 
 /// The broker of the typed runs: `BATCH_WAIT_US` sets its
-/// [`batch_wait`](event_core::memory::MemoryBrokerBuilder::batch_wait) (`0`: off).
+/// [`batch_wait`](event_core::memory::MemoryBrokerBuilder::batch_wait) (`0`: off),
+/// `QUEUE_CAPACITY` its [`capacity`](event_core::memory::MemoryBrokerBuilder::capacity).
 fn memory_broker() -> MemoryBroker {
-    let batch_wait = std::env::var("BATCH_WAIT_US")
-        .ok()
-        .and_then(|us| us.parse().ok())
-        .map(Duration::from_micros);
-    match batch_wait {
-        Some(wait) => MemoryBroker::builder().batch_wait(wait).build(),
-        None => MemoryBroker::new(),
+    let setting = |name| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut builder = MemoryBroker::builder();
+    if let Some(us) = setting("BATCH_WAIT_US") {
+        builder = builder.batch_wait(Duration::from_micros(us));
     }
+    if let Some(capacity) = setting("QUEUE_CAPACITY") {
+        builder = builder.capacity(capacity as usize);
+    }
+    builder.build()
 }
 
 async fn typed(n: u64, name: &'static str) -> Report {
@@ -651,17 +653,22 @@ mod threads {
         Snapshot(threads)
     }
 
-    /// Prints the CPU time per event of the publishing thread (this one, named after the
-    /// binary) and of the runtime's workers since `before`.
+    /// Prints the CPU time per event of the publishing thread (this one: it runs the
+    /// publishing loop in `block_on`) and of the runtime's workers since `before`.
     pub(super) fn print_since(before: &Snapshot, events: u64) {
         let after = snapshot();
+        // "/proc/thread-self" links to "<pid>/task/<tid>"
+        let this_thread = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|link| Some(link.file_name()?.to_string_lossy().into_owned()));
         let (mut publishing, mut workers) = (0, 0);
         for (id, (name, on_cpu)) in &after.0 {
-            let spent = on_cpu - before.0.get(id).map_or(0, |(_, cpu)| *cpu);
-            if name.starts_with("tokio-rt-worker") {
-                workers += spent;
-            } else {
+            // a thread id reused since `before` counts from zero, never below it
+            let spent = on_cpu.saturating_sub(before.0.get(id).map_or(0, |(_, cpu)| *cpu));
+            if this_thread.as_deref() == Some(id.as_str()) {
                 publishing += spent;
+            } else if name.starts_with("tokio-rt-worker") {
+                workers += spent;
             }
         }
         if publishing + workers > 0 {
