@@ -389,23 +389,10 @@ impl MemoryBroker {
         let name = url.host_str().unwrap_or("").to_owned();
         let mut builder = None::<MemoryBrokerBuilder>;
         for (key, value) in url.query_pairs() {
-            let b = builder.get_or_insert_with(|| MemoryBroker::builder().name(name.clone()));
-            if !matches!(&*key, "capacity" | "publish_timeout_ms" | "batch_wait_us") {
-                return Err(BrokerUrlError::Invalid {
-                    url: url.to_string(),
-                    problem: format!(
-                        "unknown query parameter {key:?}; the memory broker knows capacity, publish_timeout_ms and batch_wait_us"
-                    ),
-                });
-            }
-            let parsed = value.parse::<u64>().map_err(|_| BrokerUrlError::Invalid {
-                url: url.to_string(),
-                problem: format!("query parameter {key} must be a whole number, not {value:?}"),
-            })?;
-            *b = match &*key {
-                "capacity" => b.clone().capacity(parsed as usize),
-                "publish_timeout_ms" => b.clone().publish_timeout(Duration::from_millis(parsed)),
-                "batch_wait_us" => b.clone().batch_wait(Duration::from_micros(parsed)),
+            let set: fn(MemoryBrokerBuilder, u64) -> MemoryBrokerBuilder = match &*key {
+                "capacity" => |b, n| b.capacity(n as usize),
+                "publish_timeout_ms" => |b, n| b.publish_timeout(Duration::from_millis(n)),
+                "batch_wait_us" => |b, n| b.batch_wait(Duration::from_micros(n)),
                 other => {
                     return Err(BrokerUrlError::Invalid {
                         url: url.to_string(),
@@ -415,6 +402,12 @@ impl MemoryBroker {
                     });
                 }
             };
+            let parsed = value.parse::<u64>().map_err(|_| BrokerUrlError::Invalid {
+                url: url.to_string(),
+                problem: format!("query parameter {key} must be a whole number, not {value:?}"),
+            })?;
+            let b = builder.get_or_insert_with(|| MemoryBroker::builder().name(name.clone()));
+            *b = set(b.clone(), parsed);
         }
         Ok(match builder {
             // settings given: a private broker with those settings
@@ -704,6 +697,11 @@ impl Topic {
 }
 
 impl Queue {
+    /// Whether one subscriber alone takes this queue's messages.
+    fn has_one_member(&self) -> bool {
+        self.members.load(Ordering::Acquire) == 1
+    }
+
     fn push(&self, entry: Entry) {
         let mut entries = self
             .pending
@@ -809,7 +807,7 @@ const MAX_SKIP: u32 = 64;
 /// stay empty (`BENCHMARKS.md`).
 #[derive(Debug)]
 struct Pacing {
-    /// Zero (no waits) in a queue of less than [`MIN_CAPACITY`].
+    /// Zero (no waits) with a concurrency above 1 or in a queue of less than [`MIN_CAPACITY`].
     batch_wait: Duration,
     /// Whether the last fetch found [`BUSY`] messages or more waiting.
     busy: bool,
@@ -834,12 +832,16 @@ enum WaitEnd {
 }
 
 impl Pacing {
-    fn new(batch_wait: Duration, capacity: usize) -> Self {
+    /// Pacing for a subscriber of a queue of `capacity` that handles up to `concurrency`
+    /// messages at once.
+    fn new(batch_wait: Duration, capacity: usize, concurrency: usize) -> Self {
         Pacing {
-            // in a queue without room for two backlogs the publishers would fill it while the
-            // subscriber waits, and then wait for it to empty: the two threads would take
-            // turns instead of working side by side
-            batch_wait: if capacity >= MIN_CAPACITY {
+            // - a subscriber with several messages in flight cannot tell them from waiting
+            //   ones (the count of unsettled messages holds both);
+            // - in a queue without room for two backlogs the publishers would fill it while
+            //   the subscriber waits, and then wait for it to empty: the two threads would
+            //   take turns instead of working side by side
+            batch_wait: if concurrency == 1 && capacity >= MIN_CAPACITY {
                 batch_wait
             } else {
                 Duration::ZERO
@@ -920,8 +922,7 @@ struct MemorySource {
     queue: Arc<Queue>,
     /// Messages taken from the queue, not yet handed to the delivery loop.
     batch: VecDeque<Entry>,
-    /// When to wait for a backlog; never when the subscription handles several messages at
-    /// once (it may then have some in flight, which the wait cannot tell from waiting ones).
+    /// When to wait for a backlog.
     pacing: Pacing,
     /// When `batch` was taken from the queue: its messages' receive time.
     taken_at: SystemTime,
@@ -973,7 +974,7 @@ impl MemorySource {
         // with one message handled at a time and none left in `batch`, every unsettled
         // message waits in the queue
         let waiting = self.queue.slots.in_use();
-        let alone = self.queue.members.load(Ordering::Acquire) == 1;
+        let alone = self.queue.has_one_member();
         let Some(mut wait) = self.pacing.before_fetch(waiting, alone, Instant::now()) else {
             return;
         };
@@ -997,7 +998,7 @@ impl MemorySource {
     /// The next waiting message, if any.
     fn take_next(&mut self) -> Option<Incoming<MemoryAcker>> {
         if self.batch.is_empty() {
-            let alone = self.queue.members.load(Ordering::Acquire) == 1;
+            let alone = self.queue.has_one_member();
             self.queue.take_into(&mut self.batch, alone);
             if self.batch.is_empty() {
                 return None;
@@ -1166,12 +1167,9 @@ impl Broker for MemoryBroker {
             queue,
             batch: VecDeque::new(),
             pacing: Pacing::new(
-                if options.concurrency.get() == 1 {
-                    self.inner.batch_wait
-                } else {
-                    Duration::ZERO
-                },
+                self.inner.batch_wait,
                 self.inner.capacity,
+                options.concurrency.get(),
             ),
             taken_at: SystemTime::UNIX_EPOCH,
         };
@@ -1249,7 +1247,7 @@ mod tests {
         let wait = Duration::from_micros(50);
         // `busy_then(n)`: pacing whose last fetch found BUSY, now finding `n`
         let busy_then = |batch_wait, capacity, waiting, alone| {
-            let mut pacing = Pacing::new(batch_wait, capacity);
+            let mut pacing = Pacing::new(batch_wait, capacity, 1);
             assert!(
                 pacing.before_fetch(BUSY, alone, now).is_none(),
                 "first fetch"
@@ -1258,7 +1256,7 @@ mod tests {
         };
         // the last fetch found less than BUSY: a message to an idle subscriber, or a client
         // that waits for each answer, is taken at once
-        let mut pacing = Pacing::new(wait, 1024);
+        let mut pacing = Pacing::new(wait, 1024, 1);
         assert!(pacing.before_fetch(BUSY - 1, true, now).is_none());
         assert!(pacing.before_fetch(5, true, now).is_none());
         // this fetch finds less than BUSY
@@ -1269,13 +1267,17 @@ mod tests {
         assert!(busy_then(wait, 16, 8, true).is_none());
         assert!(busy_then(wait, MIN_CAPACITY - 1, 8, true).is_none());
         assert!(busy_then(wait, MIN_CAPACITY, 8, true).is_some());
+        // several messages in flight, which the count of unsettled ones includes
+        let mut concurrent = Pacing::new(wait, 1024, 4);
+        assert!(concurrent.before_fetch(BUSY, true, now).is_none());
+        assert!(concurrent.before_fetch(BUSY, true, now).is_none());
         // waiting is off, or the subscriber shares its queue with others
         assert!(busy_then(Duration::ZERO, 1024, BUSY, true).is_none());
         assert!(busy_then(wait, 1024, BUSY, false).is_none());
         assert!(busy_then(wait, 1024, BUSY, true).is_some());
         assert!(busy_then(wait, 1024, BACKLOG - 1, true).is_some());
         // an empty queue ends the streak
-        let mut pacing = Pacing::new(wait, 1024);
+        let mut pacing = Pacing::new(wait, 1024, 1);
         assert!(pacing.before_fetch(BUSY, true, now).is_none());
         pacing.went_idle();
         assert!(pacing.before_fetch(BUSY, true, now).is_none());
@@ -1288,7 +1290,7 @@ mod tests {
         let start = Instant::now();
         let us = |n| start + Duration::from_micros(n);
         let new = || {
-            let mut pacing = Pacing::new(Duration::from_micros(50), 1024);
+            let mut pacing = Pacing::new(Duration::from_micros(50), 1024, 1);
             assert!(pacing.before_fetch(10, true, start).is_none());
             pacing.before_fetch(10, true, start).expect("busy")
         };
@@ -1331,7 +1333,7 @@ mod tests {
     #[test]
     fn waits_that_end_on_a_pause_are_skipped_more_and_more() {
         let now = Instant::now();
-        let mut pacing = Pacing::new(Duration::from_micros(50), 1024);
+        let mut pacing = Pacing::new(Duration::from_micros(50), 1024, 1);
         assert!(pacing.before_fetch(10, true, now).is_none(), "first fetch");
         // (waits started, fetches skipped) over a run of fetches
         let run = |pacing: &mut Pacing, fetches: usize, end: WaitEnd| {
