@@ -14,14 +14,75 @@
 //! Outside handlers, make a context current with [`Context::scope`] or pass it explicitly with
 //! [`Publisher::publish_with`](crate::Publisher::publish_with).
 
+use std::cell::Cell;
 use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::task::futures::TaskLocalFuture;
 
 use crate::headers::{
     HeaderName, HeaderValue, Headers, InvalidHeaderName, Role, is_reserved, known, names,
 };
 
 tokio::task_local! {
-    static CURRENT: Context;
+    /// Behind an `Arc`: a task-local value is moved into the thread and back out on every poll
+    /// of the future that carries it, and a pointer moves cheaper than a whole context.
+    static CURRENT: Arc<Context>;
+}
+
+thread_local! {
+    /// The allocation of a finished scope's context, emptied, for the next scope on this
+    /// thread to write its context into (see [`Scoped`]): a handler's context then costs no
+    /// allocation.
+    static SPARE: Cell<Option<Arc<Context>>> = const { Cell::new(None) };
+}
+
+/// A context written by `fill` (into an empty one) behind an `Arc`: in this thread's spare
+/// allocation when there is one.
+fn shared(fill: impl FnOnce(&mut Context)) -> Arc<Context> {
+    if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten()
+        && let Some(context) = Arc::get_mut(&mut spare)
+    {
+        fill(context);
+        return spare;
+    }
+    let mut context = Context::default();
+    fill(&mut context);
+    Arc::new(context)
+}
+
+/// Keeps `context`'s allocation for the next scope of this thread, unless someone else holds
+/// it.
+fn recycle(mut context: Arc<Context>) {
+    if let Some(inner) = Arc::get_mut(&mut context) {
+        // emptied now: a value that shares a buffer would keep that buffer alive
+        inner.clear();
+        let _ = SPARE.try_with(|spare| spare.set(Some(context)));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future with a context current while it is polled ([`Context::scope`] and the
+    /// handlers' scopes); gives the context's allocation back to its thread when done.
+    pub(crate) struct Scoped<F> {
+        #[pin]
+        inner: TaskLocalFuture<Arc<Context>, F>,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let mut inner = self.project().inner;
+        let output = std::task::ready!(inner.as_mut().poll(cx));
+        if let Some(context) = inner.take_value() {
+            recycle(context);
+        }
+        Poll::Ready(output)
+    }
 }
 
 /// User metadata: plain headers copied onto every message published in this context.
@@ -181,7 +242,9 @@ impl Context {
 
     /// The current context (inside a handler or [`Context::scope`]), or an empty one.
     pub fn current() -> Context {
-        CURRENT.try_with(Context::clone).unwrap_or_default()
+        CURRENT
+            .try_with(|ctx| Context::clone(ctx))
+            .unwrap_or_default()
     }
 
     /// Runs `f` with the current context, if any, without cloning it.
@@ -195,17 +258,23 @@ impl Context {
 
     /// Runs `future` with this context current.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        self.scoped(future).await
+        Context::scoped(shared(|context| *context = self), future).await
     }
 
-    /// `future` with this context current while it is polled: [`Context::scope`] without
-    /// the async wrapper, for the delivery path (each wrapper moves the handler's future once
+    /// The context of a message with these headers (see [`Context::from_headers`]), for a
+    /// handler's scope ([`Context::scoped`]): written into this thread's spare allocation,
+    /// and not moved again.
+    pub(crate) fn shared_from_headers(headers: &Headers) -> Arc<Context> {
+        shared(|context| context.read_headers(headers))
+    }
+
+    /// `future` with `context` current while it is polled: [`Context::scope`] without the
+    /// async wrapper, for the delivery path (each wrapper moves the handler's future once
     /// more before it first runs).
-    pub(crate) fn scoped<F: Future>(
-        self,
-        future: F,
-    ) -> tokio::task::futures::TaskLocalFuture<Context, F> {
-        CURRENT.scope(self, future)
+    pub(crate) fn scoped<F: Future>(context: Arc<Context>, future: F) -> Scoped<F> {
+        Scoped {
+            inner: CURRENT.scope(context, future),
+        }
     }
 
     /// The user metadata.
@@ -265,35 +334,49 @@ impl Context {
     /// correlation id = the `correlation-id` header, or the message's own id when it starts a
     /// chain; causation id = the message's id.
     pub fn from_headers(headers: &Headers) -> Context {
-        // one pass over the headers, comparing no strings: this runs for every delivery
-        let mut metadata = Metadata::new();
-        let mut trace = TraceContext::default();
-        let mut correlation_id = None;
-        // the id under the best-ranked alias present, as `Headers::message_id_value`
+        let mut context = Context::default();
+        context.read_headers(headers);
+        context
+    }
+
+    /// Makes this empty context the one of a message with these headers (as
+    /// [`Context::from_headers`]), writing in place: an emptied context's metadata keeps its
+    /// capacity.
+    fn read_headers(&mut self, headers: &Headers) {
+        debug_assert_eq!(*self, Context::default(), "an empty context is filled");
+        // one pass over the headers, comparing no strings: this runs for every delivery.
+        // The id under the best-ranked alias present, as `Headers::message_id_value`:
         let mut id: Option<(u8, &HeaderValue)> = None;
         for (header, value) in headers.iter() {
             let first = |slot: &mut Option<HeaderValue>| {
                 slot.get_or_insert_with(|| value.clone());
             };
             match header.role() {
-                Role::Metadata => metadata.entries.push((header.clone(), value.clone())),
-                Role::CorrelationId => first(&mut correlation_id),
-                Role::Traceparent => first(&mut trace.traceparent),
-                Role::Tracestate => first(&mut trace.tracestate),
-                Role::Baggage => first(&mut trace.baggage),
+                Role::Metadata => self.metadata.entries.push((header.clone(), value.clone())),
+                Role::CorrelationId => first(&mut self.correlation_id),
+                Role::Traceparent => first(&mut self.trace.traceparent),
+                Role::Tracestate => first(&mut self.trace.tracestate),
+                Role::Baggage => first(&mut self.trace.baggage),
                 Role::Id(rank) if id.is_none_or(|(best, _)| rank < best) => {
                     id = Some((rank, value));
                 }
                 _ => {}
             }
         }
-        let id = id.map(|(_, value)| value.clone());
-        Context {
-            metadata,
-            trace,
-            correlation_id: correlation_id.or_else(|| id.clone()),
-            causation_id: id,
+        if let Some((_, id)) = id {
+            if self.correlation_id.is_none() {
+                self.correlation_id = Some(id.clone());
+            }
+            self.causation_id = Some(id.clone());
         }
+    }
+
+    /// Empties this context, keeping the metadata's capacity.
+    fn clear(&mut self) {
+        self.metadata.entries.clear();
+        self.trace = TraceContext::default();
+        self.correlation_id = None;
+        self.causation_id = None;
     }
 
     /// Writes this context into the headers of a message with id `message_id`.
@@ -403,6 +486,64 @@ mod tests {
         m.insert("tenant", "b").unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m.get("tenant"), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn handler_contexts_reuse_one_allocation_and_keep_nothing_of_the_last() {
+        let mut first = Headers::new();
+        first.append("ce_id", "first");
+        first.append("correlation-id", "root");
+        first.append("tenant", "t-1");
+        first.append(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        let mut second = Headers::new();
+        second.append("ce_id", "second");
+
+        let context = Context::shared_from_headers(&first);
+        let allocation = Arc::as_ptr(&context);
+        let seen = Context::scoped(context, async { Context::current() }).await;
+        assert_eq!(seen, Context::from_headers(&first));
+
+        // kept by the thread (a check of the address alone could pass on a freed and
+        // reallocated block)
+        let spare = SPARE
+            .with(Cell::take)
+            .expect("the finished scope's context is kept");
+        assert_eq!(Arc::as_ptr(&spare), allocation);
+        SPARE.with(|cell| cell.set(Some(spare)));
+        let context = Context::shared_from_headers(&second);
+        assert_eq!(
+            Arc::as_ptr(&context),
+            allocation,
+            "a finished scope's allocation is written over"
+        );
+        let seen = Context::scoped(context, async { Context::current() }).await;
+        assert_eq!(
+            seen,
+            Context::from_headers(&second),
+            "nothing of the first message is left"
+        );
+        assert_eq!(seen.correlation_id(), Some("second"));
+        assert!(seen.metadata().is_empty() && seen.trace().is_empty());
+    }
+
+    #[test]
+    fn a_context_someone_still_holds_is_not_written_over() {
+        let mut first = Headers::new();
+        first.append("ce_id", "first");
+        first.append("tenant", "t-1");
+        let mut second = Headers::new();
+        second.append("ce_id", "second");
+
+        let context = Context::shared_from_headers(&first);
+        let held = Arc::clone(&context);
+        recycle(context);
+        let next = Context::shared_from_headers(&second);
+        assert_ne!(Arc::as_ptr(&next), Arc::as_ptr(&held));
+        assert_eq!(*held, Context::from_headers(&first), "left as it was");
+        assert_eq!(*next, Context::from_headers(&second));
     }
 
     #[tokio::test]

@@ -110,7 +110,7 @@ where
                 },
             );
         }
-        let context = Context::from_headers(delivery.headers());
+        let context = Context::shared_from_headers(delivery.headers());
         let parts = Parts {
             delivery,
             context: &context,
@@ -118,7 +118,7 @@ where
             type_verified: decoded.type_verified,
         };
         match self.handler.call(decoded.message, &parts) {
-            Ok(future) => Box::pin(context.scoped(future).map(IntoOutcome::into_outcome)),
+            Ok(future) => Box::pin(Context::scoped(context, future).map(IntoOutcome::into_outcome)),
             Err(error) => Box::pin(std::future::ready(Outcome::DeadLetter(Failure::new(
                 FailureKind::Extract,
                 error,
