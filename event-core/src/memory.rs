@@ -1034,6 +1034,11 @@ impl MemorySource {
 impl DeliverySource for MemorySource {
     type Acker = MemoryAcker;
 
+    fn next_at_hand(&mut self) -> Option<Incoming<MemoryAcker>> {
+        let entry = self.batch.pop_front()?;
+        Some(self.incoming(entry))
+    }
+
     async fn next(&mut self) -> Option<Incoming<MemoryAcker>> {
         if self.batch.is_empty() {
             self.wait_for_batch().await;

@@ -77,6 +77,16 @@ pub trait DeliverySource: Send + 'static {
     /// may be lost when that happens.
     fn next(&mut self) -> impl Future<Output = Option<Incoming<Self::Acker>>> + Send;
 
+    /// The next message if one is at hand without waiting (fetched earlier in a batch, say);
+    /// `None` otherwise, and then the loop calls [`DeliverySource::next`].
+    ///
+    /// The loop asks before each fetch of a subscription that handles one message at a time:
+    /// a message returned here skips building and polling the `next` future, and moves less
+    /// on its way to the handler. The default has nothing at hand.
+    fn next_at_hand(&mut self) -> Option<Incoming<Self::Acker>> {
+        None
+    }
+
     /// Called once after the loop stopped and drained.
     fn close(self) -> impl Future<Output = ()> + Send;
 }
@@ -277,13 +287,16 @@ async fn run_sequential<S: DeliverySource>(
     let mut report = super::DrainReport::default();
     // the flag check before each fetch makes a busy loop stop fetching as soon as it is told to
     while !ctx.stop.is_stopped() {
-        // a `let` of its own: the finished fetch future is dropped here, before the handler
-        // runs (in a `while let` condition it would live until the end of the body)
-        let Some(Some(incoming)) = unless_stopped(pin!(source.next()), &ctx.stop.token).await
-        else {
-            break;
+        let mut pending = match source.next_at_hand() {
+            Some(incoming) => Pending::new(incoming),
+            // a `let` of its own: the finished fetch future is dropped here, before the
+            // handler runs (in a `while let` condition it would live until the end of the body)
+            None => match unless_stopped(pin!(source.next()), &ctx.stop.token).await {
+                Some(Some(incoming)) => Pending::new(incoming),
+                _ => break,
+            },
         };
-        let mut processing = pin!(process(&ctx, incoming));
+        let mut processing = pin!(process(&ctx, &mut pending));
         if unless_stopped(processing.as_mut(), &ctx.stop.token)
             .await
             .is_some()
@@ -325,7 +338,7 @@ async fn run_concurrent<S: DeliverySource>(
                 }
             }
             incoming = source.next(), if in_flight.len() < ctx.concurrency => match incoming {
-                Some(incoming) => in_flight.push(process_owned(ctx.clone(), incoming)),
+                Some(incoming) => in_flight.push(process_owned(ctx.clone(), Pending::new(incoming))),
                 None => break,
             },
         }
@@ -370,6 +383,13 @@ struct Pending<A: Acknowledge> {
 }
 
 impl<A: Acknowledge> Pending<A> {
+    fn new(incoming: Incoming<A>) -> Self {
+        Pending {
+            delivery: Some(incoming.delivery),
+            acker: Some(incoming.acker),
+        }
+    }
+
     fn delivery(&self) -> &Delivery {
         self.delivery
             .as_ref()
@@ -395,18 +415,19 @@ impl<A: Acknowledge> Drop for Pending<A> {
     }
 }
 
-async fn process_owned<A: Acknowledge>(ctx: Arc<LoopContext>, incoming: Incoming<A>) -> Settled {
-    process(&ctx, incoming).await
+async fn process_owned<A: Acknowledge>(ctx: Arc<LoopContext>, mut pending: Pending<A>) -> Settled {
+    process(&ctx, &mut pending).await
 }
 
-async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Settled {
+/// Runs the handler on a message and settles it. The message stays where the caller keeps
+/// it: a future that took it by value would move the whole delivery twice more (into the
+/// future, then into the future's body), and a message that is not settled when the caller
+/// drops it goes back to the broker all the same ([`Pending`]'s `Drop`).
+async fn process<A: Acknowledge>(ctx: &LoopContext, pending: &mut Pending<A>) -> Settled {
     let _in_flight = ctx.telemetry.received();
-    let mut delivery = incoming.delivery;
-    delivery.drift = ctx.telemetry.drift().clone();
-    let mut pending = Pending {
-        delivery: Some(delivery),
-        acker: Some(incoming.acker),
-    };
+    if let Some(delivery) = &mut pending.delivery {
+        delivery.drift = ctx.telemetry.drift().clone();
+    }
     loop {
         let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
         let started = std::time::Instant::now();
@@ -449,7 +470,7 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, incoming: Incoming<A>) -> Se
                 // boxed, as is the dead-letter path below: the rare paths' futures (a timer,
                 // a publish) would otherwise make this future, which is built and moved for
                 // every message, several times larger
-                match Box::pin(back_off(ctx, &mut pending, backoff)).await {
+                match Box::pin(back_off(ctx, pending, backoff)).await {
                     Some(settled) => return settled,
                     None => continue,
                 }
@@ -550,7 +571,7 @@ pub fn dead_letter_message(delivery: &Delivery, handler: &str, failure: &Failure
 
 async fn dead_letter<A: Acknowledge>(
     ctx: &LoopContext,
-    mut pending: Pending<A>,
+    pending: &mut Pending<A>,
     failure: Failure,
     span: Span,
 ) -> Settled {
