@@ -1,11 +1,11 @@
 //! Typed publishing: [`Publisher<T>`] and typed [`Topic<T>`] constants.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
@@ -240,8 +240,8 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         &self,
         message: &T,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
-        let raw = Context::with_current(|ctx| self.encode(message, ctx));
-        self.send(raw)
+        let (raw, id) = Context::with_current(|ctx| self.encode_identified(message, ctx));
+        self.send(raw, Some(id))
     }
 
     /// Publishes `message` in `ctx` (for code that runs outside a handler).
@@ -254,8 +254,8 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         ctx: &Context,
         message: &T,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
-        let raw = self.encode(message, Some(ctx));
-        self.send(raw)
+        let (raw, id) = self.encode_identified(message, Some(ctx));
+        self.send(raw, Some(id))
     }
 
     /// Publishes `message` with a partition key (Kafka keeps order per key).
@@ -268,9 +268,9 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         key: impl Into<Bytes>,
         message: &T,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
-        let mut raw = Context::with_current(|ctx| self.encode(message, ctx));
+        let (mut raw, id) = Context::with_current(|ctx| self.encode_identified(message, ctx));
         raw.key = Some(key.into());
-        self.send(raw)
+        self.send(raw, Some(id))
     }
 
     /// Publishes a message returned by a failed publish, unchanged (same id).
@@ -282,11 +282,18 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         &self,
         message: Message,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
-        self.send(message)
+        let id = message.headers.message_id_value().cloned();
+        self.send(message, id)
     }
 
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
     pub fn encode(&self, message: &T, ctx: Option<&Context>) -> Message {
+        self.encode_identified(message, ctx).0
+    }
+
+    /// [`Publisher::encode`], and the message's id (for the receipt: looking it up in the
+    /// headers afterwards costs more than the rest of the headers' bookkeeping).
+    fn encode_identified(&self, message: &T, ctx: Option<&Context>) -> (Message, HeaderValue) {
         let (id, time) = new_id_and_time();
         // only what changes per message is written: the rest is shared by all of them
         let capacity = 9 + ctx.map_or(0, |c| c.metadata().len() + 3);
@@ -306,25 +313,26 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
             Some(ctx) => ctx.write_headers(&mut headers, &id),
             None => Context::write_empty(&mut headers, &id),
         }
-        Message {
+        let message = Message {
             headers,
             key: None,
             payload: encode_payload(message),
-        }
+        };
+        (message, HeaderValue::copy_from_slice(&id))
     }
 
     /// Hands the message to the broker now (a backend that can enqueue without waiting does
-    /// so before this returns), then waits for the broker's answer.
+    /// so before this returns), then waits for the broker's answer; the receipt carries `id`.
     ///
     /// The publish runs in a `publish {topic}` span (see [`crate::telemetry`]) whose trace
     /// context, with the `opentelemetry` feature, replaces the message's trace headers.
     fn send(
         &self,
         mut message: Message,
+        id: Option<HeaderValue>,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
         let inner = &*self.inner;
         let span = inner.telemetry.span(&inner.topic, &mut message);
-        let id = message.headers.message_id_value().cloned();
         // the fast path (no boxed future) when the broker can take the message at once
         let publishing = span.in_scope(|| match inner.broker.try_publish(&inner.topic, message) {
             TryPublish::Done(result) => Ok(result),
@@ -430,9 +438,7 @@ const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 /// counting from the last one, so that a thread's ids still increase, while the time is the
 /// clock's.
 fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
-    let since_epoch = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = since_epoch();
     let (id_millis, counter) = next_v7_millis_and_counter(since_epoch.as_millis() as u64);
     // random bits from `fastrand` (seeded per thread from the OS's randomness, not a
     // cryptographic generator): message ids must be unique, not unguessable
@@ -456,6 +462,44 @@ fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     time[21] = b'0' + (millis / 10 % 10) as u8;
     time[22] = b'0' + (millis % 10) as u8;
     (id, time)
+}
+
+/// How long a thread's reading of the system clock is extended by the monotonic clock (see
+/// [`since_epoch`]).
+const WALL_CLOCK_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The time since the Unix epoch, for a message's id and `ce_time` (millisecond precision).
+///
+/// The system clock is read at most once a second per thread; in between, the time is that
+/// reading plus the time since on the monotonic clock, which reads the time stamp counter
+/// where it can be trusted: about half the cost of reading the system clock, paid on every
+/// publish. The two clocks part by no more than the system clock's slewing (parts per
+/// million) within a second; a step of the system clock shows within a second. Ids stay
+/// increasing across a step back (see [`next_v7_millis_and_counter`]).
+fn since_epoch() -> Duration {
+    thread_local! {
+        static READING: Cell<Option<(quanta::Instant, Duration)>> = const { Cell::new(None) };
+    }
+    let now = quanta::Instant::now();
+    READING
+        .try_with(|reading| {
+            if let Some((at, since_epoch)) = reading.get() {
+                let elapsed = now.duration_since(at);
+                if elapsed < WALL_CLOCK_READ_EVERY {
+                    return since_epoch + elapsed;
+                }
+            }
+            let since_epoch = system_since_epoch();
+            reading.set(Some((now, since_epoch)));
+            since_epoch
+        })
+        .unwrap_or_else(|_| system_since_epoch())
+}
+
+fn system_since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The largest value of the 42-bit counter of a UUID v7 (RFC 9562, section 6.2, method 1).
@@ -598,6 +642,23 @@ mod tests {
                 .unwrap()
                 .as_millis() as u64;
             assert_eq!(id_millis, time_millis);
+        }
+    }
+
+    #[test]
+    fn the_wall_clock_follows_the_system_clock() {
+        // the first call reads the system clock; the others, for 50 ms (well past the
+        // slack, well within a reading's second), extend that reading
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(50) {
+            let before = system_since_epoch();
+            let now = since_epoch();
+            let after = system_since_epoch();
+            let slack = Duration::from_millis(2);
+            assert!(
+                before.saturating_sub(slack) <= now && now <= after + slack,
+                "{now:?} outside {before:?}..={after:?}"
+            );
         }
     }
 
