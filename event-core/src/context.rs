@@ -17,7 +17,6 @@
 use std::cell::Cell;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::task::futures::TaskLocalFuture;
@@ -27,40 +26,35 @@ use crate::headers::{
 };
 
 tokio::task_local! {
-    /// Behind an `Arc`: a task-local value is moved into the thread and back out on every poll
-    /// of the future that carries it, and a pointer moves cheaper than a whole context.
-    static CURRENT: Arc<Context>;
+    /// Boxed: a task-local value is moved into the thread and back out on every poll of the
+    /// future that carries it, and a pointer moves cheaper than a whole context.
+    static CURRENT: Box<Context>;
 }
 
 thread_local! {
     /// The allocation of a finished scope's context, emptied, for the next scope on this
     /// thread to write its context into (see [`Scoped`]): a handler's context then costs no
     /// allocation.
-    static SPARE: Cell<Option<Arc<Context>>> = const { Cell::new(None) };
+    static SPARE: Cell<Option<Box<Context>>> = const { Cell::new(None) };
 }
 
-/// A context written by `fill` (into an empty one) behind an `Arc`: in this thread's spare
-/// allocation when there is one.
-fn shared(fill: impl FnOnce(&mut Context)) -> Arc<Context> {
-    if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten()
-        && let Some(context) = Arc::get_mut(&mut spare)
-    {
-        fill(context);
-        return spare;
-    }
-    let mut context = Context::default();
+/// A context written by `fill` (into an empty one), boxed: in this thread's spare allocation
+/// when there is one.
+fn boxed(fill: impl FnOnce(&mut Context)) -> Box<Context> {
+    let mut context = SPARE
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     fill(&mut context);
-    Arc::new(context)
+    context
 }
 
-/// Keeps `context`'s allocation for the next scope of this thread, unless someone else holds
-/// it.
-fn recycle(mut context: Arc<Context>) {
-    if let Some(inner) = Arc::get_mut(&mut context) {
-        // emptied now: a value that shares a buffer would keep that buffer alive
-        inner.clear();
-        let _ = SPARE.try_with(|spare| spare.set(Some(context)));
-    }
+/// Keeps `context`'s allocation for the next scope of this thread.
+fn recycle(mut context: Box<Context>) {
+    // emptied now: a value that shares a buffer would keep that buffer alive
+    context.clear();
+    let _ = SPARE.try_with(|spare| spare.set(Some(context)));
 }
 
 pin_project_lite::pin_project! {
@@ -68,7 +62,7 @@ pin_project_lite::pin_project! {
     /// handlers' scopes); gives the context's allocation back to its thread when done.
     pub(crate) struct Scoped<F> {
         #[pin]
-        inner: TaskLocalFuture<Arc<Context>, F>,
+        inner: TaskLocalFuture<Box<Context>, F>,
     }
 }
 
@@ -258,20 +252,20 @@ impl Context {
 
     /// Runs `future` with this context current.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        Context::scoped(shared(|context| *context = self), future).await
+        Context::scoped(boxed(|context| *context = self), future).await
     }
 
     /// The context of a message with these headers (see [`Context::from_headers`]), for a
     /// handler's scope ([`Context::scoped`]): written into this thread's spare allocation,
     /// and not moved again.
-    pub(crate) fn shared_from_headers(headers: &Headers) -> Arc<Context> {
-        shared(|context| context.read_headers(headers))
+    pub(crate) fn boxed_from_headers(headers: &Headers) -> Box<Context> {
+        boxed(|context| context.read_headers(headers))
     }
 
     /// `future` with `context` current while it is polled: [`Context::scope`] without the
     /// async wrapper, for the delivery path (each wrapper moves the handler's future once
     /// more before it first runs).
-    pub(crate) fn scoped<F: Future>(context: Arc<Context>, future: F) -> Scoped<F> {
+    pub(crate) fn scoped<F: Future>(context: Box<Context>, future: F) -> Scoped<F> {
         Scoped {
             inner: CURRENT.scope(context, future),
         }
@@ -501,8 +495,8 @@ mod tests {
         let mut second = Headers::new();
         second.append("ce_id", "second");
 
-        let context = Context::shared_from_headers(&first);
-        let allocation = Arc::as_ptr(&context);
+        let context = Context::boxed_from_headers(&first);
+        let allocation: *const Context = &*context;
         let seen = Context::scoped(context, async { Context::current() }).await;
         assert_eq!(seen, Context::from_headers(&first));
 
@@ -511,12 +505,11 @@ mod tests {
         let spare = SPARE
             .with(Cell::take)
             .expect("the finished scope's context is kept");
-        assert_eq!(Arc::as_ptr(&spare), allocation);
+        assert!(std::ptr::eq(&*spare, allocation));
         SPARE.with(|cell| cell.set(Some(spare)));
-        let context = Context::shared_from_headers(&second);
-        assert_eq!(
-            Arc::as_ptr(&context),
-            allocation,
+        let context = Context::boxed_from_headers(&second);
+        assert!(
+            std::ptr::eq(&*context, allocation),
             "a finished scope's allocation is written over"
         );
         let seen = Context::scoped(context, async { Context::current() }).await;
@@ -527,23 +520,6 @@ mod tests {
         );
         assert_eq!(seen.correlation_id(), Some("second"));
         assert!(seen.metadata().is_empty() && seen.trace().is_empty());
-    }
-
-    #[test]
-    fn a_context_someone_still_holds_is_not_written_over() {
-        let mut first = Headers::new();
-        first.append("ce_id", "first");
-        first.append("tenant", "t-1");
-        let mut second = Headers::new();
-        second.append("ce_id", "second");
-
-        let context = Context::shared_from_headers(&first);
-        let held = Arc::clone(&context);
-        recycle(context);
-        let next = Context::shared_from_headers(&second);
-        assert_ne!(Arc::as_ptr(&next), Arc::as_ptr(&held));
-        assert_eq!(*held, Context::from_headers(&first), "left as it was");
-        assert_eq!(*next, Context::from_headers(&second));
     }
 
     #[tokio::test]

@@ -94,7 +94,9 @@ impl<T> TopicFor<T> for &String {
 /// `ce_source` (the service name), `ce_type` (`T`'s protobuf full name), `ce_time`,
 /// `content-type: application/protobuf`, a `correlation-id`, and from the current
 /// [`Context`]: `causation-id`, trace context and user metadata. Their order is not part of
-/// the contract.
+/// the contract. `ce_time` and the id's timestamp come from the system clock, which a thread
+/// reads at most once a second and extends with the monotonic clock in between: a step of
+/// the system clock shows in them within a second.
 ///
 /// ```
 /// use event_core::{memory::MemoryBroker, Publisher};

@@ -110,7 +110,7 @@ where
                 },
             );
         }
-        let context = Context::shared_from_headers(delivery.headers());
+        let context = Context::boxed_from_headers(delivery.headers());
         let parts = Parts {
             delivery,
             context: &context,
