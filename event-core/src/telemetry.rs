@@ -549,6 +549,12 @@ impl PublishTelemetry {
 
     /// The publish span of `message`, with the span's trace context written into its headers.
     pub(crate) fn span(&self, topic: &str, message: &mut Message) -> Span {
+        // no subscriber enables `info` anywhere: no span, and without OpenTelemetry no trace
+        // context to write either, so no sampling decision (it reads the headers)
+        #[cfg(not(feature = "opentelemetry"))]
+        if !tracing::level_enabled!(tracing::Level::INFO) {
+            return Span::none();
+        }
         let sampled = sampling::of_publish(&message.headers);
         let span = publish_span(&self.span_name, self.system, topic, message, sampled);
         #[cfg(feature = "opentelemetry")]
