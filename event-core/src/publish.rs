@@ -297,12 +297,14 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// headers afterwards costs more than the rest of the headers' bookkeeping).
     fn encode_identified(&self, message: &T, ctx: Option<&Context>) -> (Message, HeaderValue) {
         let (id, time) = new_id_and_time();
-        // only what changes per message is written: the rest is shared by all of them
-        let capacity = 9 + ctx.map_or(0, |c| c.metadata().len() + 3);
+        // only what changes per message is written: the rest is shared by all of them. Id,
+        // time and correlation id, and in a context the causation id, trace headers and
+        // metadata:
+        let changing = 3 + ctx.map_or(0, |c| 4 + c.metadata().len());
         let mut headers = match &self.inner.constant_headers {
-            Ok(shared) => Headers::pooled(capacity).with_shared(shared),
+            Ok(shared) => Headers::pooled(changing).with_shared(shared),
             Err(own) => {
-                let mut headers = Headers::pooled(capacity);
+                let mut headers = Headers::pooled(own.len() + changing);
                 for (name, value) in own.iter() {
                     headers.append_copy(name.clone(), value);
                 }
