@@ -203,6 +203,10 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// service, not a request or a tenant (put those in [`Context`] metadata).
     pub fn new(broker: Arc<dyn Broker>, source: &str, topic: impl TopicFor<T>) -> Self {
         let topic = topic.topic_name();
+        // the clock that dates messages calibrates on its first reading, once per process
+        // (0.6 ms on the development machine; quanta bounds it at 200 ms): here rather than
+        // in the first publish
+        let _ = quanta::Instant::now();
         Publisher {
             inner: Arc::new(Inner {
                 telemetry: PublishTelemetry::new(
@@ -475,11 +479,13 @@ const WALL_CLOCK_READ_EVERY: Duration = Duration::from_secs(1);
 /// The time since the Unix epoch, for a message's id and `ce_time` (millisecond precision).
 ///
 /// The system clock is read at most once a second per thread; in between, the time is that
-/// reading plus the time since on the monotonic clock, which reads the time stamp counter
-/// where it can be trusted: about half the cost of reading the system clock, paid on every
-/// publish. The two clocks part by no more than the system clock's slewing (parts per
-/// million) within a second; a step of the system clock shows within a second. Ids stay
-/// increasing across a step back (see [`next_v7_millis_and_counter`]).
+/// reading extended by the monotonic clock ([`extend`]), which reads the CPU's time stamp
+/// counter where the CPU says it is invariant (`quanta`; `CLOCK_MONOTONIC` elsewhere): about
+/// half the cost of reading the system clock, paid on every publish. Within the second the
+/// two part by the counter's calibration error and any frequency correction of the system
+/// clock since (at most about half a millisecond), and a step of the system clock shows at
+/// the next reading: so consecutive `ce_time`s of a thread can step back by a millisecond
+/// there. Ids stay increasing (see [`next_v7_millis_and_counter`]).
 fn since_epoch() -> Duration {
     thread_local! {
         static READING: Cell<Option<(quanta::Instant, Duration)>> = const { Cell::new(None) };
@@ -487,17 +493,23 @@ fn since_epoch() -> Duration {
     let now = quanta::Instant::now();
     READING
         .try_with(|reading| {
-            if let Some((at, since_epoch)) = reading.get() {
-                let elapsed = now.duration_since(at);
-                if elapsed < WALL_CLOCK_READ_EVERY {
-                    return since_epoch + elapsed;
-                }
+            if let Some(since_epoch) = extend(reading.get(), now) {
+                return since_epoch;
             }
             let since_epoch = system_since_epoch();
             reading.set(Some((now, since_epoch)));
             since_epoch
         })
         .unwrap_or_else(|_| system_since_epoch())
+}
+
+/// `reading` (a system clock reading and when it was taken) extended to `now`, if it is
+/// recent: less than [`WALL_CLOCK_READ_EVERY`] old, and not ahead of `now` (a counter that
+/// went back, as one read on another core can, must not freeze the time).
+fn extend(reading: Option<(quanta::Instant, Duration)>, now: quanta::Instant) -> Option<Duration> {
+    let (at, since_epoch) = reading?;
+    let elapsed = now.checked_duration_since(at)?;
+    (elapsed < WALL_CLOCK_READ_EVERY).then(|| since_epoch + elapsed)
 }
 
 fn system_since_epoch() -> Duration {
@@ -650,9 +662,33 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_is_extended_for_a_second_and_never_backwards() {
+        let (clock, mock) = quanta::Clock::mock();
+        // a mocked counter starts at zero: room to go back
+        mock.increment(Duration::from_secs(10));
+        let at = clock.now();
+        let reading = Some((at, Duration::from_secs(1_000)));
+        mock.increment(Duration::from_millis(250));
+        assert_eq!(
+            extend(reading, clock.now()),
+            Some(Duration::from_millis(1_000_250))
+        );
+        mock.increment(WALL_CLOCK_READ_EVERY);
+        assert_eq!(extend(reading, clock.now()), None, "too old: read again");
+        mock.decrement(WALL_CLOCK_READ_EVERY + Duration::from_millis(500));
+        assert_eq!(
+            extend(reading, clock.now()),
+            None,
+            "behind the reading: read again"
+        );
+        assert_eq!(extend(None, at), None);
+    }
+
+    #[test]
     fn the_wall_clock_follows_the_system_clock() {
-        // the first call reads the system clock; the others, for 50 ms (well past the
-        // slack, well within a reading's second), extend that reading
+        // the first call reads the system clock (and calibrates the counter); the others,
+        // for 50 ms (well past the slack, well within a reading's second), extend it
+        let _ = since_epoch();
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_millis(50) {
             let before = system_since_epoch();

@@ -470,8 +470,8 @@ pub mod metric {
     /// newer). Labels as consumed.
     pub const SCHEMA_DRIFT: &str = "event_schema_drift_total";
     /// Histogram: handler run time in seconds, one sample per run, timed with the CPU's time
-    /// stamp counter where it can be trusted (the monotonic clock otherwise). Labels as
-    /// consumed.
+    /// stamp counter where the CPU says it is invariant (`CLOCK_MONOTONIC` otherwise).
+    /// Labels as consumed.
     pub const HANDLER_DURATION: &str = "event_handler_duration_seconds";
     /// Gauge: messages of a subscription between receipt and settlement. Labels as consumed.
     pub const IN_FLIGHT: &str = "event_in_flight";
