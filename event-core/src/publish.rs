@@ -297,8 +297,8 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
         self.encode_identified(message, ctx).0
     }
 
-    /// [`Publisher::encode`], and the message's id (for the receipt: looking it up in the
-    /// headers afterwards costs more than the rest of the headers' bookkeeping).
+    /// [`Publisher::encode`], and the message's id, for the receipt (so that it is not looked
+    /// up in the headers again).
     fn encode_identified(&self, message: &T, ctx: Option<&Context>) -> (Message, HeaderValue) {
         let (id, time) = new_id_and_time();
         // only what changes per message is written: the rest is shared by all of them. Id,
