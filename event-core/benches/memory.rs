@@ -26,8 +26,9 @@
 //!   `otel sdk only`: the SDK's own cost for the two spans of an event, without `tracing` or
 //!   a broker (a floor for the OpenTelemetry runs).
 //!
-//! `BATCH_WAIT_US=0` turns the memory broker's batch wait off for the typed runs (see
-//! `MemoryBrokerBuilder::batch_wait`), `QUEUE_CAPACITY=N` sets their queue's capacity.
+//! `BATCH_WAIT_US=N` sets the memory broker's batch wait for the typed runs (see
+//! `MemoryBrokerBuilder::batch_wait`; off by default), `QUEUE_CAPACITY=N` their queue's
+//! capacity.
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event, and for
 //! the `typed` run the CPU time per event of the publishing thread and of the runtime's

@@ -17,10 +17,10 @@
 //!   that an idle member is never starved. Messages a member took but did not start go back to
 //!   the front of the queue, in publish order, when it leaves. A publisher waiting for room is
 //!   woken once an eighth of the queue (at most 64 slots) is free, not for every slot.
-//! - **A backlog under sustained load**: while publishers keep the only member of a queue
-//!   busy, it lets a backlog build up (by default for up to about 50 µs) before it takes the
-//!   next messages ([`MemoryBrokerBuilder::batch_wait`]); a message that reaches an idle
-//!   subscriber is taken at once.
+//! - **A backlog under sustained load**, when asked for
+//!   ([`MemoryBrokerBuilder::batch_wait`], off by default): while publishers keep the only
+//!   member of a queue busy, it lets a backlog build up before it takes the next messages; a
+//!   message that reaches an idle subscriber is taken at once.
 //!
 //! - **Shared payload buffers**: the payloads of small messages (up to 1 KiB) that a
 //!   [`Publisher`](crate::Publisher) encodes on one thread are cut from shared 8 KiB buffers,
@@ -59,8 +59,8 @@ const BROKER_NAME: &str = "memory";
 /// How often an idle consumer yields before it parks.
 const SPIN_YIELDS: usize = 16;
 
-/// The default [`MemoryBrokerBuilder::batch_wait`].
-const DEFAULT_BATCH_WAIT: Duration = Duration::from_micros(50);
+/// The default [`MemoryBrokerBuilder::batch_wait`]: off (see there why).
+const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
 
 /// The in-memory broker. Cheap to clone: clones share the same topics.
 ///
@@ -303,7 +303,7 @@ impl MemoryBrokerBuilder {
     }
 
     /// How long a busy subscriber lets a backlog build up before it takes the next messages
-    /// (default 50 µs; [`Duration::ZERO`] takes them at once).
+    /// (default [`Duration::ZERO`]: it takes them at once; 50 µs is a good start otherwise).
     ///
     /// This applies to a subscription that is the only member of its queue (a broadcast
     /// subscriber, or a group of one) and handles one message at a time. Such a subscriber
@@ -312,9 +312,14 @@ impl MemoryBrokerBuilder {
     /// keeping it busy. It then waits until 128 messages wait, a publisher waits for room, no
     /// message arrived for 5 µs, or this much time passed, and takes the next 64. The
     /// publishing and consuming threads then meet once per batch on a queue that never runs
-    /// empty, instead of once per message; on the memory bench that is about 100 ns less per
-    /// event (`BENCHMARKS.md`). Queues of less than 256 slots (room for two such backlogs)
-    /// never wait: the publishers would fill them while the subscriber waits.
+    /// empty, instead of once per message. Queues of less than 256 slots (room for two such
+    /// backlogs) never wait: the publishers would fill them while the subscriber waits.
+    ///
+    /// Whether that pays depends on the machine (`BENCHMARKS.md`): on one development
+    /// machine it took about 100 ns per event off the memory bench, where a subscriber that
+    /// kept its queue nearly empty was slow; on another the median did not move, and about one
+    /// run in seven that waited for a backlog ran at half speed, while none did without the
+    /// wait. Hence off by default.
     ///
     /// The cost is latency under sustained load: a message may wait this much longer in a
     /// queue that is busy anyway. A message that reaches an idle subscriber is taken at once,
@@ -1363,17 +1368,18 @@ mod tests {
         assert_eq!(run(&mut pacing, 4, WaitEnd::Pause), (2, 2));
     }
 
-    /// With a batch wait far longer than the test may run, a subscriber kept busy by a burst
-    /// waits for a backlog once, and still gets the burst's last messages when the publisher
-    /// pauses; a client that waits for each answer gets every answer.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_long_batch_wait_holds_back_neither_a_burst_nor_a_round_trip() {
-        let broker = MemoryBroker::builder()
-            .batch_wait(Duration::from_secs(600))
-            .build();
+    /// A subscriber to "burst" whose handler passes each payload on, then holds until a
+    /// permit of the returned semaphore lets it finish.
+    async fn held_subscriber(
+        broker: &MemoryBroker,
+    ) -> (
+        Arc<tokio::sync::Semaphore>,
+        tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+        Subscription,
+    ) {
         let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let (tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-        let _subscription = broker
+        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let subscription = broker
             .subscribe(
                 "burst",
                 SubscribeOptions::new(),
@@ -1391,25 +1397,59 @@ mod tests {
             )
             .await
             .expect("subscribe");
+        (release, received, subscription)
+    }
+
+    /// Sends a burst that keeps the held subscriber busy and checks that every message
+    /// arrives; returns how often the subscriber waited for a backlog.
+    async fn burst(
+        broker: &MemoryBroker,
+        release: &tokio::sync::Semaphore,
+        received: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    ) -> usize {
         // the first message is fetched alone and held; the burst queues behind it, so the
-        // fetches after it find 3 * BACKLOG - 1, then 64 fewer each time: the first under
-        // BACKLOG waits (and ends on the pause), the next skips its wait
+        // fetches after it find 3 * BACKLOG - 1, then 64 fewer each time: with a batch wait,
+        // the first under BACKLOG waits (and ends on the pause), the next skips its wait
         let total = 3 * BACKLOG;
-        send(&broker, "burst", "0".to_owned()).await;
-        assert_eq!(next(&mut received).await, "0");
+        send(broker, "burst", "0".to_owned()).await;
+        assert_eq!(next(received).await, "0");
         for i in 1..total {
-            send(&broker, "burst", format!("{i}")).await;
+            send(broker, "burst", format!("{i}")).await;
         }
         release.add_permits(total);
         for i in 1..total {
-            assert_eq!(next(&mut received).await, format!("{i}"));
+            assert_eq!(next(received).await, format!("{i}"));
         }
-        assert_eq!(broker.batch_waits("burst"), 1, "waits for a backlog");
+        broker.batch_waits("burst")
+    }
+
+    /// With a batch wait far longer than the test may run, a subscriber kept busy by a burst
+    /// waits for a backlog once, and still gets the burst's last messages when the publisher
+    /// pauses; a client that waits for each answer gets every answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_batch_wait_holds_back_neither_a_burst_nor_a_round_trip() {
+        let broker = MemoryBroker::builder()
+            .batch_wait(Duration::from_secs(600))
+            .build();
+        let (release, mut received, _subscription) = held_subscriber(&broker).await;
+        assert_eq!(
+            burst(&broker, &release, &mut received).await,
+            1,
+            "waits for a backlog"
+        );
         for i in 0..20 {
             release.add_permits(1);
             send(&broker, "burst", format!("round trip {i}")).await;
             assert_eq!(next(&mut received).await, format!("round trip {i}"));
         }
+    }
+
+    /// Without a batch wait set, the same burst never makes the subscriber wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn by_default_a_busy_subscriber_never_waits_for_a_backlog() {
+        let broker = MemoryBroker::new();
+        let (release, mut received, _subscription) = held_subscriber(&broker).await;
+        assert_eq!(burst(&broker, &release, &mut received).await, 0);
     }
 
     /// A subscription that has messages waiting stops fetching as soon as it is told to, by
