@@ -807,9 +807,9 @@ const MAX_SKIP: u32 = 64;
 /// Why: when a subscriber is as fast as its publishers, the queue is nearly empty, and the
 /// two threads meet on it for every message (its lock, the slot just written, the header
 /// vector and payload buffer just used, a wake-up when the queue was empty). With a backlog
-/// they meet once per batch, on lines neither touched recently. Measured on the memory bench:
-/// about 100 ns less per event, and no more runs that are slow because the queue happened to
-/// stay empty (`BENCHMARKS.md`).
+/// they meet once per batch, on lines neither touched recently. Whether that pays depends on
+/// the machine, hence off by default (see [`MemoryBrokerBuilder::batch_wait`] and
+/// `BENCHMARKS.md`).
 #[derive(Debug)]
 struct Pacing {
     /// Zero (no waits) with a concurrency above 1 or in a queue of less than [`MIN_CAPACITY`].
