@@ -50,6 +50,10 @@
 //! | `testkit` | no      | the broker conformance suite ([`testkit`]), and its telemetry cases with `opentelemetry` |
 //!
 #![doc = include_str!("../../docs/wire.md")]
+//!
+// The conformance suite exists only with its feature; without it the link goes to the table.
+#![cfg_attr(feature = "testkit", doc = "[`testkit`]: crate::testkit")]
+#![cfg_attr(not(feature = "testkit"), doc = "[`testkit`]: crate#features")]
 
 pub mod broker;
 pub mod codec;

@@ -87,6 +87,16 @@
 //! *before* building publishers and services, as their instruments are registered once when
 //! they are made. With no recorder installed the instruments are no-ops. Names and labels are in
 //! [`metric`] and [`label`].
+//!
+// `set_root_sampling` exists only with the `opentelemetry` feature.
+#![cfg_attr(
+    feature = "opentelemetry",
+    doc = "[`set_root_sampling`]: set_root_sampling"
+)]
+#![cfg_attr(
+    not(feature = "opentelemetry"),
+    doc = "[`set_root_sampling`]: crate#features"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! directly; the typed layer ([`Publisher`](crate::Publisher), [`Service`](crate::Service)) is
 //! built on it.
 //!
-//! What every backend promises (the [conformance suite](crate::testkit) checks each):
+//! What every backend promises (the [conformance suite][testkit] checks each):
 //!
 //! - **Queue groups**: with [`SubscribeOptions::queue`] set, each message goes to exactly one
 //!   member of the group; different groups each get every message. Without a queue, every
@@ -24,6 +24,9 @@
 //!
 //! The delivery loop that keeps these promises is written once, in [`delivery`]; a backend
 //! only fetches bytes and acknowledges positions.
+//!
+#![cfg_attr(feature = "testkit", doc = "[testkit]: crate::testkit")]
+#![cfg_attr(not(feature = "testkit"), doc = "[testkit]: crate#features")]
 
 use std::fmt;
 use std::num::NonZeroUsize;
