@@ -319,7 +319,8 @@ impl MemoryBrokerBuilder {
     /// machine it took about 100 ns per event off the memory bench, where a subscriber that
     /// kept its queue nearly empty was slow; on another the median did not move, and about one
     /// run in seven that waited for a backlog ran at half speed, while none did without the
-    /// wait. Hence off by default.
+    /// wait; on a third, faster one the median moved by about 10 ns (noise) and no run was slow.
+    /// Hence off by default.
     ///
     /// The cost is latency under sustained load: a message may wait this much longer in a
     /// queue that is busy anyway. A message that reaches an idle subscriber is taken at once,
