@@ -56,6 +56,7 @@
 #![cfg_attr(not(feature = "testkit"), doc = "[`testkit`]: crate#features")]
 
 pub mod broker;
+mod clock;
 pub mod codec;
 pub mod context;
 pub mod headers;

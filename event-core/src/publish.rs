@@ -1,15 +1,15 @@
 //! Typed publishing: [`Publisher<T>`] and typed [`Topic<T>`] constants.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::{Broker, Message, PublishError, Receipt, TryPublish};
+use crate::clock;
 use crate::context::Context;
 use crate::headers::{HeaderName, HeaderValue, Headers, known};
 use crate::telemetry::PublishTelemetry;
@@ -203,10 +203,7 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
     /// service, not a request or a tenant (put those in [`Context`] metadata).
     pub fn new(broker: Arc<dyn Broker>, source: &str, topic: impl TopicFor<T>) -> Self {
         let topic = topic.topic_name();
-        // the clock that dates messages calibrates on its first reading, once per process
-        // (0.6 ms on the development machine; quanta bounds it at 200 ms): here rather than
-        // in the first publish
-        let _ = quanta::Instant::now();
+        clock::calibrate();
         Publisher {
             inner: Arc::new(Inner {
                 telemetry: PublishTelemetry::new(
@@ -446,7 +443,7 @@ const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 /// counting from the last one, so that a thread's ids still increase, while the time is the
 /// clock's.
 fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
-    let since_epoch = since_epoch();
+    let since_epoch = clock::since_epoch();
     let (id_millis, counter) = next_v7_millis_and_counter(since_epoch.as_millis() as u64);
     // random bits from `fastrand` (seeded per thread from the OS's randomness, not a
     // cryptographic generator): message ids must be unique, not unguessable
@@ -470,52 +467,6 @@ fn new_id_and_time() -> ([u8; ID_LEN], [u8; TIME_LEN]) {
     time[21] = b'0' + (millis / 10 % 10) as u8;
     time[22] = b'0' + (millis % 10) as u8;
     (id, time)
-}
-
-/// How long a thread's reading of the system clock is extended by the monotonic clock (see
-/// [`since_epoch`]).
-const WALL_CLOCK_READ_EVERY: Duration = Duration::from_secs(1);
-
-/// The time since the Unix epoch, for a message's id and `ce_time` (millisecond precision).
-///
-/// The system clock is read at most once a second per thread; in between, the time is that
-/// reading extended by the monotonic clock ([`extend`]), which reads the CPU's time stamp
-/// counter where the CPU says it is invariant (`quanta`; `CLOCK_MONOTONIC` elsewhere): about
-/// half the cost of reading the system clock, paid on every publish. Within the second the
-/// two part by the counter's calibration error and any frequency correction of the system
-/// clock since (at most about half a millisecond), and a step of the system clock shows at
-/// the next reading: so consecutive `ce_time`s of a thread can step back by a millisecond
-/// there. Ids stay increasing (see [`next_v7_millis_and_counter`]).
-fn since_epoch() -> Duration {
-    thread_local! {
-        static READING: Cell<Option<(quanta::Instant, Duration)>> = const { Cell::new(None) };
-    }
-    let now = quanta::Instant::now();
-    READING
-        .try_with(|reading| {
-            if let Some(since_epoch) = extend(reading.get(), now) {
-                return since_epoch;
-            }
-            let since_epoch = system_since_epoch();
-            reading.set(Some((now, since_epoch)));
-            since_epoch
-        })
-        .unwrap_or_else(|_| system_since_epoch())
-}
-
-/// `reading` (a system clock reading and when it was taken) extended to `now`, if it is
-/// recent: less than [`WALL_CLOCK_READ_EVERY`] old, and not ahead of `now` (a counter that
-/// went back, as one read on another core can, must not freeze the time).
-fn extend(reading: Option<(quanta::Instant, Duration)>, now: quanta::Instant) -> Option<Duration> {
-    let (at, since_epoch) = reading?;
-    let elapsed = now.checked_duration_since(at)?;
-    (elapsed < WALL_CLOCK_READ_EVERY).then(|| since_epoch + elapsed)
-}
-
-fn system_since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// The largest value of the 42-bit counter of a UUID v7 (RFC 9562, section 6.2, method 1).
@@ -638,6 +589,7 @@ fn format_rfc3339_millis(secs: u64, millis: u32, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn ids_are_uuid_v7_increasing_and_match_the_time() {
@@ -658,47 +610,6 @@ mod tests {
                 .unwrap()
                 .as_millis() as u64;
             assert_eq!(id_millis, time_millis);
-        }
-    }
-
-    #[test]
-    fn a_reading_is_extended_for_a_second_and_never_backwards() {
-        let (clock, mock) = quanta::Clock::mock();
-        // a mocked counter starts at zero: room to go back
-        mock.increment(Duration::from_secs(10));
-        let at = clock.now();
-        let reading = Some((at, Duration::from_secs(1_000)));
-        mock.increment(Duration::from_millis(250));
-        assert_eq!(
-            extend(reading, clock.now()),
-            Some(Duration::from_millis(1_000_250))
-        );
-        mock.increment(WALL_CLOCK_READ_EVERY);
-        assert_eq!(extend(reading, clock.now()), None, "too old: read again");
-        mock.decrement(WALL_CLOCK_READ_EVERY + Duration::from_millis(500));
-        assert_eq!(
-            extend(reading, clock.now()),
-            None,
-            "behind the reading: read again"
-        );
-        assert_eq!(extend(None, at), None);
-    }
-
-    #[test]
-    fn the_wall_clock_follows_the_system_clock() {
-        // the first call reads the system clock (and calibrates the counter); the others,
-        // for 50 ms (well past the slack, well within a reading's second), extend it
-        let _ = since_epoch();
-        let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_millis(50) {
-            let before = system_since_epoch();
-            let now = since_epoch();
-            let after = system_since_epoch();
-            let slack = Duration::from_millis(2);
-            assert!(
-                before.saturating_sub(slack) <= now && now <= after + slack,
-                "{now:?} outside {before:?}..={after:?}"
-            );
         }
     }
 

@@ -187,10 +187,7 @@ impl Lifecycle {
             stop: stop.clone(),
             log: RateLimitedLog::new(Duration::from_secs(10)),
         });
-        // the handler timer calibrates on its first reading, once per process (0.6 ms on
-        // the development machine; quanta bounds it at 200 ms): here rather than in the
-        // first message's handling
-        let _ = quanta::Instant::now();
+        crate::clock::calibrate();
         let task = self.tracker.spawn(run(source, ctx));
         Subscription::new(topic, options.queue.as_deref().map(Arc::from), stop, task)
     }
@@ -434,9 +431,8 @@ async fn process<A: Acknowledge>(ctx: &LoopContext, pending: &mut Pending<A>) ->
     }
     loop {
         let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
-        // the time stamp counter where the CPU says it is invariant (a read costs about half
-        // of `Instant::now`'s, and this runs twice per message), `CLOCK_MONOTONIC` elsewhere
-        let started = quanta::Instant::now();
+        // read twice per message: the cheaper clock (see `crate::clock`)
+        let started = crate::clock::Instant::now();
         let outcome = in_span(&span, run_handler(&*ctx.handler, pending.delivery())).await;
         ctx.telemetry.ran(started.elapsed());
         let failure = match outcome {
