@@ -1012,8 +1012,7 @@ impl MemorySource {
             // the messages of a batch are received together: one clock reading
             self.taken_at = SystemTime::now();
         }
-        let entry = self.batch.pop_front()?;
-        Some(self.incoming(entry))
+        self.next_at_hand()
     }
 
     fn incoming(&self, entry: Entry) -> Incoming<MemoryAcker> {
