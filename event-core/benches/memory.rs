@@ -250,12 +250,10 @@ async fn raw_broker(n: u64, encoded: Bytes) -> Report {
         .subscribe(
             "bench.raw",
             SubscribeOptions::new(),
-            handler_fn("bench-raw", {
-                move |d: Delivery| async move {
-                    let seq = u64::from_le_bytes(d.payload()[..8].try_into().expect("8 bytes"));
-                    stamps.handled(seq);
-                    Outcome::Ack
-                }
+            handler_fn("bench-raw", move |d: Delivery| async move {
+                let seq = u64::from_le_bytes(d.payload()[..8].try_into().expect("8 bytes"));
+                stamps.handled(seq);
+                Outcome::Ack
             }),
         )
         .await
@@ -303,7 +301,7 @@ fn memory_broker() -> MemoryBroker {
 async fn typed(n: u64, name: &'static str) -> Report {
     let broker = memory_broker();
     let stamps = Stamps::new(n as usize);
-    let handler = { move |t: Tick| async move { stamps.handled(t.seq) } };
+    let handler = move |t: Tick| async move { stamps.handled(t.seq) };
     let running = Service::builder("bench")
         .broker(broker)
         .subscribe("bench.typed", handler)
