@@ -73,7 +73,7 @@ async fn broker() -> KafkaBroker {
         .expect("config");
     broker.connect().await.unwrap_or_else(|e| {
         panic!(
-            "no Kafka-protocol broker at {} (scripts/test.sh starts one): {e}",
+            "no Kafka broker at {} (scripts/brokers.sh start runs one): {e}",
             bootstrap()
         )
     });

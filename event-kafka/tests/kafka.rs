@@ -167,10 +167,6 @@ async fn records_from_a_foreign_producer_reach_the_diagnosis() {
     // another program: rdkafka used directly, no headers of ours
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", common::bootstrap())
-        .set(
-            common::ONE_RECORD_PER_BATCH.0,
-            common::ONE_RECORD_PER_BATCH.1,
-        )
         .create()
         .expect("foreign producer");
     let user = UserCreated {

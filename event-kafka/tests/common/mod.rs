@@ -1,8 +1,9 @@
 //! Shared by the Kafka integration tests: the broker address and a conformance factory.
 //!
-//! The tests run against a real Kafka-protocol broker (`scripts/test.sh` starts tansu on
-//! 127.0.0.1:9092); `EVENT_TEST_KAFKA` overrides the address. A missing broker fails the
-//! tests, it does not skip them.
+//! The tests run against Apache Kafka (`scripts/brokers.sh start` runs one on 127.0.0.1:9092);
+//! `EVENT_TEST_KAFKA` overrides the address. A missing broker fails the tests, it does not
+//! skip them. Tests that restart the broker start their own from the same jars
+//! ([`node::KafkaNode`]).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -14,9 +15,7 @@ use event_core::testkit::BrokerFactory;
 use event_kafka::{KafkaBroker, KafkaBrokerBuilder, TopicSpec};
 use tokio::sync::OnceCell;
 
-/// Producer settings that work around the test broker's fetch-inside-a-batch bug, for
-/// producers the tests create themselves.
-pub const ONE_RECORD_PER_BATCH: (&str, &str) = ("batch.num.messages", "1");
+pub mod node;
 
 /// Partitions of every test topic: more than one, so that order and offsets are per partition.
 pub const PARTITIONS: i32 = 3;
@@ -37,19 +36,12 @@ pub async fn connect_to(servers: &str) -> KafkaBroker {
     connected(builder(servers).max_buffered_per_partition(64)).await
 }
 
-/// The tests' client configuration: fast linger and timeouts, and one record per batch.
-///
-/// One record per batch because tansu 0.6 answers a fetch that starts inside a record batch
-/// with the batches after it, so a consumer resuming mid-batch (after a commit or a rebalance)
-/// would never see the rest of that batch; real Kafka returns the batch and the client skips
-/// the records before the offset.
+/// The tests' client configuration: a short linger and the default batching.
 pub fn builder(servers: &str) -> KafkaBrokerBuilder {
-    let (key, value) = ONE_RECORD_PER_BATCH;
     KafkaBroker::builder(servers)
         .client_id("event-kafka-tests")
         .linger(Duration::from_millis(1))
         .operation_timeout(Duration::from_secs(10))
-        .set_producer(key, value)
 }
 
 /// Builds and connects; panics with the reason when the broker is not there.
@@ -57,7 +49,7 @@ pub async fn connected(builder: KafkaBrokerBuilder) -> KafkaBroker {
     let broker = builder.build().expect("valid configuration");
     broker.connect().await.unwrap_or_else(|e| {
         panic!(
-            "no Kafka-protocol broker at {} (scripts/test.sh starts one): {}",
+            "no Kafka broker at {} (scripts/brokers.sh start runs one): {}",
             broker.address(),
             event_core::error_chain(&e)
         )
