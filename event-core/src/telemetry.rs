@@ -473,6 +473,12 @@ pub mod metric {
     pub const RETRIED: &str = "event_retried_total";
     /// Counter: messages sent to the dead-letter topic. Labels as consumed, plus error_kind.
     pub const DEAD_LETTERED: &str = "event_dead_lettered_total";
+    /// Counter: failed attempts to publish a message to its dead-letter topic. The message is
+    /// not acknowledged meanwhile: it is held, and the publish retried with backoff, until the
+    /// dead-letter topic takes it ([`Subscription::stalled`](crate::broker::Subscription::stalled)
+    /// says how many are held). Labels as consumed, plus error_kind: the broker error's kind
+    /// (`topic-not-found`, `unavailable`, `timeout`, …).
+    pub const DEAD_LETTER_FAILURES: &str = "event_dead_letter_failures_total";
     /// Counter: messages that could not be decoded as the subscriber's type, by what the bytes
     /// looked like. Labels as consumed, plus payload_kind.
     pub const DECODE_ERRORS: &str = "event_decode_errors_total";
@@ -851,6 +857,13 @@ impl ConsumerTelemetry {
             labels.push(Label::new(label::ERROR_KIND, kind.as_str()));
         }
         metrics::counter!(name, labels).increment(1);
+    }
+
+    /// A dead-letter publish failed with a broker error of `error_kind`.
+    pub(crate) fn dead_letter_failed(&self, error_kind: &'static str) {
+        let mut labels = self.labels.clone();
+        labels.push(Label::new(label::ERROR_KIND, error_kind));
+        metrics::counter!(metric::DEAD_LETTER_FAILURES, labels).increment(1);
     }
 
     /// The schema drift counter, for [`Delivery`]s (the typed handler counts).

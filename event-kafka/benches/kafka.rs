@@ -2,8 +2,8 @@
 //! against the same broker and configuration.
 //!
 //! ```text
-//! cargo bench -p event-kafka --bench kafka                   # 20,000 records per run
-//! EVENTS=50000 EVENT_TEST_KAFKA=127.0.0.1:9092 cargo bench -p event-kafka --bench kafka
+//! cargo bench -p event-kafka --bench kafka                   # 20,000 records, 5 rounds
+//! EVENTS=50000 ROUNDS=7 EVENT_TEST_KAFKA=127.0.0.1:9092 cargo bench -p event-kafka --bench kafka
 //! ```
 //!
 //! Runs, for 64 B and 1 KiB events (`bench.v1.Tick`), each on its own fresh topic:
@@ -11,14 +11,17 @@
 //!   header set a typed publish writes, up to `WINDOW` delivery reports outstanding;
 //! - `publish typed`: `Publisher<Tick>::publish` (id, time, headers, encode, produce, delivery
 //!   report), `WINDOW` publishes in flight in a `FuturesUnordered` (each enqueued by the call);
-//! - `consume raw`: a `StreamConsumer` in a new group reading the topic from the start, storing
-//!   each offset after a no-op "handler", committing every second (what a careful raw consumer
-//!   does);
+//! - `consume raw`: the faster of two raw loops, each in a new group reading the topic from
+//!   the start, storing each offset after a no-op "handler" and committing every second (what
+//!   a careful raw consumer does): a `StreamConsumer` awaited on the runtime, and a
+//!   `BaseConsumer` polled on a thread of its own;
 //! - `consume typed`: a `Service` with a no-op `async fn(Tick)` handler in a new group, from
 //!   the start (decode, delivery loop, offset store after the handler).
 //!
-//! Raw and typed alternate twice and the best of each is kept; consume rates are measured from
-//! the first record to the last, so the group join is not counted.
+//! Raw and typed alternate `ROUNDS` times (raw first in odd rounds, typed first in even ones);
+//! each row prints the median rate of each side and the median of the rounds' typed/raw
+//! ratios. Consume rates are measured from the first record to the last, so the group join is
+//! not counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +36,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use prost::Message as _;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Notify;
@@ -83,9 +86,13 @@ async fn broker() -> KafkaBroker {
 async fn topic(broker: &KafkaBroker, prefix: &str) -> String {
     let name = unique(prefix);
     broker
-        .ensure_topics(&[TopicSpec::new(&name).partitions(3)])
+        // and its dead-letter topic, which a subscription needs
+        .ensure_topics(&[
+            TopicSpec::new(&name).partitions(3),
+            TopicSpec::new(format!("{name}.dlq")),
+        ])
         .await
-        .expect("create topic");
+        .expect("create topics");
     name
 }
 
@@ -198,16 +205,21 @@ async fn filled_topic(n: u64, size: usize) -> String {
     topic
 }
 
-async fn consume_raw(topic: &str, n: u64) -> f64 {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+fn raw_consumer_config() -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("rawgroup"))
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("raw consumer");
+        .set("auto.offset.reset", "earliest");
+    config
+}
+
+/// A `StreamConsumer` awaited on the runtime.
+async fn consume_raw_stream(topic: &str, n: u64) -> f64 {
+    let consumer: StreamConsumer = raw_consumer_config().create().expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut first = None;
     for _ in 0..n {
@@ -218,6 +230,29 @@ async fn consume_raw(topic: &str, n: u64) -> f64 {
         consumer.store_offset_from_message(&record).expect("store");
     }
     n as f64 / first.expect("records").elapsed().as_secs_f64()
+}
+
+/// A `BaseConsumer` polled on a thread of its own.
+async fn consume_raw_base(topic: &str, n: u64) -> f64 {
+    let consumer: BaseConsumer = raw_consumer_config().create().expect("raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    tokio::task::spawn_blocking(move || {
+        let mut first = None;
+        let mut seen = 0;
+        while seen < n {
+            let Some(record) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let record = record.expect("record");
+            first.get_or_insert_with(Instant::now);
+            std::hint::black_box(record.payload());
+            consumer.store_offset_from_message(&record).expect("store");
+            seen += 1;
+        }
+        n as f64 / first.expect("records").elapsed().as_secs_f64()
+    })
+    .await
+    .expect("raw consumer thread")
 }
 
 async fn consume_typed(topic: &str, n: u64) -> f64 {
@@ -258,10 +293,26 @@ async fn consume_typed(topic: &str, n: u64) -> f64 {
     rate
 }
 
-fn row(what: &str, size: usize, raw: f64, typed: f64) {
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Prints one row: medians of each side and of the rounds' ratios, then every round.
+fn row(what: &str, size: usize, raw: &[f64], typed: &[f64]) {
+    let ratios: Vec<f64> = raw.iter().zip(typed).map(|(r, t)| t / r * 100.0).collect();
+    let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
     println!(
-        "{what:<8} {size:>5} B {raw:>12.0} {typed:>12.0} {:>9.1}%",
-        typed / raw * 100.0
+        "{what:<8} {size:>5} B {:>12.0} {:>12.0} {:>9.1}%   rounds: {}",
+        median(raw.to_vec()),
+        median(typed.to_vec()),
+        median(ratios),
+        rounds.join(" / ")
     );
 }
 
@@ -270,6 +321,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -277,7 +332,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         println!(
-            "{n} records per run, broker {}, linger {LINGER_MS} ms, acks=all, window {WINDOW}",
+            "{n} records per run, {rounds} rounds, broker {}, linger {LINGER_MS} ms, acks=all, window {WINDOW}",
             bootstrap()
         );
         println!(
@@ -285,21 +340,41 @@ fn main() {
             "run", "size", "raw rec/s", "typed rec/s", "typed/raw"
         );
         for size in [64usize, 1024] {
-            let (mut raw, mut typed) = (0f64, 0f64);
-            for _ in 0..2 {
-                raw = raw.max(publish_raw(n, size).await);
-                typed = typed.max(publish_typed(n, size).await);
+            let (mut raw, mut typed) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 0 {
+                    raw.push(publish_raw(n, size).await);
+                    typed.push(publish_typed(n, size).await);
+                } else {
+                    typed.push(publish_typed(n, size).await);
+                    raw.push(publish_raw(n, size).await);
+                }
             }
-            row("publish", size, raw, typed);
+            row("publish", size, &raw, &typed);
         }
         for size in [64usize, 1024] {
             let topic = filled_topic(n, size).await;
-            let (mut raw, mut typed) = (0f64, 0f64);
-            for _ in 0..2 {
-                raw = raw.max(consume_raw(&topic, n).await);
-                typed = typed.max(consume_typed(&topic, n).await);
+            let (mut raw, mut typed) = (Vec::new(), Vec::new());
+            let (mut stream, mut base) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if round % 2 == 1 {
+                    typed.push(consume_typed(&topic, n).await);
+                }
+                let s = consume_raw_stream(&topic, n).await;
+                let b = consume_raw_base(&topic, n).await;
+                stream.push(s);
+                base.push(b);
+                raw.push(s.max(b));
+                if round % 2 == 0 {
+                    typed.push(consume_typed(&topic, n).await);
+                }
             }
-            row("consume", size, raw, typed);
+            println!(
+                "  raw consume {size} B medians: StreamConsumer {:.0}, BaseConsumer thread {:.0} rec/s",
+                median(stream),
+                median(base)
+            );
+            row("consume", size, &raw, &typed);
         }
     });
 }

@@ -21,7 +21,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
 
 use crate::NAME;
 use crate::admin::TopicSpec;
@@ -30,7 +29,8 @@ use crate::consumer::{ConsumerSettings, KafkaConsumer, KafkaSource, Shared, Subs
 use crate::error::{KafkaBackendError, backend};
 
 const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
-    KafkaBrokerBuilder::ensure_topic), or enable auto.create.topics.enable on the cluster";
+    KafkaBrokerBuilder::ensure_topic), or let this client create missing topics: \
+    create_topics=true on the kafka:// URL, or KafkaBrokerBuilder::create_topics(true)";
 
 /// A [`Broker`] over Kafka (any broker speaking the Kafka protocol).
 ///
@@ -235,8 +235,63 @@ impl KafkaBroker {
         Ok(())
     }
 
-    /// The topic's partition numbers; [`BrokerError::TopicNotFound`] when it does not exist.
+    /// The topic's partition numbers. A missing topic is created when
+    /// [`KafkaBrokerBuilder::create_topics`] is on; otherwise it is
+    /// [`BrokerError::TopicNotFound`].
     async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
+        if let Some(partitions) = self.read_partitions(topic, false).await? {
+            return Ok(partitions);
+        }
+        if !self.inner.config.create_topics {
+            return Err(BrokerError::TopicNotFound {
+                broker: NAME,
+                address: self.address(),
+                topic: topic.to_owned(),
+                hint: TOPIC_HINT.into(),
+            });
+        }
+        self.create_topic(topic).await
+    }
+
+    /// Creates `topic` as [`KafkaBrokerBuilder::create_topics`] says and waits until the
+    /// cluster's metadata shows it with a leader for each partition.
+    async fn create_topic(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
+        let spec = self.inner.config.provisioned_topic(topic);
+        // a topic another client created meanwhile counts as created
+        self.ensure_topics(std::slice::from_ref(&spec)).await?;
+        tracing::info!(
+            topic,
+            partitions = spec.partitions,
+            replication = spec.replication,
+            "created the missing topic (create_topics is on; -1: the cluster's default)"
+        );
+        let timeout = self.inner.config.operation_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut wait = Duration::from_millis(10);
+        loop {
+            // the metadata has no notification to await: read it until the topic shows
+            if let Some(partitions) = self.read_partitions(topic, true).await? {
+                return Ok(partitions);
+            }
+            if Instant::now() >= deadline {
+                return Err(BrokerError::Timeout {
+                    broker: NAME,
+                    operation: "waiting for a created topic's partition leaders",
+                    timeout,
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// The topic's partition numbers as the metadata shows them; `None` when the topic is
+    /// missing (or, with `led`, when a partition has no leader yet).
+    async fn read_partitions(
+        &self,
+        topic: &str,
+        led: bool,
+    ) -> Result<Option<Vec<i32>>, BrokerError> {
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.operation_timeout;
         let name = topic.to_owned();
@@ -256,16 +311,53 @@ impl KafkaBroker {
         })?;
         let found = metadata.topics().iter().find(|t| t.name() == topic);
         match found {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Some(t)
+                if t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && (!led
+                        || t.partitions()
+                            .iter()
+                            .all(|p| p.error().is_none() && p.leader() >= 0)) =>
+            {
                 self.known_topic(topic);
-                Ok(t.partitions().iter().map(|p| p.id()).collect())
+                Ok(Some(t.partitions().iter().map(|p| p.id()).collect()))
             }
-            _ => Err(BrokerError::TopicNotFound {
-                broker: NAME,
-                address: self.address(),
-                topic: topic.to_owned(),
-                hint: TOPIC_HINT,
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks that the dead-letter topic of a subscription to `topic` exists (creates it when
+    /// [`KafkaBrokerBuilder::create_topics`] is on): without it, the first message that
+    /// fails for good would be held for as long as the topic is missing.
+    async fn check_dead_letter_topic(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<(), BrokerError> {
+        let dead_letter_topic = options.dead_letter_topic_for(topic);
+        validate_topic(&dead_letter_topic)?;
+        if self.is_known_topic(&dead_letter_topic) {
+            return Ok(());
+        }
+        match self.partitions(&dead_letter_topic).await {
+            Ok(_) => Ok(()),
+            Err(BrokerError::TopicNotFound {
+                broker,
+                address,
+                topic: missing,
+                ..
+            }) => Err(BrokerError::TopicNotFound {
+                broker,
+                address,
+                topic: missing,
+                hint: format!(
+                    "it is the dead-letter topic of the subscription to {topic:?} (its \
+                     messages that fail for good go there; SubscribeOptions::dead_letter_topic \
+                     picks another); {TOPIC_HINT}"
+                )
+                .into(),
             }),
+            Err(error) => Err(error),
         }
     }
 
@@ -372,6 +464,7 @@ impl KafkaBroker {
             parallel_keys: config.parallel_keys,
             max_buffered: config.max_buffered_per_partition,
             operation_timeout: config.operation_timeout,
+            revoke_timeout: config.revoke_timeout,
         };
         let shared = Shared::new(settings.clone());
         // librdkafka needs a group id even for self-assigned partitions; a broadcast reader
@@ -446,19 +539,19 @@ impl KafkaBroker {
             }
         }
 
-        let stop_poller = CancellationToken::new();
-        let poller = tokio::spawn(crate::consumer::poll(
-            consumer.clone(),
-            shared.clone(),
-            stop_poller.clone(),
-        ));
-        let source = KafkaSource {
-            consumer,
-            shared: shared.clone(),
-            poller: Some(poller),
-            stop_poller,
+        let source = match KafkaSource::start(consumer.clone(), shared) {
+            Ok(source) => source,
+            Err(error) => {
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                return Err(BrokerError::Backend {
+                    broker: NAME,
+                    operation: "start the consumer's poller thread",
+                    source: Box::new(error),
+                });
+            }
         };
-        if settings.group.is_some() && !shared.wait_assigned(config.join_timeout).await {
+        drop(consumer);
+        if settings.group.is_some() && !source.wait_assigned(config.join_timeout).await {
             source_close(source).await;
             return Err(BrokerError::Timeout {
                 broker: NAME,
@@ -631,6 +724,7 @@ impl Broker for KafkaBroker {
         validate_subscription(topic, &options)?;
         self.check_open()?;
         let partitions = self.partitions(topic).await?;
+        self.check_dead_letter_topic(topic, &options).await?;
         let source = self.start_subscription(topic, &options, partitions).await?;
         let lifecycle = self
             .inner

@@ -95,10 +95,14 @@ pub struct KafkaBrokerBuilder {
     pub(crate) operation_timeout: Duration,
     pub(crate) flush_timeout: Duration,
     pub(crate) join_timeout: Duration,
+    pub(crate) revoke_timeout: Duration,
     pub(crate) parallel_keys: bool,
     pub(crate) max_buffered_per_partition: usize,
     pub(crate) statistics_interval: Duration,
     pub(crate) ensure_topics: Vec<TopicSpec>,
+    pub(crate) create_topics: bool,
+    pub(crate) default_partitions: Option<i32>,
+    pub(crate) default_replication: Option<i32>,
     pub(crate) producer_properties: BTreeMap<String, String>,
     pub(crate) consumer_properties: BTreeMap<String, String>,
     pub(crate) properties: BTreeMap<String, String>,
@@ -117,10 +121,14 @@ impl KafkaBrokerBuilder {
             operation_timeout: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(30),
             join_timeout: Duration::from_secs(60),
+            revoke_timeout: Duration::from_secs(30),
             parallel_keys: false,
             max_buffered_per_partition: 512,
             statistics_interval: Duration::from_secs(5),
             ensure_topics: Vec::new(),
+            create_topics: false,
+            default_partitions: None,
+            default_replication: None,
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             properties: BTreeMap::new(),
@@ -186,6 +194,18 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// How long a rebalance that takes partitions away waits for their handlers (default
+    /// 30 s): the revoked partitions are fetched no more, the records of theirs that are in a
+    /// handler or a retry backoff get this long to finish, the offsets of what finished are
+    /// committed, and only then are the partitions let go. So the next owner starts after
+    /// the last record finished here, and a hand-over redelivers only what was still
+    /// unfinished at the deadline. Keep it below the group's `max.poll.interval.ms`
+    /// (5 minutes by default), which bounds a rebalance.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.revoke_timeout = timeout;
+        self
+    }
+
     /// Handle different keys of one partition concurrently (default off: one message per
     /// partition at a time). Order per key is kept either way, and the committed offset never
     /// passes an unfinished message.
@@ -219,6 +239,48 @@ impl KafkaBrokerBuilder {
         self
     }
 
+    /// Creates missing topics when they are first used (default off: most clusters are
+    /// provisioned by their operators, and a typo in a topic name had better fail than create
+    /// a topic). When on, [`subscribe`](event_core::broker::Broker::subscribe) creates its
+    /// topic and the subscription's dead-letter topic (`<topic>.dlq`) if they are missing, and
+    /// a [`publish`](event_core::broker::Broker::publish) (a typed publisher's too) creates the
+    /// topic it publishes to; with [`default_partitions`](Self::default_partitions) and
+    /// [`default_replication`](Self::default_replication). Topics that exist are left as they
+    /// are. The URL form is `create_topics=true`.
+    ///
+    /// The client needs the `CREATE` permission on the topics (or the cluster) for this. To
+    /// give some topics other settings, create them with [`ensure_topic`](Self::ensure_topic).
+    pub fn create_topics(mut self, on: bool) -> Self {
+        self.create_topics = on;
+        self
+    }
+
+    /// Partitions of the topics [`create_topics`](Self::create_topics) creates, at least 1
+    /// (default: the cluster's `num.partitions`, 1 unless its operators changed it). URL:
+    /// `partitions=N`.
+    pub fn default_partitions(mut self, n: i32) -> Self {
+        self.default_partitions = Some(n.max(1));
+        self
+    }
+
+    /// Replication factor of the topics [`create_topics`](Self::create_topics) creates, at
+    /// least 1 (default: the cluster's `default.replication.factor`). URL: `replication=N`.
+    pub fn default_replication(mut self, n: i32) -> Self {
+        self.default_replication = Some(n.max(1));
+        self
+    }
+
+    /// How [`create_topics`](Self::create_topics) creates `topic`; -1 lets the cluster choose
+    /// (its `num.partitions`, `default.replication.factor`).
+    pub(crate) fn provisioned_topic(&self, topic: &str) -> TopicSpec {
+        TopicSpec {
+            name: topic.to_owned(),
+            partitions: self.default_partitions.unwrap_or(-1),
+            replication: self.default_replication.unwrap_or(-1),
+            config: Vec::new(),
+        }
+    }
+
     /// Any librdkafka property, for the producer and every consumer.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
@@ -244,19 +306,6 @@ impl KafkaBrokerBuilder {
     ///
     /// [`KafkaBackendError::Config`] when librdkafka rejects a property (the message names it).
     pub fn build(self) -> Result<KafkaBroker, KafkaBackendError> {
-        let strategy = self
-            .consumer_properties
-            .get("partition.assignment.strategy")
-            .or_else(|| self.properties.get("partition.assignment.strategy"));
-        if let Some(strategy) = strategy
-            && strategy.contains("cooperative")
-        {
-            return Err(KafkaBackendError::Unsupported {
-                setting: format!("partition.assignment.strategy={strategy}"),
-                reason: "the consumer commits and hands partitions over with the eager protocol \
-                         (range, roundrobin); cooperative rebalancing is not supported yet",
-            });
-        }
         KafkaBroker::from_builder(self)
     }
 
@@ -299,6 +348,12 @@ impl KafkaBrokerBuilder {
             // fallback when that fails
             .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "false")
+            // a partition resumed after its read-ahead emptied waits for the fetch request in
+            // flight, which the broker may hold this long when it has nothing new: librdkafka's
+            // 500 ms would make a paused partition crawl (measured: 16-record read-ahead, ~36
+            // records/s at 500 ms, ~500/s at 10 ms); 100 ms costs an idle consumer 10 empty
+            // fetches a second
+            .set("fetch.wait.max.ms", "100")
             .set("partition.assignment.strategy", "range,roundrobin")
             // read by the consumer lag gauge; 0 turns statistics off
             .set("statistics.interval.ms", millis(self.statistics_interval));
@@ -352,8 +407,10 @@ impl KafkaBrokerBuilder {
     /// More than one bootstrap server: `bootstrap_servers=host1:9092,host2:9092` (a URL has
     /// one host). Other query parameters: `client_id`, `linger_ms`, `acks` (`0`, `1`, `all`), `idempotence`,
     /// `compression`, `delivery_timeout_ms`, `operation_timeout_ms`, `flush_timeout_ms`, `join_timeout_ms`,
-    /// `parallel_keys`, `max_buffered_per_partition`, `statistics_interval_ms` (`0` turns
-    /// consumer statistics and the lag gauge off); any parameter with a dot in its name is
+    /// `revoke_timeout_ms`, `parallel_keys`, `max_buffered_per_partition`, `statistics_interval_ms` (`0` turns
+    /// consumer statistics and the lag gauge off), `create_topics` (see
+    /// [`create_topics`](Self::create_topics)) with `partitions` and `replication` for the
+    /// topics it creates; any parameter with a dot in its name is
     /// a librdkafka property (`security.protocol=sasl_ssl`, `sasl.mechanism=PLAIN`, …).
     /// `kafkas://` sets `security.protocol=ssl`.
     ///
@@ -434,6 +491,9 @@ impl KafkaBrokerBuilder {
                 }
                 "flush_timeout_ms" => builder.flush_timeout(Duration::from_millis(number(&value)?)),
                 "join_timeout_ms" => builder.join_timeout(Duration::from_millis(number(&value)?)),
+                "revoke_timeout_ms" => {
+                    builder.revoke_timeout(Duration::from_millis(number(&value)?))
+                }
                 "parallel_keys" => builder.parallel_keys(flag(&value)?),
                 "max_buffered_per_partition" => {
                     builder.max_buffered_per_partition(number(&value)? as usize)
@@ -441,13 +501,29 @@ impl KafkaBrokerBuilder {
                 "statistics_interval_ms" => {
                     builder.statistics_interval(Duration::from_millis(number(&value)?))
                 }
+                "create_topics" => builder.create_topics(flag(&value)?),
+                "partitions" | "replication" => {
+                    let n = number(&value)?;
+                    let n = i32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        invalid(format!(
+                            "query parameter {key} must be from 1 to {}, not {n}",
+                            i32::MAX
+                        ))
+                    })?;
+                    if key == "partitions" {
+                        builder.default_partitions(n)
+                    } else {
+                        builder.default_replication(n)
+                    }
+                }
                 property if property.contains('.') => builder.set(property, value),
                 other => {
                     return Err(invalid(format!(
                         "unknown query parameter {other:?}; known: bootstrap_servers, client_id, linger_ms, acks, \
                          idempotence, compression, delivery_timeout_ms, operation_timeout_ms, \
-                         flush_timeout_ms, join_timeout_ms, parallel_keys, max_buffered_per_partition, \
-                         statistics_interval_ms, or any \
+                         flush_timeout_ms, join_timeout_ms, revoke_timeout_ms, parallel_keys, \
+                         max_buffered_per_partition, \
+                         statistics_interval_ms, create_topics, partitions, replication, or any \
                          librdkafka property (a name with a dot)"
                     )));
                 }
@@ -552,15 +628,61 @@ mod tests {
     }
 
     #[test]
-    fn cooperative_rebalancing_is_refused_with_the_reason() {
-        let err = KafkaBrokerBuilder::new("h:9092")
-            .set_consumer("partition.assignment.strategy", "cooperative-sticky")
-            .build()
-            .unwrap_err()
-            .to_string();
+    fn cooperative_assignment_and_the_revoke_timeout_are_accepted() {
+        let b = parse("kafka://h:9092?revoke_timeout_ms=1500&partition.assignment.strategy=cooperative-sticky")
+            .unwrap();
+        assert_eq!(b.revoke_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            b.consumer_config(Some("g"), true)
+                .get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        b.build().expect("cooperative-sticky is supported");
+    }
+
+    #[test]
+    fn url_turns_topic_provisioning_on() {
+        let off = parse("kafka://h:9092").unwrap();
+        assert!(!off.create_topics);
+        let spec = off.provisioned_topic("orders");
+        assert_eq!(
+            (spec.partitions, spec.replication),
+            (-1, -1),
+            "the cluster's defaults"
+        );
+
+        let on = parse("kafka://h:9092?create_topics=true&partitions=3&replication=2").unwrap();
+        assert!(on.create_topics);
+        let spec = on.provisioned_topic("orders.dlq");
+        assert_eq!(spec.name(), "orders.dlq");
+        assert_eq!((spec.partitions, spec.replication), (3, 2));
+        assert!(spec.config.is_empty());
         assert!(
-            err.contains("cooperative-sticky") && err.contains("eager"),
-            "{err}"
+            !parse("kafka://h:9092?create_topics=0")
+                .unwrap()
+                .create_topics
+        );
+    }
+
+    #[test]
+    fn url_provisioning_errors_name_the_parameter() {
+        let err = |url| parse(url).unwrap_err().to_string();
+        let e = err("kafka://h:9092?create_topics=maybe");
+        assert!(e.contains("create_topics must be true or false"), "{e}");
+        let e = err("kafka://h:9092?create_topics=true&partitions=0");
+        assert!(
+            e.contains("partitions must be from 1 to 2147483647, not 0"),
+            "{e}"
+        );
+        let e = err("kafka://h:9092?replication=three");
+        assert!(e.contains("replication must be a whole number"), "{e}");
+        let e = err("kafka://h:9092?partitions=99999999999");
+        assert!(e.contains("not 99999999999"), "{e}");
+        let e = err("kafka://h:9092?create_topic=true");
+        assert!(
+            e.contains("unknown query parameter \"create_topic\"")
+                && e.contains("create_topics, partitions, replication"),
+            "{e}"
         );
     }
 

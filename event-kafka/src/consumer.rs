@@ -1,7 +1,9 @@
 //! Consuming: partition assignment, per-partition (or per-key) lanes, and offsets that never
 //! pass an unfinished message.
 //!
-//! A poller task reads records from librdkafka and files each under its partition. A record
+//! A poller thread of its own reads records from librdkafka and files each under its
+//! partition; librdkafka's rebalance callbacks run on it too, so a revoke can wait there for
+//! the revoked partitions' handlers without blocking an async worker. A record
 //! goes to the ready queue (where the core delivery loop picks it up) only when its lane is
 //! free: one lane per partition, or one per key within a partition with
 //! [`parallel_keys`](crate::KafkaBrokerBuilder::parallel_keys). So order per partition (per
@@ -9,8 +11,21 @@
 //! parallel. Every received offset is *unfinished* until its handler's outcome; the offset
 //! stored for commit is the lowest unfinished one (or the next one to fetch), so a commit
 //! never skips a message that is still in a handler, in a retry backoff or waiting in a lane.
-//! When too many received records wait for a handler, the poller stops reading until half of
-//! them are taken (librdkafka's own fetch buffer is bounded too), so memory stays bounded.
+//!
+//! **Backpressure per partition**: when [`max_buffered_per_partition`] records of one
+//! partition wait for a handler, that partition alone is paused (librdkafka stops fetching
+//! it) until half of them are taken; the other partitions keep flowing. So a stalled key
+//! holds its own partition, never the subscription.
+//!
+//! **Revocation waits for in-flight work**: when a rebalance takes partitions away, their
+//! records not yet handed to a handler are dropped (the next owner reads them), the records in
+//! a handler or a retry backoff get [`revoke_timeout`] to finish, what finished is committed,
+//! and only then are the partitions let go. Eager (`range`, `roundrobin`) and cooperative
+//! (`cooperative-sticky`) assignment both work; with cooperative assignment only the
+//! partitions that move are revoked, and the others keep flowing through the rebalance.
+//!
+//! [`max_buffered_per_partition`]: crate::KafkaBrokerBuilder::max_buffered_per_partition
+//! [`revoke_timeout`]: crate::KafkaBrokerBuilder::revoke_timeout
 //!
 //! Every librdkafka statistics report (`statistics.interval.ms`, see
 //! [`statistics_interval`](crate::KafkaBrokerBuilder::statistics_interval)) updates the
@@ -20,8 +35,9 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_core::broker::delivery::{Acknowledge, DeliverySource, Incoming};
@@ -29,16 +45,18 @@ use event_core::broker::{BrokerError, Delivery, Message, Position, StartFrom};
 use event_core::headers::{HeaderName, Headers};
 use event_core::telemetry::{label, metric};
 use metrics::{Gauge, Label};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Partition as PartitionStatistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
 
 /// The consumer type of one subscription.
-pub(crate) type KafkaConsumer = StreamConsumer<SubscriptionContext>;
+pub(crate) type KafkaConsumer = BaseConsumer<SubscriptionContext>;
+
+/// How long one poll of the poller thread blocks: the longest a stop waits for it.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Settings one subscription's consumer works with.
 #[derive(Debug, Clone)]
@@ -50,6 +68,7 @@ pub(crate) struct ConsumerSettings {
     pub(crate) parallel_keys: bool,
     pub(crate) max_buffered: usize,
     pub(crate) operation_timeout: Duration,
+    pub(crate) revoke_timeout: Duration,
 }
 
 /// State shared by the poller, the delivery source, the ackers and the rebalance callback.
@@ -57,8 +76,11 @@ pub(crate) struct ConsumerSettings {
 pub(crate) struct Shared {
     settings: ConsumerSettings,
     state: Mutex<State>,
+    /// Signalled when a revoking partition's last running record settles.
+    settled: Condvar,
+    /// Held while a pause or resume is decided and applied, so that the two never reorder.
+    flow: Mutex<()>,
     ready_signal: Notify,
-    room: Notify,
     assignments: watch::Sender<u64>,
 }
 
@@ -67,8 +89,6 @@ struct State {
     partitions: HashMap<i32, PartitionState>,
     ready: VecDeque<Ready>,
     next_generation: u64,
-    /// Records received but not yet handed to the delivery loop, all partitions.
-    queued_total: usize,
     closed: bool,
 }
 
@@ -95,8 +115,21 @@ struct PartitionState {
     lanes: HashMap<u64, VecDeque<Delivery>>,
     /// Records received but not yet handed to the delivery loop.
     queued: usize,
+    /// Records handed to the delivery loop and not settled yet.
+    running: usize,
+    /// Fetching is paused: `queued` reached the read-ahead limit.
+    paused: bool,
+    /// Being revoked: nothing more is handed out; running records may finish.
+    revoking: bool,
     /// The partition's consumer lag gauge, once a statistics report has set it.
     lag: Option<Gauge>,
+}
+
+/// A change of a partition's fetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Pause,
+    Resume,
 }
 
 impl PartitionState {
@@ -108,7 +141,21 @@ impl PartitionState {
             stored: start.unwrap_or(-1),
             lanes: HashMap::new(),
             queued: 0,
+            running: 0,
+            paused: false,
+            revoking: false,
             lag: None,
+        }
+    }
+
+    /// Whether fetching should change: pause at the read-ahead limit, resume at half of it.
+    fn flow(&self, limit: usize) -> Option<Flow> {
+        if !self.paused && !self.revoking && self.queued >= limit {
+            Some(Flow::Pause)
+        } else if self.paused && self.queued <= limit / 2 {
+            Some(Flow::Resume)
+        } else {
+            None
         }
     }
 
@@ -151,8 +198,9 @@ impl Shared {
         Arc::new(Shared {
             settings,
             state: Mutex::new(State::default()),
+            settled: Condvar::new(),
+            flow: Mutex::new(()),
             ready_signal: Notify::new(),
-            room: Notify::new(),
             assignments: watch::Sender::new(0),
         })
     }
@@ -182,12 +230,12 @@ impl Shared {
         for (partition, start) in partitions {
             state.next_generation += 1;
             let generation = state.next_generation;
-            if let Some(old) = state
+            if state
                 .partitions
                 .insert(partition, PartitionState::new(generation, start))
+                .is_some()
             {
                 // assigned again without a revoke in between: forget the old generation
-                state.queued_total -= old.queued;
                 state.ready.retain(|r| r.partition != partition);
             }
         }
@@ -195,8 +243,9 @@ impl Shared {
         self.assignments.send_modify(|n| *n += 1);
     }
 
-    /// Files a fetched record under its lane.
-    fn receive(&self, record: &BorrowedMessage<'_>) {
+    /// Files a fetched record under its lane; returns its partition when that partition's
+    /// read-ahead is full and fetching it should pause.
+    fn receive(&self, record: &BorrowedMessage<'_>) -> Option<i32> {
         let partition = record.partition();
         let offset = record.offset();
         let lane = if self.settings.parallel_keys {
@@ -211,15 +260,16 @@ impl Shared {
         let delivery = to_delivery(&self.settings.topic, record);
         let mut state = self.lock();
         let State {
-            partitions,
-            ready,
-            queued_total,
-            ..
+            partitions, ready, ..
         } = &mut *state;
-        let Some(ps) = partitions.get_mut(&partition) else {
+        let Some(ps) = partitions.get_mut(&partition).filter(|ps| !ps.revoking) else {
             // the partition was revoked while this record was in flight: its new owner reads it
-            return;
+            return None;
         };
+        if ps.next_offset.is_some_and(|next| offset < next) {
+            // received already (fetched again after a pause): it is in a lane or a handler
+            return None;
+        }
         ps.unfinished.insert(offset);
         ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
         ps.queued += 1;
@@ -236,47 +286,63 @@ impl Shared {
                 self.ready_signal.notify_one();
             }
         }
-        *queued_total += 1;
+        (ps.flow(self.settings.max_buffered) == Some(Flow::Pause)).then_some(partition)
     }
 
-    /// How many received records may wait for a handler before the poller stops reading.
-    fn limit(&self, partitions: usize) -> usize {
-        self.settings.max_buffered * partitions.max(1)
+    /// Pauses or resumes fetching `partition` if its read-ahead says so.
+    ///
+    /// Decided and applied under one lock, so that a pause and a resume of one partition are
+    /// applied in the order they were decided; librdkafka is called outside the state lock
+    /// (its calls may take locks a rebalance callback holds while it waits for ours).
+    fn apply_flow(&self, consumer: &KafkaConsumer, partition: i32) {
+        let _flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+        let (change, generation) = {
+            let mut state = self.lock();
+            let Some(ps) = state.partitions.get_mut(&partition) else {
+                return;
+            };
+            let change = ps.flow(self.settings.max_buffered);
+            match change {
+                Some(Flow::Pause) => ps.paused = true,
+                Some(Flow::Resume) => ps.paused = false,
+                None => return,
+            }
+            (change, ps.generation)
+        };
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition(&self.settings.topic, partition);
+        let result = match change {
+            Some(Flow::Pause) => consumer.pause(&tpl),
+            _ => consumer.resume(&tpl),
+        };
+        tracing::debug!(topic = %self.settings.topic, partition, generation, ?change, "read-ahead limit: fetching changed");
+        if let Err(error) = result {
+            tracing::warn!(topic = %self.settings.topic, partition, ?change, %error, "pausing or resuming a partition failed");
+        }
     }
 
-    /// The poller reads again once the waiting records drop to this.
-    fn room_threshold(&self, partitions: usize) -> usize {
-        self.limit(partitions) / 2
-    }
-
-    fn is_full(&self) -> bool {
-        let state = self.lock();
-        state.queued_total >= self.limit(state.partitions.len())
-    }
-
-    /// Takes the next record whose lane is free.
-    fn take_ready(&self) -> Option<Result<Ready, ()>> {
+    /// Takes the next record whose lane is free; also returns its partition when fetching it
+    /// should resume.
+    fn take_ready(&self) -> Option<Result<(Ready, Option<i32>), ()>> {
         let mut state = self.lock();
         let State {
             partitions,
             ready,
             closed,
-            queued_total,
             ..
         } = &mut *state;
         while let Some(next) = ready.pop_front() {
             let Some(ps) = partitions
                 .get_mut(&next.partition)
-                .filter(|ps| ps.generation == next.generation)
+                .filter(|ps| ps.generation == next.generation && !ps.revoking)
             else {
                 continue;
             };
             ps.queued -= 1;
-            *queued_total -= 1;
-            if *queued_total <= self.room_threshold(partitions.len()) {
-                self.room.notify_one();
-            }
-            return Some(Ok(next));
+            ps.running += 1;
+            let resume = (ps.flow(self.settings.max_buffered) == Some(Flow::Resume))
+                .then_some(next.partition);
+            return Some(Ok((next, resume)));
         }
         closed.then_some(Err(()))
     }
@@ -285,10 +351,7 @@ impl Shared {
     fn settle(&self, consumer: &KafkaConsumer, acked: &Acker, done: Option<Delivery>) {
         let mut state = self.lock();
         let State {
-            partitions,
-            ready,
-            queued_total,
-            ..
+            partitions, ready, ..
         } = &mut *state;
         let Some(ps) = partitions
             .get_mut(&acked.partition)
@@ -297,10 +360,21 @@ impl Shared {
             // revoked meanwhile: the offset stays uncommitted for the partition's new owner
             return;
         };
+        ps.running -= 1;
+        if ps.revoking {
+            // a revoke waits for this: record the outcome, hand nothing more out
+            if done.is_none() {
+                ps.unfinished.remove(&acked.offset);
+            }
+            ps.lanes.remove(&acked.lane);
+            if ps.running == 0 {
+                self.settled.notify_all();
+            }
+            return;
+        }
         if let Some(delivery) = done {
             // given back: the offset stays unfinished and the record goes first in line again
             ps.queued += 1;
-            *queued_total += 1;
             ready.push_front(Ready {
                 partition: acked.partition,
                 generation: acked.generation,
@@ -343,14 +417,55 @@ impl Shared {
         }
     }
 
-    /// Stops tracking `revoked` partitions and returns the offsets to commit for them.
-    fn revoke(&self, revoked: &[i32]) -> TopicPartitionList {
+    /// Revokes `revoked` partitions: hands nothing more of theirs out, drops their records
+    /// that wait for a handler (the next owner reads them), waits up to `wait` for those in a
+    /// handler, then stops tracking them and returns the offsets to commit for them.
+    fn revoke(&self, revoked: &[i32], wait: Duration) -> TopicPartitionList {
         let mut state = self.lock();
+        for partition in revoked {
+            if let Some(ps) = state.partitions.get_mut(partition) {
+                ps.revoking = true;
+                ps.queued = 0;
+                ps.lanes.retain(|_, backlog| {
+                    backlog.clear();
+                    true
+                });
+            }
+        }
+        state.ready.retain(|r| !revoked.contains(&r.partition));
+        let running = |state: &State| {
+            revoked
+                .iter()
+                .filter_map(|p| state.partitions.get(p))
+                .map(|ps| ps.running)
+                .sum::<usize>()
+        };
+        let waiting = running(&state);
+        if waiting > 0 && !wait.is_zero() {
+            let started = Instant::now();
+            tracing::debug!(topic = %self.settings.topic, partitions = ?revoked, waiting, "revoke: waiting for the handlers of revoked partitions");
+            state = self
+                .settled
+                .wait_timeout_while(state, wait, |state| running(state) > 0)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            let left = running(&state);
+            if left > 0 {
+                tracing::warn!(
+                    topic = %self.settings.topic,
+                    partitions = ?revoked,
+                    unfinished = left,
+                    timeout = ?wait,
+                    "revoke: handlers still running after the revoke timeout; their records go to the next owner too"
+                );
+            } else {
+                tracing::debug!(topic = %self.settings.topic, waited = ?started.elapsed(), "revoke: revoked partitions' handlers finished");
+            }
+        }
         let mut commit = TopicPartitionList::new();
         for partition in revoked {
             if let Some(mut ps) = state.partitions.remove(partition) {
                 ps.clear_lag();
-                state.queued_total -= ps.queued;
                 if let Some(offset) = ps.committable() {
                     let _ = commit.add_partition_offset(
                         &self.settings.topic,
@@ -360,9 +475,6 @@ impl Shared {
                 }
             }
         }
-        state.ready.retain(|r| !revoked.contains(&r.partition));
-        drop(state);
-        self.room.notify_one();
         commit
     }
 
@@ -513,9 +625,8 @@ impl ClientContext for SubscriptionContext {
     /// the auto-commit interval (it uses the committed offset), is unknown until this
     /// consumer commits once, and is never known for a broadcast reader (no commits).
     ///
-    /// The report is served by the poller (inside its `recv`), so while the poller waits for
-    /// room (handlers far behind) the gauge keeps its last value until reading resumes. A
-    /// revoked partition's gauge is set to 0, as is every gauge when the subscription stops:
+    /// The report is served by the poller thread (inside its `poll`), also while partitions
+    /// are paused. A revoked partition's gauge is set to 0, as is every gauge when the subscription stops:
     /// it is no longer this consumer's to report.
     fn stats(&self, statistics: Statistics) {
         self.shared.report_lag(&statistics);
@@ -531,12 +642,25 @@ impl ConsumerContext for SubscriptionContext {
     ) {
         let shared = &self.shared;
         let topic = &shared.settings.topic;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let fresh = shared.resolve_assignment(consumer, tpl);
-                if let Err(error) = consumer.assign(tpl) {
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = assigned {
                     tracing::error!(%topic, %error, "applying the partition assignment failed");
                     return;
+                }
+                // a partition paused under an earlier assignment starts fetching again
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::debug!(%topic, %error, "resuming newly assigned partitions failed");
                 }
                 if fresh.count() > 0
                     && let Err(error) = consumer.commit(&fresh, CommitMode::Sync)
@@ -554,60 +678,61 @@ impl ConsumerContext for SubscriptionContext {
                         (e.partition(), start)
                     })
                     .collect();
-                tracing::debug!(%topic, partitions = ?started, "partitions assigned");
+                tracing::debug!(%topic, partitions = ?started, cooperative, "partitions assigned");
                 shared.assigned(started);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                let commit = shared.revoke(&revoked);
+                // lost (the session expired): the partitions are someone else's already, so
+                // neither waiting nor committing helps
+                let lost = consumer.assignment_lost();
+                let wait = if lost {
+                    Duration::ZERO
+                } else {
+                    shared.settings.revoke_timeout
+                };
+                let commit = shared.revoke(&revoked, wait);
                 if shared.commits()
+                    && !lost
                     && commit.count() > 0
                     && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
                 {
                     tracing::warn!(%topic, %error, "committing revoked partitions failed; their new owner may see duplicates");
                 }
-                tracing::debug!(%topic, partitions = ?revoked, "partitions revoked");
-                if let Err(error) = consumer.unassign() {
+                tracing::debug!(%topic, partitions = ?revoked, lost, cooperative, "partitions revoked");
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
                     tracing::warn!(%topic, %error, "dropping the revoked assignment failed");
                 }
             }
             other => {
                 tracing::error!(%topic, error = ?other, "rebalance failed; dropping the assignment");
                 let all: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                let _ = shared.revoke(&all);
+                let _ = shared.revoke(&all, Duration::ZERO);
                 let _ = consumer.unassign();
             }
         }
     }
 }
 
-/// Reads records until stopped.
-pub(crate) async fn poll(
-    consumer: Arc<KafkaConsumer>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
+/// Reads records on the calling thread until `stop` is set; librdkafka's rebalance and
+/// statistics callbacks run here too.
+fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool) {
     let mut last_error: Option<String> = None;
-    loop {
-        if shared.is_full() {
-            // handlers are behind: stop reading until half the waiting records are taken
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = shared.room.notified() => continue,
-            }
-        }
-        let record = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            record = consumer.recv() => record,
-        };
-        match record {
-            Ok(record) => {
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(record)) => {
                 last_error = None;
-                shared.receive(&record);
+                if let Some(full) = shared.receive(&record) {
+                    drop(record);
+                    shared.apply_flow(consumer, full);
+                }
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 // log each distinct error once in a row, not once per poll
                 let text = error.to_string();
                 if last_error.as_deref() != Some(&text) {
@@ -615,6 +740,7 @@ pub(crate) async fn poll(
                     last_error = Some(text);
                 }
             }
+            None => {}
         }
     }
 }
@@ -670,10 +796,43 @@ fn to_delivery(topic: &Arc<str>, record: &BorrowedMessage<'_>) -> Delivery {
 
 /// The [`DeliverySource`] of one Kafka subscription.
 pub(crate) struct KafkaSource {
-    pub(crate) consumer: Arc<KafkaConsumer>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) poller: Option<tokio::task::JoinHandle<()>>,
-    pub(crate) stop_poller: CancellationToken,
+    consumer: Arc<KafkaConsumer>,
+    shared: Arc<Shared>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    stop_poller: Arc<AtomicBool>,
+}
+
+impl KafkaSource {
+    /// Starts the poller thread of `consumer`.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub(crate) fn start(
+        consumer: Arc<KafkaConsumer>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<KafkaSource> {
+        let stop_poller = Arc::new(AtomicBool::new(false));
+        let poller = std::thread::Builder::new()
+            .name(format!("event-kafka {}", shared.settings.topic))
+            .spawn({
+                let consumer = consumer.clone();
+                let shared = shared.clone();
+                let stop = stop_poller.clone();
+                move || poll(&consumer, &shared, &stop)
+            })?;
+        Ok(KafkaSource {
+            consumer,
+            shared,
+            poller: Some(poller),
+            stop_poller,
+        })
+    }
+
+    /// Whether the consumer group assigned partitions within `timeout`.
+    pub(crate) async fn wait_assigned(&self, timeout: Duration) -> bool {
+        self.shared.wait_assigned(timeout).await
+    }
 }
 
 impl DeliverySource for KafkaSource {
@@ -682,7 +841,10 @@ impl DeliverySource for KafkaSource {
     async fn next(&mut self) -> Option<Incoming<Acker>> {
         loop {
             match self.shared.take_ready() {
-                Some(Ok(ready)) => {
+                Some(Ok((ready, resume))) => {
+                    if let Some(partition) = resume {
+                        self.shared.apply_flow(&self.consumer, partition);
+                    }
                     let offset = match ready.delivery.position() {
                         Position::Offset { offset, .. } => *offset,
                         _ => unreachable!("kafka deliveries carry offsets"),
@@ -706,15 +868,19 @@ impl DeliverySource for KafkaSource {
     }
 
     async fn close(mut self) {
-        self.stop_poller.cancel();
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.await;
-        }
+        self.stop_poller.store(true, Ordering::Release);
         self.shared.close();
+        let poller = self.poller.take();
         let shared = self.shared;
         let consumer = self.consumer;
-        // committing and leaving the group block on the network: off the async threads
+        // joining the poller (up to one poll interval), committing and leaving the group
+        // block: off the async threads
         let closed = tokio::task::spawn_blocking(move || {
+            if let Some(poller) = poller
+                && poller.join().is_err()
+            {
+                tracing::error!(topic = %shared.settings.topic, "the Kafka poller thread panicked");
+            }
             if shared.commits() {
                 let offsets = shared.final_offsets();
                 if offsets.count() > 0
@@ -781,6 +947,29 @@ mod tests {
             consumer_lag_stored: -1,
             ..PartitionStatistics::default()
         }
+    }
+
+    #[test]
+    fn a_partition_pauses_at_its_read_ahead_limit_and_resumes_at_half() {
+        let mut ps = PartitionState::new(1, Some(0));
+        ps.queued = 15;
+        assert_eq!(ps.flow(16), None, "below the limit");
+        ps.queued = 16;
+        assert_eq!(ps.flow(16), Some(Flow::Pause));
+        ps.paused = true;
+        assert_eq!(ps.flow(16), None, "paused already");
+        ps.queued = 9;
+        assert_eq!(ps.flow(16), None, "still above half");
+        ps.queued = 8;
+        assert_eq!(ps.flow(16), Some(Flow::Resume));
+        ps.paused = false;
+        ps.revoking = true;
+        ps.queued = 100;
+        assert_eq!(
+            ps.flow(16),
+            None,
+            "a revoking partition is let go, not paused"
+        );
     }
 
     #[test]

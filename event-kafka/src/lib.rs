@@ -34,13 +34,32 @@
 //! at least its partition count to handle all partitions at once. A retry holds only its own
 //! partition (or key) for its backoff.
 //!
-//! Topics are not created on demand (many clusters forbid it): publishing or subscribing to a
-//! missing topic fails at once with [`BrokerError::TopicNotFound`](event_core::broker::BrokerError::TopicNotFound).
-//! Create topics, dead-letter topics included, with [`KafkaBroker::ensure_topics`] or
-//! [`KafkaBrokerBuilder::ensure_topic`].
+//! Topics are not created on demand unless asked for (many clusters forbid it): publishing to
+//! a missing topic, subscribing to one, or subscribing to a topic whose dead-letter topic
+//! (`<topic>.dlq`) is missing fails at once with
+//! [`BrokerError::TopicNotFound`](event_core::broker::BrokerError::TopicNotFound) naming the
+//! missing topic. Create topics, dead-letter topics included, with
+//! [`KafkaBroker::ensure_topics`] or [`KafkaBrokerBuilder::ensure_topic`]; or let the client
+//! create what is missing with [`KafkaBrokerBuilder::create_topics`] (`create_topics=true` on
+//! the URL, with `partitions=N` and `replication=N`): a subscribe then creates its topic and
+//! its dead-letter topic, a publish the topic it publishes to.
 //!
 //! A handler that runs longer than librdkafka's `max.poll.interval.ms` (5 minutes by default)
-//! is not a problem: records are read by a separate task, so the consumer keeps polling.
+//! is not a problem: records are read by a thread of each subscription's own, so the consumer
+//! keeps polling.
+//!
+//! # Backpressure and rebalancing
+//!
+//! When [`max_buffered_per_partition`](KafkaBrokerBuilder::max_buffered_per_partition) records
+//! of one partition wait for a handler, only that partition is paused; the others keep
+//! flowing, so a slow or stuck key holds its own partition and nothing else. When a rebalance
+//! takes partitions away, their handlers get
+//! [`revoke_timeout`](KafkaBrokerBuilder::revoke_timeout) to finish, what finished is
+//! committed, and only then does the next owner start, so a hand-over redelivers at most what
+//! was still running at the deadline. The eager assignors (`range`, `roundrobin`, the default)
+//! and the cooperative one (`partition.assignment.strategy=cooperative-sticky`, through
+//! [`set_consumer`](KafkaBrokerBuilder::set_consumer) or the URL) both work; with the
+//! cooperative one a rebalance revokes only the partitions that move.
 
 mod admin;
 mod broker;

@@ -68,11 +68,14 @@ async fn connect() -> KafkaBroker {
     common::connected(common::builder(&common::bootstrap()).statistics_interval(STATISTICS)).await
 }
 
-/// A one-partition topic holding [`MESSAGES`] messages.
+/// A one-partition topic holding [`MESSAGES`] messages (and its dead-letter topic).
 async fn topic_with_messages(broker: &KafkaBroker, prefix: &str) -> String {
     let topic = unique(prefix);
     broker
-        .ensure_topics(&[TopicSpec::new(&topic).partitions(1)])
+        .ensure_topics(&[
+            TopicSpec::new(&topic).partitions(1),
+            TopicSpec::new(format!("{topic}.dlq")),
+        ])
         .await
         .unwrap_or_else(|e| panic!("create {topic}: {}", event_core::error_chain(&e)));
     let sends: Vec<_> = (0..MESSAGES)

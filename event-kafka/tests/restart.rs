@@ -33,9 +33,12 @@ async fn ten_thousand_messages_survive_two_broker_restarts() {
     broker.connect().await.expect("connect");
     let topic = unique("restart");
     broker
-        .ensure_topics(&[TopicSpec::new(&topic).partitions(3)])
+        .ensure_topics(&[
+            TopicSpec::new(&topic).partitions(3),
+            TopicSpec::new(format!("{topic}.dlq")),
+        ])
         .await
-        .expect("create topic");
+        .expect("create topics");
 
     let (tx, mut handled) = Collector::new(Duration::from_secs(120));
     let sub = broker

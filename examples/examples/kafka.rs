@@ -31,6 +31,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .client_id("event-example")
             .ensure_topic(TopicSpec::new(signup::USERS_CREATED.name()).partitions(3))
             .ensure_topic(TopicSpec::new("users.created.dlq"))
+            // the dead-letter topic of the subscription that prints the dead letters
+            .ensure_topic(TopicSpec::new("users.created.dlq.dlq"))
             .ensure_topic(TopicSpec::new(signup::WELCOME_SENT.name()).partitions(3))
             .ensure_topic(TopicSpec::new("emails.welcome-sent.dlq"))
             .build()?,

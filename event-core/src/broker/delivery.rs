@@ -10,6 +10,9 @@
 //!   backoff, then dead-lettered with `x-event-*` headers; permanent failures (decode errors,
 //!   type mismatches) are dead-lettered at once;
 //! - a panicking handler is caught and counts as a failure;
+//! - a message whose dead-letter publish fails is held, unacknowledged, and the publish
+//!   retried with backoff until it succeeds or the loop stops
+//!   ([`Subscription::stalled`] counts such messages);
 //! - on stop, fetching ends, running handlers get the drain timeout to finish, and messages
 //!   that did not finish are given back to the broker, never dead-lettered.
 
@@ -17,7 +20,7 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -175,6 +178,7 @@ impl Lifecycle {
             options.queue.as_deref(),
             handler.message_type(),
         ));
+        let stalled = Arc::new(AtomicUsize::new(0));
         let ctx = Arc::new(LoopContext {
             telemetry,
             dead_letter_topic: options.dead_letter_topic_for(&topic),
@@ -186,10 +190,17 @@ impl Lifecycle {
             dead_letter_broker: broker,
             stop: stop.clone(),
             log: RateLimitedLog::new(Duration::from_secs(10)),
+            stalled: stalled.clone(),
         });
         crate::clock::calibrate();
         let task = self.tracker.spawn(run(source, ctx));
-        Subscription::new(topic, options.queue.as_deref().map(Arc::from), stop, task)
+        Subscription::new(
+            topic,
+            options.queue.as_deref().map(Arc::from),
+            stop,
+            stalled,
+            task,
+        )
     }
 
     /// Stops every subscription and waits until each has drained.
@@ -212,6 +223,25 @@ struct LoopContext {
     dead_letter_broker: Arc<dyn Broker>,
     stop: Stop,
     log: RateLimitedLog,
+    /// Messages held because their dead-letter publish fails; read by
+    /// [`Subscription::stalled`].
+    stalled: Arc<AtomicUsize>,
+}
+
+/// Counts one message in [`LoopContext::stalled`] while it lives.
+struct Stalled<'a>(&'a AtomicUsize);
+
+impl<'a> Stalled<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Stalled(count)
+    }
+}
+
+impl Drop for Stalled<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Settled {
@@ -605,6 +635,9 @@ async fn dead_letter<A: Acknowledge>(
     let publish_name = format!("publish {}", ctx.dead_letter_topic);
     drop(entered);
     let mut wait = Duration::from_millis(100);
+    // set at the first failed publish: the message is held until its dead letter is published
+    let mut stalled = None;
+    let mut failures: u32 = 0;
     loop {
         let publishing = span.in_scope(|| {
             publish_span(
@@ -624,17 +657,37 @@ async fn dead_letter<A: Acknowledge>(
         match published {
             Ok(_) => break,
             Err(error) => {
-                tracing::error!(
-                    parent: &span,
-                    topic = %ctx.topic,
-                    dead_letter_topic = %ctx.dead_letter_topic,
-                    error = %crate::error_chain(&error),
-                    "publishing to the dead-letter topic failed; retrying in {wait:?}"
+                let held = stalled.get_or_insert_with(|| Stalled::new(&ctx.stalled));
+                failures += 1;
+                ctx.telemetry
+                    .dead_letter_failed(error.broker_error().kind());
+                ctx.log.error(
+                    (
+                        ctx.topic.to_string(),
+                        ctx.handler.name().to_owned(),
+                        "dead-letter-publish",
+                    ),
+                    |suppressed| {
+                        tracing::error!(
+                            parent: &span,
+                            topic = %ctx.topic,
+                            handler = ctx.handler.name(),
+                            position = %pending.delivery().position(),
+                            dead_letter_topic = %ctx.dead_letter_topic,
+                            failures,
+                            stalled = held.0.load(Ordering::Acquire),
+                            suppressed_since_last = suppressed,
+                            error = %crate::error_chain(&error),
+                            "publishing to the dead-letter topic failed; the message is held, \
+                             not acknowledged, and the publish retried in {wait:?}"
+                        );
+                    },
                 );
                 message = error.into_message();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = ctx.stop.token.cancelled() => {
+                        drop(stalled.take());
                         let (delivery, acker) = pending.take();
                         if let Err(error) = acker.nack(delivery).await {
                             tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
@@ -647,6 +700,8 @@ async fn dead_letter<A: Acknowledge>(
             }
         }
     }
+    // no longer held: counted off before the acknowledgement, which may wait on the broker
+    drop(stalled);
     let (_, acker) = pending.take();
     if let Err(error) = in_span(&span, acker.ack()).await {
         tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");

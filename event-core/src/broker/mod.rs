@@ -28,6 +28,7 @@
 #![cfg_attr(feature = "testkit", doc = "[testkit]: crate::testkit")]
 #![cfg_attr(not(feature = "testkit"), doc = "[testkit]: crate#features")]
 
+use std::borrow::Cow;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -663,8 +664,9 @@ pub enum BrokerError {
         address: String,
         /// The missing topic.
         topic: String,
-        /// How to create it.
-        hint: &'static str,
+        /// What the topic is for, when it is not the one asked for (a subscription's
+        /// dead-letter topic), and how to create it.
+        hint: Cow<'static, str>,
     },
     /// The broker accepted the message but no queue or subscription was bound to receive it.
     #[error("no queue on the {broker} broker receives messages for topic {topic:?}; {hint}")]

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::task::JoinHandle;
 
@@ -12,6 +13,7 @@ pub struct Subscription {
     topic: Arc<str>,
     queue: Option<Arc<str>>,
     stop: Stop,
+    stalled: Arc<AtomicUsize>,
     task: Option<JoinHandle<DrainReport>>,
 }
 
@@ -33,12 +35,14 @@ impl Subscription {
         topic: Arc<str>,
         queue: Option<Arc<str>>,
         stop: Stop,
+        stalled: Arc<AtomicUsize>,
         task: JoinHandle<DrainReport>,
     ) -> Self {
         Subscription {
             topic,
             queue,
             stop,
+            stalled,
             task: Some(task),
         }
     }
@@ -56,6 +60,26 @@ impl Subscription {
     /// Whether the subscription has stopped (unsubscribed, or its broker disconnected).
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// How many messages are held because their dead-letter publish keeps failing (the
+    /// dead-letter topic is missing, or its broker refuses them); 0 when none is.
+    ///
+    /// Such a message is never acknowledged without its dead letter: it stays unsettled, its
+    /// publish is retried with backoff (up to 10 s apart), and each failure is counted in
+    /// [`DEAD_LETTER_FAILURES`](crate::telemetry::metric::DEAD_LETTER_FAILURES) and logged
+    /// (rate limited). Meanwhile it holds its place: its partition or key on Kafka, a
+    /// handler slot of the subscription's concurrency everywhere. Once the dead-letter topic
+    /// takes it, it is acknowledged and no longer counted here. A stop gives it back to the
+    /// broker, for redelivery.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::Acquire)
+    }
+
+    /// Whether any message is held because its dead-letter publish keeps failing
+    /// ([`stalled`](Self::stalled) is not 0).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled() > 0
     }
 
     /// Stops fetching, lets in-flight handlers finish (bounded by the drain timeout) and

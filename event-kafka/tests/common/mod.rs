@@ -16,6 +16,7 @@ use event_kafka::{KafkaBroker, KafkaBrokerBuilder, TopicSpec};
 use tokio::sync::OnceCell;
 
 pub mod node;
+pub mod stream;
 
 /// Partitions of every test topic: more than one, so that order and offsets are per partition.
 pub const PARTITIONS: i32 = 3;
@@ -57,12 +58,19 @@ pub async fn connected(builder: KafkaBrokerBuilder) -> KafkaBroker {
     broker
 }
 
-/// Creates `topics` with [`PARTITIONS`] partitions.
+/// Creates `topics` with [`PARTITIONS`] partitions, and the dead-letter topic of each
+/// (`<topic>.dlq`, one partition, unless it is in `topics` too): subscribing needs it.
 pub async fn create_topics(broker: &KafkaBroker, topics: &[&str]) {
-    let specs: Vec<TopicSpec> = topics
+    let mut specs: Vec<TopicSpec> = topics
         .iter()
         .map(|t| TopicSpec::new(*t).partitions(PARTITIONS))
         .collect();
+    for topic in topics {
+        let dead_letters = format!("{topic}.dlq");
+        if !topics.contains(&dead_letters.as_str()) {
+            specs.push(TopicSpec::new(dead_letters));
+        }
+    }
     broker
         .ensure_topics(&specs)
         .await

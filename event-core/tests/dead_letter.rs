@@ -1,0 +1,146 @@
+//! A dead letter that its topic does not take (on the in-memory broker: the dead-letter
+//! topic's queue is full): the message is held, not acknowledged, counted and visible on the
+//! subscription; once the topic takes it, it is dead-lettered and acknowledged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, handler_fn};
+use event_core::headers::names;
+use event_core::memory::MemoryBroker;
+use event_core::telemetry::{label, metric};
+use event_core::testkit::{self, Collector, unique};
+use tokio::sync::Semaphore;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `condition` holds (there is no event to await); panics naming `what` after
+/// [`WAIT`].
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dead_letter_holds_its_message_until_the_topic_takes_it() {
+    let metrics = testkit::metrics::install();
+    // one slot per queue; a publish to a full queue fails after 10 ms
+    let broker = MemoryBroker::builder()
+        .capacity(1)
+        .publish_timeout(Duration::from_millis(10))
+        .build();
+    broker.connect().await.expect("connect");
+    let topic = unique("stalled");
+    let dead_letter_topic = format!("{topic}.dlq");
+
+    // a dead-letter reader whose handler finishes a message per permit of the gate
+    let gate = Arc::new(Semaphore::new(0));
+    let (dead_tx, mut dead) = Collector::new(WAIT);
+    let reader = broker
+        .subscribe(
+            &dead_letter_topic,
+            SubscribeOptions::new(),
+            handler_fn("dead-letter-reader", {
+                let gate = gate.clone();
+                move |d: Delivery| {
+                    let (gate, dead_tx) = (gate.clone(), dead_tx.clone());
+                    async move {
+                        let _ = dead_tx.send(d);
+                        let _permit = gate.acquire().await.expect("gate open");
+                        Outcome::Ack
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe the reader");
+    // a first message takes the only slot of the dead-letter topic's queue
+    broker
+        .publish(&dead_letter_topic, Message::new("filler"))
+        .await
+        .expect("publish the filler");
+    assert_eq!(dead.next("the filler").await.payload(), "filler");
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let subscription = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new(),
+            handler_fn("rejects", {
+                let runs = runs.clone();
+                move |_| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    async { Outcome::dead_letter("poison") }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    assert_eq!(subscription.stalled(), 0);
+    broker
+        .publish(&topic, Message::new("poison"))
+        .await
+        .expect("publish");
+
+    let of = [(label::TOPIC, topic.as_str()), (label::BACKEND, "memory")];
+    let failures = || {
+        metrics.counter(
+            metric::DEAD_LETTER_FAILURES,
+            &[
+                (label::TOPIC, topic.as_str()),
+                (label::GROUP, ""),
+                (label::MESSAGE_TYPE, "raw"),
+                (label::ERROR_KIND, "timeout"),
+            ],
+        )
+    };
+    // the second failure comes after a backoff, and after the first one was accounted for
+    eventually("two failed dead-letter publishes", || failures() >= 2).await;
+    assert_eq!(subscription.stalled(), 1);
+    assert!(subscription.is_stalled());
+    assert_eq!(broker.pending(&topic), 1, "held, not acknowledged");
+    assert_eq!(metrics.counter(metric::DEAD_LETTERED, &of), 0);
+    assert_eq!(metrics.counter(metric::ACKED, &of), 0);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the handler is not run again"
+    );
+
+    // the dead-letter topic takes messages again
+    gate.add_permits(2);
+    let letter = dead.next("the dead letter").await;
+    assert_eq!(letter.payload(), "poison");
+    assert_eq!(
+        letter.headers().get_str(names::X_EVENT_ERROR_KIND),
+        Some("rejected")
+    );
+    // counted after the acknowledgement
+    eventually("dead-lettered", || {
+        metrics.counter(metric::DEAD_LETTERED, &of) == 1
+    })
+    .await;
+    assert_eq!(broker.pending(&topic), 0, "acknowledged");
+    assert_eq!(subscription.stalled(), 0);
+    assert!(!subscription.is_stalled());
+    let counted = failures();
+    assert!(counted >= 2, "{counted}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    let report = subscription.unsubscribe().await;
+    assert_eq!(report.returned + report.abandoned, 0, "{report:?}");
+    assert_eq!(
+        failures(),
+        counted,
+        "no failure after the dead letter was taken"
+    );
+    reader.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
+}
