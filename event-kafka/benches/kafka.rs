@@ -131,6 +131,16 @@ async fn publish_raw(n: u64, size: usize) -> f64 {
         .map(|i| tick(i, size).encode_to_vec().into())
         .collect();
     let headers = typed_like_headers();
+    // one record first, as the typed side looks the topic up before it times: the producer
+    // then knows the topic's partitions and leaders
+    producer
+        .send(
+            FutureRecord::<(), _>::to(&topic).payload(&payloads[0][..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("warm-up record");
     let t = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     for payload in &payloads {
@@ -170,6 +180,10 @@ async fn publish_typed(n: u64, size: usize) -> f64 {
     let publisher: Publisher<Tick> =
         Publisher::new(Arc::new(broker.clone()), "bench", topic.as_str());
     let messages: Vec<Tick> = (0..n).map(|i| tick(i, size)).collect();
+    publisher
+        .publish(&messages[0])
+        .await
+        .expect("warm-up event");
     let t = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     for msg in &messages {

@@ -141,11 +141,13 @@ impl KafkaBroker {
         &self.inner.producer
     }
 
-    /// Creates the topics that do not exist yet (existing ones are left as they are).
+    /// Creates the topics that do not exist yet (existing ones are left as they are), and
+    /// returns once every partition of each has a leader, so the topics can be used at once.
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Backend`] when the admin request fails or the broker refuses a topic.
+    /// [`BrokerError::Backend`] when the admin request fails or the broker refuses a topic;
+    /// [`BrokerError::Timeout`] when a topic has no leaders within the operation timeout.
     pub async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<(), BrokerError> {
         if topics.is_empty() {
             return Ok(());
@@ -194,7 +196,9 @@ impl KafkaBroker {
             .map_err(|e| backend("create topics", e))?;
         for result in results {
             match result {
+                // created, here or by another client just now: usable once led
                 Ok(topic) | Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.wait_led(&topic).await?;
                     self.known_topic(&topic);
                 }
                 Err((topic, code)) => {
@@ -265,6 +269,13 @@ impl KafkaBroker {
             replication = spec.replication,
             "created the missing topic (create_topics is on; -1: the cluster's default)"
         );
+        self.wait_led(topic).await
+    }
+
+    /// Waits until the cluster's metadata shows `topic` with a leader for each partition: a
+    /// topic Kafka has just created has none for a moment, and reading or assigning it then
+    /// fails with `NotLeaderForPartition`.
+    async fn wait_led(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
         let timeout = self.inner.config.operation_timeout;
         let deadline = Instant::now() + timeout;
         let mut wait = Duration::from_millis(10);

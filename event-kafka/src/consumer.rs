@@ -13,7 +13,8 @@
 //! never skips a message that is still in a handler, in a retry backoff or waiting in a lane.
 //!
 //! **Backpressure per partition**: when [`max_buffered_per_partition`] records of one
-//! partition wait for a handler, that partition alone is paused (librdkafka stops fetching
+//! partition wait for a handler and do not drain to half of that within [`PAUSE_GRACE`]
+//! (a burst from one fetch does), that partition alone is paused (librdkafka stops fetching
 //! it) until half of them are taken; the other partitions keep flowing. So a stalled key
 //! holds its own partition, never the subscription.
 //!
@@ -58,6 +59,21 @@ pub(crate) type KafkaConsumer = BaseConsumer<SubscriptionContext>;
 /// How long one poll of the poller thread blocks: the longest a stop waits for it.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long the poller waits for a full partition to drain to half before it pauses it.
+///
+/// Pausing is not free: librdkafka drops the partition's records it fetched ahead, and a
+/// resume fetches them again, a round trip that may wait behind a long-polled fetch. A
+/// partition whose handlers merely lag behind a burst (every fetch brings hundreds of records
+/// at once) drains in far less than this, and is never paused; one held by a stuck or slow
+/// key does not, and is paused after this long, from then on costing the others nothing.
+const PAUSE_GRACE: Duration = Duration::from_millis(50);
+
+/// The most records the poller files at once.
+const RECEIVE_BATCH: usize = 64;
+
+/// How often the poller hands finished offsets to librdkafka for its auto-commit.
+const STORE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Settings one subscription's consumer works with.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {
@@ -78,6 +94,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Signalled when a revoking partition's last running record settles.
     settled: Condvar,
+    /// Signalled when a partition's waiting records drop to half the read-ahead.
+    drained: Condvar,
     /// Held while a pause or resume is decided and applied, so that the two never reorder.
     flow: Mutex<()>,
     ready_signal: Notify,
@@ -89,7 +107,18 @@ struct State {
     partitions: HashMap<i32, PartitionState>,
     ready: VecDeque<Ready>,
     next_generation: u64,
+    /// Some partition's `stored` moved since the poller last handed offsets to librdkafka.
+    store_pending: bool,
     closed: bool,
+}
+
+/// A record copied out of librdkafka, not filed yet.
+#[derive(Debug)]
+struct Fetched {
+    partition: i32,
+    offset: i64,
+    lane: u64,
+    delivery: Delivery,
 }
 
 #[derive(Debug)]
@@ -117,6 +146,8 @@ struct PartitionState {
     queued: usize,
     /// Records handed to the delivery loop and not settled yet.
     running: usize,
+    /// `stored` moved since it was last handed to librdkafka.
+    store_pending: bool,
     /// Fetching is paused: `queued` reached the read-ahead limit.
     paused: bool,
     /// Being revoked: nothing more is handed out; running records may finish.
@@ -142,10 +173,16 @@ impl PartitionState {
             lanes: HashMap::new(),
             queued: 0,
             running: 0,
+            store_pending: false,
             paused: false,
             revoking: false,
             lag: None,
         }
+    }
+
+    /// Whether the partition is still above half its read-ahead, unpaused: a pause may stop it.
+    fn stays_full(&self, limit: usize) -> bool {
+        !self.paused && !self.revoking && self.queued > limit / 2
     }
 
     /// Whether fetching should change: pause at the read-ahead limit, resume at half of it.
@@ -199,6 +236,7 @@ impl Shared {
             settings,
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
+            drained: Condvar::new(),
             flow: Mutex::new(()),
             ready_signal: Notify::new(),
             assignments: watch::Sender::new(0),
@@ -243,11 +281,8 @@ impl Shared {
         self.assignments.send_modify(|n| *n += 1);
     }
 
-    /// Files a fetched record under its lane; returns its partition when that partition's
-    /// read-ahead is full and fetching it should pause.
-    fn receive(&self, record: &BorrowedMessage<'_>) -> Option<i32> {
-        let partition = record.partition();
-        let offset = record.offset();
+    /// Copies a fetched record out of librdkafka, ready to be filed.
+    fn fetched(&self, record: &BorrowedMessage<'_>) -> Fetched {
         let lane = if self.settings.parallel_keys {
             record.key().map_or(0, |key| {
                 let mut h = DefaultHasher::new();
@@ -257,63 +292,113 @@ impl Shared {
         } else {
             0
         };
-        let delivery = to_delivery(&self.settings.topic, record);
+        Fetched {
+            partition: record.partition(),
+            offset: record.offset(),
+            lane,
+            delivery: to_delivery(&self.settings.topic, record),
+        }
+    }
+
+    /// Files fetched records under their lanes, under one lock and with one wake-up of the
+    /// delivery loop; adds to `full` each partition whose read-ahead is full now (fetching it
+    /// should pause unless it drains soon).
+    fn receive(&self, batch: &mut Vec<Fetched>, full: &mut Vec<i32>) {
         let mut state = self.lock();
         let State {
             partitions, ready, ..
         } = &mut *state;
-        let Some(ps) = partitions.get_mut(&partition).filter(|ps| !ps.revoking) else {
-            // the partition was revoked while this record was in flight: its new owner reads it
-            return None;
-        };
-        if ps.next_offset.is_some_and(|next| offset < next) {
-            // received already (fetched again after a pause): it is in a lane or a handler
-            return None;
-        }
-        ps.unfinished.insert(offset);
-        ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
-        ps.queued += 1;
-        match ps.lanes.get_mut(&lane) {
-            Some(backlog) => backlog.push_back(delivery),
-            None => {
-                ps.lanes.insert(lane, VecDeque::new());
-                ready.push_back(Ready {
-                    partition,
-                    generation: ps.generation,
-                    lane,
-                    delivery,
-                });
-                self.ready_signal.notify_one();
+        let mut readied = false;
+        for Fetched {
+            partition,
+            offset,
+            lane,
+            delivery,
+        } in batch.drain(..)
+        {
+            let Some(ps) = partitions.get_mut(&partition).filter(|ps| !ps.revoking) else {
+                // the partition was revoked while this record was in flight: its new owner
+                // reads it
+                continue;
+            };
+            if ps.next_offset.is_some_and(|next| offset < next) {
+                // received already (fetched again after a pause): it is in a lane or a handler
+                continue;
+            }
+            ps.unfinished.insert(offset);
+            ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
+            ps.queued += 1;
+            match ps.lanes.get_mut(&lane) {
+                Some(backlog) => backlog.push_back(delivery),
+                None => {
+                    ps.lanes.insert(lane, VecDeque::new());
+                    ready.push_back(Ready {
+                        partition,
+                        generation: ps.generation,
+                        lane,
+                        delivery,
+                    });
+                    readied = true;
+                }
+            }
+            if ps.flow(self.settings.max_buffered) == Some(Flow::Pause)
+                && !full.contains(&partition)
+            {
+                full.push(partition);
             }
         }
-        (ps.flow(self.settings.max_buffered) == Some(Flow::Pause)).then_some(partition)
+        drop(state);
+        if readied {
+            self.ready_signal.notify_one();
+        }
     }
 
-    /// Pauses or resumes fetching `partition` if its read-ahead says so.
+    /// Waits up to `grace` for a full `partition` to drain to half its read-ahead; `false`
+    /// when it did not (and is still held, unpaused).
+    fn drains_within(&self, partition: i32, grace: Duration) -> bool {
+        let limit = self.settings.max_buffered;
+        let full = |state: &State| {
+            !state.closed
+                && state
+                    .partitions
+                    .get(&partition)
+                    .is_some_and(|ps| ps.stays_full(limit))
+        };
+        let state = self.lock();
+        let (state, _) = self
+            .drained
+            .wait_timeout_while(state, grace, |state| full(state))
+            .unwrap_or_else(|p| p.into_inner());
+        !full(&state)
+    }
+
+    /// Resumes fetching `partition` if its read-ahead has room again; with `pause`, pauses
+    /// it if it is still full (after [`PAUSE_GRACE`]).
     ///
     /// Decided and applied under one lock, so that a pause and a resume of one partition are
     /// applied in the order they were decided; librdkafka is called outside the state lock
     /// (its calls may take locks a rebalance callback holds while it waits for ours).
-    fn apply_flow(&self, consumer: &KafkaConsumer, partition: i32) {
+    fn apply_flow(&self, consumer: &KafkaConsumer, partition: i32, pause: bool) {
         let _flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = self.settings.max_buffered;
         let (change, generation) = {
             let mut state = self.lock();
             let Some(ps) = state.partitions.get_mut(&partition) else {
                 return;
             };
-            let change = ps.flow(self.settings.max_buffered);
-            match change {
-                Some(Flow::Pause) => ps.paused = true,
-                Some(Flow::Resume) => ps.paused = false,
-                None => return,
-            }
+            let change = match ps.flow(limit) {
+                Some(Flow::Resume) => Flow::Resume,
+                _ if pause && ps.stays_full(limit) => Flow::Pause,
+                _ => return,
+            };
+            ps.paused = change == Flow::Pause;
             (change, ps.generation)
         };
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(&self.settings.topic, partition);
         let result = match change {
-            Some(Flow::Pause) => consumer.pause(&tpl),
-            _ => consumer.resume(&tpl),
+            Flow::Pause => consumer.pause(&tpl),
+            Flow::Resume => consumer.resume(&tpl),
         };
         tracing::debug!(topic = %self.settings.topic, partition, generation, ?change, "read-ahead limit: fetching changed");
         if let Err(error) = result {
@@ -340,6 +425,9 @@ impl Shared {
             };
             ps.queued -= 1;
             ps.running += 1;
+            if ps.queued == self.settings.max_buffered / 2 {
+                self.drained.notify_all();
+            }
             let resume = (ps.flow(self.settings.max_buffered) == Some(Flow::Resume))
                 .then_some(next.partition);
             return Some(Ok((next, resume)));
@@ -348,10 +436,13 @@ impl Shared {
     }
 
     /// Records the outcome of one record; frees its lane.
-    fn settle(&self, consumer: &KafkaConsumer, acked: &Acker, done: Option<Delivery>) {
+    fn settle(&self, acked: &Acker, done: Option<Delivery>) {
         let mut state = self.lock();
         let State {
-            partitions, ready, ..
+            partitions,
+            ready,
+            store_pending,
+            ..
         } = &mut *state;
         let Some(ps) = partitions
             .get_mut(&acked.partition)
@@ -389,17 +480,8 @@ impl Shared {
             && commit_to > ps.stored
         {
             ps.stored = commit_to;
-            if self.commits() {
-                let mut tpl = TopicPartitionList::with_capacity(1);
-                let _ = tpl.add_partition_offset(
-                    &self.settings.topic,
-                    acked.partition,
-                    Offset::Offset(commit_to),
-                );
-                if let Err(error) = consumer.store_offsets(&tpl) {
-                    tracing::debug!(topic = %self.settings.topic, partition = acked.partition, %error, "storing an offset failed (partition revoked?)");
-                }
-            }
+            ps.store_pending = true;
+            *store_pending = true;
         }
         match ps.lanes.get_mut(&acked.lane).and_then(VecDeque::pop_front) {
             Some(delivery) => {
@@ -414,6 +496,40 @@ impl Shared {
             None => {
                 ps.lanes.remove(&acked.lane);
             }
+        }
+    }
+
+    /// The offsets stored since the last call, for librdkafka's auto-commit; `None` when none
+    /// moved (or the subscription does not commit).
+    fn take_stores(&self) -> Option<TopicPartitionList> {
+        if !self.commits() {
+            return None;
+        }
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.store_pending) {
+            return None;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, ps) in &mut state.partitions {
+            if std::mem::take(&mut ps.store_pending) && !ps.revoking {
+                let _ = tpl.add_partition_offset(
+                    &self.settings.topic,
+                    *partition,
+                    Offset::Offset(ps.stored),
+                );
+            }
+        }
+        Some(tpl)
+    }
+
+    /// Hands the offsets stored since the last call to librdkafka, which commits them with its
+    /// next auto-commit.
+    fn store_offsets(&self, consumer: &KafkaConsumer) {
+        if let Some(tpl) = self.take_stores()
+            && tpl.count() > 0
+            && let Err(error) = consumer.store_offsets(&tpl)
+        {
+            tracing::debug!(topic = %self.settings.topic, %error, "storing offsets failed (partition revoked?)");
         }
     }
 
@@ -498,6 +614,7 @@ impl Shared {
     fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        self.drained.notify_all();
         state
             .partitions
             .values_mut()
@@ -723,13 +840,42 @@ impl ConsumerContext for SubscriptionContext {
 /// statistics callbacks run here too.
 fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool) {
     let mut last_error: Option<String> = None;
+    let mut last_store = Instant::now();
+    let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+    let mut full = Vec::new();
     while !stop.load(Ordering::Acquire) {
+        // finished offsets reach librdkafka here, at most every STORE_INTERVAL, rather than
+        // in each acknowledgement: a store is a call into librdkafka and a list to build, and
+        // auto-commit only reads them every `auto.commit.interval.ms`
+        if last_store.elapsed() >= STORE_INTERVAL {
+            shared.store_offsets(consumer);
+            last_store = Instant::now();
+        }
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(record)) => {
                 last_error = None;
-                if let Some(full) = shared.receive(&record) {
-                    drop(record);
-                    shared.apply_flow(consumer, full);
+                batch.push(shared.fetched(&record));
+                drop(record);
+                // what librdkafka holds already, up to a batch: filed under one lock, with
+                // one wake-up of the delivery loop (a poll that serves a rebalance returns
+                // nothing, so a batch never spans one)
+                while batch.len() < RECEIVE_BATCH {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(record)) => {
+                            batch.push(shared.fetched(&record));
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(topic = %shared.settings.topic, %error, "consumer error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                shared.receive(&mut batch, &mut full);
+                for partition in full.drain(..) {
+                    if !shared.drains_within(partition, PAUSE_GRACE) {
+                        shared.apply_flow(consumer, partition, true);
+                    }
                 }
             }
             Some(Err(error)) => {
@@ -743,6 +889,7 @@ fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool) {
             None => {}
         }
     }
+    shared.store_offsets(consumer);
 }
 
 /// Content type given to a record whose headers cannot be read, so that a typed subscriber
@@ -835,35 +982,46 @@ impl KafkaSource {
     }
 }
 
+impl KafkaSource {
+    /// Wraps a record taken from the ready queue for the delivery loop.
+    fn incoming(&self, ready: Ready, resume: Option<i32>) -> Incoming<Acker> {
+        if let Some(partition) = resume {
+            self.shared.apply_flow(&self.consumer, partition, false);
+        }
+        let offset = match ready.delivery.position() {
+            Position::Offset { offset, .. } => *offset,
+            _ => unreachable!("kafka deliveries carry offsets"),
+        };
+        Incoming {
+            acker: Acker {
+                shared: self.shared.clone(),
+                partition: ready.partition,
+                generation: ready.generation,
+                lane: ready.lane,
+                offset,
+            },
+            delivery: ready.delivery,
+        }
+    }
+}
+
 impl DeliverySource for KafkaSource {
     type Acker = Acker;
 
     async fn next(&mut self) -> Option<Incoming<Acker>> {
         loop {
             match self.shared.take_ready() {
-                Some(Ok((ready, resume))) => {
-                    if let Some(partition) = resume {
-                        self.shared.apply_flow(&self.consumer, partition);
-                    }
-                    let offset = match ready.delivery.position() {
-                        Position::Offset { offset, .. } => *offset,
-                        _ => unreachable!("kafka deliveries carry offsets"),
-                    };
-                    return Some(Incoming {
-                        acker: Acker {
-                            consumer: self.consumer.clone(),
-                            shared: self.shared.clone(),
-                            partition: ready.partition,
-                            generation: ready.generation,
-                            lane: ready.lane,
-                            offset,
-                        },
-                        delivery: ready.delivery,
-                    });
-                }
+                Some(Ok((ready, resume))) => return Some(self.incoming(ready, resume)),
                 Some(Err(())) => return None,
                 None => self.shared.ready_signal.notified().await,
             }
+        }
+    }
+
+    fn next_at_hand(&mut self) -> Option<Incoming<Acker>> {
+        match self.shared.take_ready() {
+            Some(Ok((ready, resume))) => Some(self.incoming(ready, resume)),
+            _ => None,
         }
     }
 
@@ -901,7 +1059,6 @@ impl DeliverySource for KafkaSource {
 /// Settles one Kafka record: stores its offset (when nothing earlier is unfinished) and frees
 /// its lane.
 pub(crate) struct Acker {
-    consumer: Arc<KafkaConsumer>,
     shared: Arc<Shared>,
     partition: i32,
     generation: u64,
@@ -921,17 +1078,17 @@ impl std::fmt::Debug for Acker {
 
 impl Acknowledge for Acker {
     async fn ack(self) -> Result<(), BrokerError> {
-        self.shared.settle(&self.consumer, &self, None);
+        self.shared.settle(&self, None);
         Ok(())
     }
 
     async fn nack(self, delivery: Delivery) -> Result<(), BrokerError> {
-        self.shared.settle(&self.consumer, &self, Some(delivery));
+        self.shared.settle(&self, Some(delivery));
         Ok(())
     }
 
     fn abandon(self, delivery: Delivery) {
-        self.shared.settle(&self.consumer, &self, Some(delivery));
+        self.shared.settle(&self, Some(delivery));
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Member A runs throughout; B joins after 20,000 records are handled, C after 40,000; B
 //! leaves after 60,000 and C after 80,000. The producer keeps at most [`LEAD`] records ahead
-//! of what is handled (so the joins and leaves land mid-stream) and at most [`WINDOW`]
-//! publishes in flight. Once with the eager assignors (the default), once with
+//! of what is handled, and publishes nothing past a change's point plus [`LEAD`] before that
+//! change is done (so the joins and leaves land mid-stream, however fast the members are),
+//! with at most [`WINDOW`] publishes in flight. Once with the eager assignors (the default), once with
 //! `cooperative-sticky`.
 
 mod common;
@@ -34,6 +35,7 @@ const JOIN_B: usize = 20_000;
 const JOIN_C: usize = 40_000;
 const LEAVE_B: usize = 60_000;
 const LEAVE_C: usize = 80_000;
+const CHANGES: [usize; 4] = [JOIN_B, JOIN_C, LEAVE_B, LEAVE_C];
 /// Membership changes, each one a rebalance that may move every partition.
 const HAND_OVERS: usize = 4;
 const STEP: Duration = Duration::from_secs(60);
@@ -96,10 +98,13 @@ async fn members_come_and_go(strategy: Option<&str>) {
     let started = Instant::now();
 
     let a = member(&broker, &topic, &group, &ledger, 0).await;
+    // membership changes done so far
+    let (changed, changes) = tokio::sync::watch::channel(0usize);
     let producer = tokio::spawn({
         let broker = broker.clone();
         let topic = topic.clone();
         let ledger = ledger.clone();
+        let mut changes = changes.clone();
         async move {
             let mut in_flight = futures_util::stream::FuturesUnordered::new();
             let settle = |result: Option<Result<_, event_core::broker::PublishError>>| {
@@ -108,6 +113,14 @@ async fn members_come_and_go(strategy: Option<&str>) {
                 }
             };
             for i in 0..TOTAL {
+                let due = CHANGES
+                    .iter()
+                    .filter(|&&at| i as usize >= at + LEAD)
+                    .count();
+                tokio::time::timeout(STEP, changes.wait_for(|done| *done >= due))
+                    .await
+                    .expect("a membership change within the step limit")
+                    .expect("the test runs");
                 let ahead = (i as usize).saturating_sub(LEAD);
                 if ledger.distinct() < ahead {
                     ledger
@@ -144,21 +157,25 @@ async fn members_come_and_go(strategy: Option<&str>) {
         .await;
     let b = member(&broker, &topic, &group, &ledger, 1).await;
     at("B joined");
+    changed.send_modify(|done| *done += 1);
     ledger
         .wait("progress before C joins", STEP, |p| p.distinct >= JOIN_C)
         .await;
     let c = member(&broker, &topic, &group, &ledger, 2).await;
     at("C joined");
+    changed.send_modify(|done| *done += 1);
     ledger
         .wait("progress before B leaves", STEP, |p| p.distinct >= LEAVE_B)
         .await;
     let b_left = b.unsubscribe().await;
     at(&format!("B left ({b_left:?})"));
+    changed.send_modify(|done| *done += 1);
     ledger
         .wait("progress before C leaves", STEP, |p| p.distinct >= LEAVE_C)
         .await;
     let c_left = c.unsubscribe().await;
     at(&format!("C left ({c_left:?})"));
+    changed.send_modify(|done| *done += 1);
     ledger
         .wait("every record", STEP, |p| p.distinct == TOTAL as usize)
         .await;
