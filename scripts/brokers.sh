@@ -100,6 +100,14 @@ wait_serving() { # kind address seconds log
     say "$1 serves at $2: $answer (log: $4)"
 }
 
+serves_already() { # kind address log
+    if probe "$1" "$2" > /dev/null; then
+        say "$1 already serves at $2 (log: $3)"
+        return 0
+    fi
+    return 1
+}
+
 alive() { # pidfile
     [[ -f $1 ]] && kill -0 "$(cat "$1")" 2> /dev/null
 }
@@ -168,10 +176,7 @@ EOF
 kafka_start() {
     kafka_jars
     local log="$LOGS/kafka/server.log"
-    if probe kafka "$KAFKA_ADDR" > /dev/null; then
-        say "kafka already serves at $KAFKA_ADDR (log: $log)"
-        return 0
-    fi
+    serves_already kafka "$KAFKA_ADDR" "$log" && return 0
     mkdir -p "$KAFKA_DATA" "$LOGS/kafka"
     kafka_properties 9092 9093 "$KAFKA_DATA" > "$KAFKA_HOME/server.properties"
     local java=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
@@ -199,10 +204,7 @@ kafka_start() {
 rabbitmq_start() {
     apt_install rabbitmq-server
     local log=/var/log/rabbitmq
-    if probe amqp "$AMQP_URL" > /dev/null; then
-        say "rabbitmq already serves at 127.0.0.1:5672 (log: $log)"
-        return 0
-    fi
+    serves_already amqp "$AMQP_URL" "$log" && return 0
     say "starting RabbitMQ on 127.0.0.1:5672"
     RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached > "$LOGS/rabbitmq.out" 2>&1 || true
     timeout 120 rabbitmqctl await_startup > /dev/null 2>&1 || true
@@ -221,10 +223,7 @@ rabbitmq_stop() {
 nats_start() {
     apt_install nats-server
     local log="$LOGS/nats.log"
-    if probe nats "$NATS_URL" > /dev/null; then
-        say "nats already serves at 127.0.0.1:4222 (log: $log)"
-        return 0
-    fi
+    serves_already nats "$NATS_URL" "$log" && return 0
     mkdir -p "$HOME_DIR/nats-data"
     say "starting nats-server with JetStream on 127.0.0.1:4222"
     nohup nats-server -js -a 127.0.0.1 -p 4222 -sd "$HOME_DIR/nats-data" -l "$log" \
@@ -238,10 +237,7 @@ nats_start() {
 redis_start() {
     apt_install redis-server redis-tools
     local log="$LOGS/redis.log"
-    if probe redis "$REDIS_ADDR" > /dev/null; then
-        say "redis already serves at $REDIS_ADDR (log: $log)"
-        return 0
-    fi
+    serves_already redis "$REDIS_ADDR" "$log" && return 0
     mkdir -p "$HOME_DIR/redis-data"
     say "starting redis-server on $REDIS_ADDR"
     redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$HOME_DIR/redis-data" \

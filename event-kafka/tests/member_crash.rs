@@ -278,23 +278,7 @@ async fn a_member_killed_mid_stream_loses_nothing() {
         taken_over.len(),
         snapshot.per_member
     );
-    assert!(
-        snapshot.strays.is_empty(),
-        "deliveries that are not records: {:?}",
-        snapshot.strays
-    );
-    assert!(
-        check.missing.is_empty(),
-        "{} records lost, the first: {:?}",
-        check.missing.len(),
-        &check.missing[..check.missing.len().min(10)]
-    );
-    assert!(
-        check.skips.is_empty() && check.late.is_empty(),
-        "order per key broken across the take-over: skips {:?}, late {:?}",
-        &check.skips[..check.skips.len().min(10)],
-        &check.late[..check.late.len().min(10)]
-    );
+    check.assert_complete(&snapshot);
     assert!(
         oldest <= 2 * AUTO_COMMIT,
         "the survivor redelivered a record the killed member handled {oldest:?} before it died: \

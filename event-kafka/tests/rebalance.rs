@@ -202,24 +202,7 @@ async fn members_come_and_go(strategy: Option<&str>) {
         snapshot.overlaps.len(),
         snapshot.strays.len(),
     );
-    assert!(
-        snapshot.strays.is_empty(),
-        "deliveries that are not records: {:?}",
-        snapshot.strays
-    );
-    assert!(
-        check.missing.is_empty(),
-        "{} records never handled, the first: {:?}",
-        check.missing.len(),
-        &check.missing[..check.missing.len().min(10)]
-    );
-    assert!(
-        check.skips.is_empty() && check.late.is_empty(),
-        "order per key broken: skips (key, expected, got) {:?}; handled after a later seq \
-         (key, seq) {:?}",
-        &check.skips[..check.skips.len().min(10)],
-        &check.late[..check.late.len().min(10)]
-    );
+    check.assert_complete(&snapshot);
     assert!(
         snapshot.overlaps.is_empty(),
         "records of one key handled at the same time (a hand-over let the next owner start \

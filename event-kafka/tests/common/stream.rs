@@ -200,6 +200,29 @@ impl OrderCheck {
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty() && self.skips.is_empty() && self.late.is_empty()
     }
+
+    /// Panics, naming the first offenders, unless every delivery was a record, none was lost
+    /// and order per key held.
+    pub fn assert_complete(&self, snapshot: &Snapshot) {
+        assert!(
+            snapshot.strays.is_empty(),
+            "deliveries that are not records: {:?}",
+            snapshot.strays
+        );
+        assert!(
+            self.missing.is_empty(),
+            "{} records never handled, the first: {:?}",
+            self.missing.len(),
+            &self.missing[..self.missing.len().min(10)]
+        );
+        assert!(
+            self.skips.is_empty() && self.late.is_empty(),
+            "order per key broken: skips (key, expected, got) {:?}; handled after a later seq \
+             (key, seq) {:?}",
+            &self.skips[..self.skips.len().min(10)],
+            &self.late[..self.late.len().min(10)]
+        );
+    }
 }
 
 /// Checks a log of `keys` keys with seqs `0..per_key` each: every record handled at least
