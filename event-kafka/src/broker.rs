@@ -525,7 +525,7 @@ impl KafkaBroker {
                     let mut tpl = TopicPartitionList::new();
                     let mut starts = Vec::with_capacity(partitions.len());
                     for p in partitions {
-                        let (low, high) = c.fetch_watermarks(&t, p, timeout)?;
+                        let (low, high) = crate::consumer::watermarks(c, &t, p, timeout)?;
                         let start = match start_from {
                             event_core::broker::StartFrom::Earliest => low,
                             _ => high,

@@ -47,6 +47,7 @@ use event_core::headers::{HeaderName, Headers};
 use event_core::telemetry::{label, metric};
 use metrics::{Gauge, Label};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Partition as PartitionStatistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -695,11 +696,7 @@ impl Shared {
             let start = match elem.offset() {
                 Offset::Offset(o) if o >= 0 => o,
                 _ => {
-                    let (low, high) = match consumer.fetch_watermarks(
-                        elem.topic(),
-                        partition,
-                        timeout,
-                    ) {
+                    let (low, high) = match watermarks(consumer, elem.topic(), partition, timeout) {
                         Ok(w) => w,
                         Err(error) => {
                             tracing::warn!(topic = %self.settings.topic, partition, %error, "reading watermarks failed; starting from auto.offset.reset");
@@ -718,6 +715,26 @@ impl Shared {
             let _ = tpl.set_partition_offset(elem.topic(), partition, Offset::Offset(start));
         }
         fresh
+    }
+}
+
+/// A partition's low and high watermarks, asked again while its leader is still being
+/// elected: metadata names a fresh topic's leaders a moment before they answer, and there is
+/// nothing to await but the answer itself (blocking: call it on the blocking pool).
+pub(crate) fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable,
+            )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            result => return result,
+        }
     }
 }
 
