@@ -23,7 +23,9 @@
 //! a handler or a retry backoff get [`revoke_timeout`] to finish, what finished is committed,
 //! and only then are the partitions let go. Eager (`range`, `roundrobin`) and cooperative
 //! (`cooperative-sticky`) assignment both work; with cooperative assignment only the
-//! partitions that move are revoked, and the others keep flowing through the rebalance.
+//! partitions that move are revoked: the others stay assigned and keep their place (nothing
+//! of theirs is dropped or fetched again), though no new records of theirs are filed while
+//! the poller waits for the revoked partitions' handlers.
 //!
 //! [`max_buffered_per_partition`]: crate::KafkaBrokerBuilder::max_buffered_per_partition
 //! [`revoke_timeout`]: crate::KafkaBrokerBuilder::revoke_timeout
@@ -404,6 +406,15 @@ impl Shared {
         tracing::debug!(topic = %self.settings.topic, partition, generation, ?change, "read-ahead limit: fetching changed");
         if let Err(error) = result {
             tracing::warn!(topic = %self.settings.topic, partition, ?change, %error, "pausing or resuming a partition failed");
+            // librdkafka kept the old state: so does ours, and the next take or fill decides again
+            if let Some(ps) = self
+                .lock()
+                .partitions
+                .get_mut(&partition)
+                .filter(|ps| ps.generation == generation)
+            {
+                ps.paused = change != Flow::Pause;
+            }
         }
     }
 
@@ -826,12 +837,16 @@ impl ConsumerContext for SubscriptionContext {
                     shared.settings.revoke_timeout
                 };
                 let commit = shared.revoke(&revoked, wait);
-                if shared.commits()
-                    && !lost
-                    && commit.count() > 0
-                    && let Err(error) = consumer.commit(&commit, CommitMode::Sync)
-                {
-                    tracing::warn!(%topic, %error, "committing revoked partitions failed; their new owner may see duplicates");
+                if shared.commits() && !lost && commit.count() > 0 {
+                    // stored as well as committed: librdkafka commits each removed partition's
+                    // stored offset when it leaves the assignment, and an older stored offset
+                    // (the poller stores every STORE_INTERVAL) would rewind this commit
+                    if let Err(error) = consumer.store_offsets(&commit) {
+                        tracing::debug!(%topic, %error, "storing the revoked partitions' offsets failed");
+                    }
+                    if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                        tracing::warn!(%topic, %error, "committing revoked partitions failed; their new owner may see duplicates");
+                    }
                 }
                 tracing::debug!(%topic, partitions = ?revoked, lost, cooperative, "partitions revoked");
                 let unassigned = if cooperative {
@@ -1022,6 +1037,15 @@ impl KafkaSource {
     }
 }
 
+impl Drop for KafkaSource {
+    /// A source dropped without [`DeliverySource::close`] (a subscribe cancelled while it
+    /// waits for its assignment) stops its poller, whose last reference closes the consumer.
+    fn drop(&mut self) {
+        self.stop_poller.store(true, Ordering::Release);
+        self.shared.close();
+    }
+}
+
 impl DeliverySource for KafkaSource {
     type Acker = Acker;
 
@@ -1046,8 +1070,10 @@ impl DeliverySource for KafkaSource {
         self.stop_poller.store(true, Ordering::Release);
         self.shared.close();
         let poller = self.poller.take();
-        let shared = self.shared;
-        let consumer = self.consumer;
+        let shared = self.shared.clone();
+        let consumer = self.consumer.clone();
+        // the closure below must hold the consumer's last reference but the poller's
+        drop(self);
         // joining the poller (up to one poll interval), committing and leaving the group
         // block: off the async threads
         let closed = tokio::task::spawn_blocking(move || {

@@ -59,7 +59,8 @@
 //! was still running at the deadline. The eager assignors (`range`, `roundrobin`, the default)
 //! and the cooperative one (`partition.assignment.strategy=cooperative-sticky`, through
 //! [`set_consumer`](KafkaBrokerBuilder::set_consumer) or the URL) both work; with the
-//! cooperative one a rebalance revokes only the partitions that move.
+//! cooperative one a rebalance revokes only the partitions that move, and the others keep
+//! their place (their new records wait while the revoked partitions' handlers finish).
 
 mod admin;
 mod broker;
