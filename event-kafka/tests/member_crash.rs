@@ -17,7 +17,7 @@ use common::stream::{self, Ledger};
 use event_core::broker::handler_fn;
 use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, Subscription};
 use event_core::testkit::{Collector, unique};
-use event_kafka::{KafkaBroker, KafkaBrokerBuilder, TopicSpec};
+use event_kafka::{KafkaBroker, KafkaBrokerBuilder};
 use futures_util::StreamExt;
 
 const TOTAL: u32 = 20_000;
@@ -116,13 +116,7 @@ impl Drop for Killed {
 async fn a_member_killed_mid_stream_loses_nothing() {
     let broker = common::connected(builder()).await;
     let topic = unique("crash");
-    broker
-        .ensure_topics(&[
-            TopicSpec::new(&topic).partitions(PARTITIONS),
-            TopicSpec::new(format!("{topic}.dlq")).partitions(PARTITIONS),
-        ])
-        .await
-        .expect("create topics");
+    common::create_topics_with(&broker, &[&topic], PARTITIONS).await;
     let group = unique("g");
     let ledger = Ledger::new();
 

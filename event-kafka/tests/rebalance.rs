@@ -18,7 +18,7 @@ use common::stream::{self, Handled, Ledger};
 use event_core::broker::handler_fn;
 use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, Subscription};
 use event_core::testkit::unique;
-use event_kafka::{KafkaBroker, TopicSpec};
+use event_kafka::KafkaBroker;
 use futures_util::StreamExt;
 
 const TOTAL: u32 = 100_000;
@@ -86,13 +86,7 @@ async fn members_come_and_go(strategy: Option<&str>) {
     }
     let broker = common::connected(builder).await;
     let topic = unique("rebalance");
-    broker
-        .ensure_topics(&[
-            TopicSpec::new(&topic).partitions(PARTITIONS),
-            TopicSpec::new(format!("{topic}.dlq")).partitions(PARTITIONS),
-        ])
-        .await
-        .expect("create topics");
+    common::create_topics_with(&broker, &[&topic], PARTITIONS).await;
     let group = unique("g");
     let ledger = Ledger::new();
     let started = Instant::now();

@@ -61,9 +61,15 @@ pub async fn connected(builder: KafkaBrokerBuilder) -> KafkaBroker {
 /// Creates `topics` with [`PARTITIONS`] partitions, and the dead-letter topic of each
 /// (`<topic>.dlq`, one partition, unless it is in `topics` too): subscribing needs it.
 pub async fn create_topics(broker: &KafkaBroker, topics: &[&str]) {
+    create_topics_with(broker, topics, PARTITIONS).await;
+}
+
+/// Creates `topics` with `partitions` partitions each, and as [`create_topics`] the
+/// dead-letter topic of each.
+pub async fn create_topics_with(broker: &KafkaBroker, topics: &[&str], partitions: i32) {
     let mut specs: Vec<TopicSpec> = topics
         .iter()
-        .map(|t| TopicSpec::new(*t).partitions(PARTITIONS))
+        .map(|t| TopicSpec::new(*t).partitions(partitions))
         .collect();
     for topic in topics {
         let dead_letters = format!("{topic}.dlq");
