@@ -59,6 +59,7 @@ pub mod broker;
 mod clock;
 pub mod codec;
 pub mod context;
+mod counted;
 pub mod headers;
 #[cfg(feature = "memory")]
 pub mod memory;

@@ -53,6 +53,7 @@ use crate::broker::{
     RawHandler, Receipt, SubscribeOptions, Subscription, TryPublish, validate_subscription,
     validate_topic,
 };
+use crate::counted::Counted;
 
 const BROKER_NAME: &str = "memory";
 
@@ -204,7 +205,7 @@ impl Slots {
 
     /// Waits for a slot; `false` if the queue closed meanwhile.
     async fn take(&self, closed: &AtomicBool) -> bool {
-        let _waiting = Waiting::on(&self.waiting);
+        let _waiting = Counted::on(&self.waiting);
         loop {
             if closed.load(Ordering::Acquire) {
                 return false;
@@ -479,7 +480,7 @@ impl MemoryBroker {
         message: Message,
     ) -> Result<Receipt, PublishError> {
         let state = self.topic_or_create(topic);
-        let _waiting = Waiting::on(&state.waiting);
+        let _waiting = Counted::on(&state.waiting);
         let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let queues = state.snapshot();
         let mut message = Some(message);
@@ -563,23 +564,6 @@ fn copy_for(i: usize, queues: &[Arc<Queue>], message: &mut Option<Message>) -> M
         message.take().expect("message present")
     } else {
         message.clone().expect("message present")
-    }
-}
-
-/// Counts a publisher as waiting on a topic until dropped (also when its publish future is
-/// cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn on(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        Waiting(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -34,6 +34,7 @@ use super::{
     Broker, BrokerError, Delivery, Failure, FailureKind, Message, Outcome, RawHandler, RetryPolicy,
     SubscribeOptions, Subscription,
 };
+use crate::counted::Counted;
 use crate::headers::names;
 use crate::ratelimit::RateLimitedLog;
 use crate::telemetry::{ConsumerTelemetry, RunOutcome, publish_span, sampling};
@@ -226,22 +227,6 @@ struct LoopContext {
     /// Messages held because their dead-letter publish fails; read by
     /// [`Subscription::stalled`].
     stalled: Arc<AtomicUsize>,
-}
-
-/// Counts one message in [`LoopContext::stalled`] while it lives.
-struct Stalled<'a>(&'a AtomicUsize);
-
-impl<'a> Stalled<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Stalled(count)
-    }
-}
-
-impl Drop for Stalled<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 enum Settled {
@@ -657,7 +642,7 @@ async fn dead_letter<A: Acknowledge>(
         match published {
             Ok(_) => break,
             Err(error) => {
-                let held = stalled.get_or_insert_with(|| Stalled::new(&ctx.stalled));
+                let held = stalled.get_or_insert_with(|| Counted::on(&ctx.stalled));
                 failures += 1;
                 ctx.telemetry
                     .dead_letter_failed(error.broker_error().kind());
@@ -675,7 +660,7 @@ async fn dead_letter<A: Acknowledge>(
                             position = %pending.delivery().position(),
                             dead_letter_topic = %ctx.dead_letter_topic,
                             failures,
-                            stalled = held.0.load(Ordering::Acquire),
+                            stalled = held.count(),
                             suppressed_since_last = suppressed,
                             error = %crate::error_chain(&error),
                             "publishing to the dead-letter topic failed; the message is held, \
