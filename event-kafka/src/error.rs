@@ -30,14 +30,6 @@ pub enum KafkaBackendError {
         /// The broker's error code.
         code: rdkafka::types::RDKafkaErrorCode,
     },
-    /// A setting this backend cannot work with.
-    #[error("unsupported setting {setting}: {reason}")]
-    Unsupported {
-        /// The setting as given.
-        setting: String,
-        /// Why it cannot be used.
-        reason: &'static str,
-    },
     /// A librdkafka call that blocks could not run on the blocking thread pool.
     #[error("{operation} was cancelled: the runtime is shutting down")]
     Cancelled {
