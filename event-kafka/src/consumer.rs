@@ -1012,9 +1012,7 @@ impl KafkaSource {
     pub(crate) async fn wait_assigned(&self, timeout: Duration) -> bool {
         self.shared.wait_assigned(timeout).await
     }
-}
 
-impl KafkaSource {
     /// Wraps a record taken from the ready queue for the delivery loop.
     fn incoming(&self, ready: Ready, resume: Option<i32>) -> Incoming<Acker> {
         if let Some(partition) = resume {
