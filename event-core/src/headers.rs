@@ -264,8 +264,14 @@ impl HeaderName {
     ///
     /// Brokers deliver whatever other producers wrote; the framework keeps such names as they
     /// are rather than dropping the header.
+    ///
+    /// A name the framework writes itself (`ce_id`, `content-type`, `traceparent`, ...),
+    /// spelled exactly so, is not copied: a consumer reads several of them on every message.
     pub fn from_wire(name: &str) -> Self {
-        HeaderName(NameRepr::Shared(Arc::from(name), Role::of(name)))
+        match WELL_KNOWN.iter().find(|known| known.as_str() == name) {
+            Some(known) => known.clone(),
+            None => HeaderName(NameRepr::Shared(Arc::from(name), Role::of(name))),
+        }
     }
 
     /// The name as written.
@@ -287,6 +293,27 @@ impl HeaderName {
         self.as_str().eq_ignore_ascii_case(other)
     }
 }
+
+/// The names [`HeaderName::from_wire`] hands out without copying: what the framework's own
+/// publishers and dead-letter path write.
+static WELL_KNOWN: [HeaderName; 16] = [
+    HeaderName::from_static(names::CONTENT_TYPE),
+    HeaderName::from_static(names::CE_SPECVERSION),
+    HeaderName::from_static(names::CE_ID),
+    HeaderName::from_static(names::CE_SOURCE),
+    HeaderName::from_static(names::CE_TYPE),
+    HeaderName::from_static(names::CE_TIME),
+    HeaderName::from_static(names::TRACEPARENT),
+    HeaderName::from_static(names::TRACESTATE),
+    HeaderName::from_static(names::BAGGAGE),
+    HeaderName::from_static(names::CORRELATION_ID),
+    HeaderName::from_static(names::CAUSATION_ID),
+    HeaderName::from_static(names::MICRO_ID),
+    HeaderName::from_static(names::MICRO_TOPIC),
+    HeaderName::from_static(names::X_EVENT_ERROR),
+    HeaderName::from_static(names::X_EVENT_ORIGINAL_TOPIC),
+    HeaderName::from_static(names::X_EVENT_ATTEMPTS),
+];
 
 impl PartialEq for HeaderName {
     fn eq(&self, other: &Self) -> bool {
@@ -477,9 +504,12 @@ impl Headers {
     }
 
     /// No headers, with room for `capacity` entries, in a vector that is recycled when the
-    /// headers are dropped, on whichever thread that happens (see the `pool` module): what a
-    /// publisher uses for the headers of every message it builds.
-    pub(crate) fn pooled(capacity: usize) -> Self {
+    /// headers are dropped, on whichever thread that happens: what a publisher uses for the
+    /// headers of every message it builds, and what a backend that reads messages on one
+    /// thread and hands them to handlers on another should use. Freeing memory another thread
+    /// allocated is slow with glibc's allocator; a recycled vector is not freed. Up to 8
+    /// entries are recycled; a larger `capacity` gets a vector of its own.
+    pub fn pooled(capacity: usize) -> Self {
         if capacity > pool::CAPACITY {
             return Headers::with_capacity(capacity);
         }
