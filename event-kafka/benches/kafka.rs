@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p event-kafka --bench kafka                   # 20,000 records, 5 rounds
 //! EVENTS=50000 ROUNDS=7 EVENT_TEST_KAFKA=127.0.0.1:9092 cargo bench -p event-kafka --bench kafka
+//! ONLY=consume cargo bench -p event-kafka --bench kafka      # one direction (or ONLY=publish)
 //! ```
 //!
 //! Runs, for 64 B and 1 KiB events (`bench.v1.Tick`), each on its own fresh topic:
@@ -14,7 +15,8 @@
 //! - `consume raw`: the faster of two raw loops, each in a new group reading the topic from
 //!   the start, storing each offset after a no-op "handler" and committing every second (what
 //!   a careful raw consumer does): a `StreamConsumer` awaited on the runtime, and a
-//!   `BaseConsumer` polled on a thread of its own;
+//!   `BaseConsumer` polled on a thread of its own; a third loop, the `BaseConsumer` one reading
+//!   each record's headers too, is printed beside them but not taken as the raw side;
 //! - `consume typed`: a `Service` with a no-op `async fn(Tick)` handler in a new group, from
 //!   the start (decode, delivery loop, offset store after the handler).
 //!
@@ -37,7 +39,7 @@ use futures_util::stream::FuturesUnordered;
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Notify;
 
@@ -246,8 +248,10 @@ async fn consume_raw_stream(topic: &str, n: u64) -> f64 {
     n as f64 / first.expect("records").elapsed().as_secs_f64()
 }
 
-/// A `BaseConsumer` polled on a thread of its own.
-async fn consume_raw_base(topic: &str, n: u64) -> f64 {
+/// A `BaseConsumer` polled on a thread of its own; with `headers`, the loop also reads each
+/// record's headers (which makes librdkafka parse them), as a consumer that looks at a
+/// record's type or trace context does.
+async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> f64 {
     let consumer: BaseConsumer = raw_consumer_config().create().expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::task::spawn_blocking(move || {
@@ -260,6 +264,11 @@ async fn consume_raw_base(topic: &str, n: u64) -> f64 {
             let record = record.expect("record");
             first.get_or_insert_with(Instant::now);
             std::hint::black_box(record.payload());
+            if headers && let Some(headers) = record.headers() {
+                for header in headers.iter() {
+                    std::hint::black_box((header.key, header.value));
+                }
+            }
             consumer.store_offset_from_message(&record).expect("store");
             seen += 1;
         }
@@ -339,6 +348,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    // `ONLY=publish` or `ONLY=consume` runs one direction
+    let only = std::env::var("ONLY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -354,6 +365,9 @@ fn main() {
             "run", "size", "raw rec/s", "typed rec/s", "typed/raw"
         );
         for size in [64usize, 1024] {
+            if only.as_deref().is_some_and(|o| o != "publish") {
+                break;
+            }
             let (mut raw, mut typed) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 if round % 2 == 0 {
@@ -367,15 +381,19 @@ fn main() {
             row("publish", size, &raw, &typed);
         }
         for size in [64usize, 1024] {
+            if only.as_deref().is_some_and(|o| o != "consume") {
+                break;
+            }
             let topic = filled_topic(n, size).await;
             let (mut raw, mut typed) = (Vec::new(), Vec::new());
-            let (mut stream, mut base) = (Vec::new(), Vec::new());
+            let (mut stream, mut base, mut with_headers) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 if round % 2 == 1 {
                     typed.push(consume_typed(&topic, n).await);
                 }
                 let s = consume_raw_stream(&topic, n).await;
-                let b = consume_raw_base(&topic, n).await;
+                let b = consume_raw_base(&topic, n, false).await;
+                with_headers.push(consume_raw_base(&topic, n, true).await);
                 stream.push(s);
                 base.push(b);
                 raw.push(s.max(b));
@@ -384,9 +402,11 @@ fn main() {
                 }
             }
             println!(
-                "  raw consume {size} B medians: StreamConsumer {:.0}, BaseConsumer thread {:.0} rec/s",
+                "  raw consume {size} B medians: StreamConsumer {:.0}, BaseConsumer thread {:.0}, \
+                 BaseConsumer thread reading headers {:.0} rec/s",
                 median(stream),
-                median(base)
+                median(base),
+                median(with_headers)
             );
             row("consume", size, &raw, &typed);
         }

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use event_core::broker::delivery::{Acknowledge, DeliverySource, Incoming};
 use event_core::broker::{BrokerError, Delivery, Message, Position, StartFrom};
-use event_core::headers::{HeaderName, Headers};
+use event_core::headers::{HeaderName, HeaderValue, Headers};
 use event_core::telemetry::{label, metric};
 use metrics::{Gauge, Label};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
@@ -935,11 +935,13 @@ fn to_delivery(topic: &Arc<str>, record: &BorrowedMessage<'_>) -> Delivery {
         // rdkafka panics on a header name that is not UTF-8; such a record must still be
         // delivered (and diagnosed), not take the consumer down
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut out = Headers::with_capacity(headers.count());
+            // copied without an allocation where that can be: a pooled vector, the names
+            // the framework writes shared, short values inline
+            let mut out = Headers::pooled(headers.count());
             for header in headers.iter() {
                 out.append(
                     HeaderName::from_wire(header.key),
-                    Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                    HeaderValue::copy_from_slice(header.value.unwrap_or_default()),
                 );
             }
             out
