@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use event_core::broker::delivery::Lifecycle;
+use event_core::backend::{AttributeSink, AttributeValue, Lifecycle};
 use event_core::broker::{
     Broker, BrokerError, BrokerUrlError, Capabilities, Message, PublishError, RawHandler, Receipt,
-    SubscribeOptions, Subscription, validate_subscription, validate_topic,
+    SubscribeOptions, Subscription, validate_topic,
 };
 use lapin::types::ShortString;
 use tokio::task::JoinHandle;
@@ -43,12 +43,12 @@ pub struct AmqpBroker {
 
 /// Start/stop state; dropping the last handle stops the supervisor.
 struct Control {
+    lifecycle: Lifecycle,
     state: Mutex<State>,
 }
 
 struct State {
     phase: Phase,
-    lifecycle: Lifecycle,
     supervisor: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -104,12 +104,13 @@ impl AmqpBroker {
     }
 
     pub(crate) fn from_config(config: Config) -> AmqpBroker {
+        let lifecycle = Lifecycle::new(BROKER_NAME, config.address.clone());
         AmqpBroker {
             shared: Arc::new(Shared::new(config)),
             control: Arc::new(Control {
+                lifecycle,
                 state: Mutex::new(State {
                     phase: Phase::Idle,
-                    lifecycle: Lifecycle::new(),
                     supervisor: None,
                 }),
             }),
@@ -136,27 +137,24 @@ impl AmqpBroker {
     }
 
     fn closed_error(&self) -> BrokerError {
-        BrokerError::Closed {
-            broker: BROKER_NAME,
-            address: self.shared.config.address.clone(),
-        }
+        self.control.lifecycle.closed_error()
     }
 
     /// Starts the supervisor unless it runs; `restart` also revives a disconnected broker.
-    fn ensure_started(&self, restart: bool) -> Result<Lifecycle, BrokerError> {
+    fn ensure_started(&self, restart: bool) -> Result<(), BrokerError> {
         let mut state = self.state();
         match state.phase {
-            Phase::Running => return Ok(state.lifecycle.clone()),
+            Phase::Running => return Ok(()),
             Phase::Closed if !restart => return Err(self.closed_error()),
             Phase::Closed | Phase::Idle => {}
         }
-        state.lifecycle.renew_if_shut_down();
+        self.control.lifecycle.open();
         self.shared.set_link(Link::Down);
         let stop = CancellationToken::new();
         let task = tokio::spawn(connection::supervise(self.shared.clone(), stop.clone()));
         state.supervisor = Some((stop, task));
         state.phase = Phase::Running;
-        Ok(state.lifecycle.clone())
+        Ok(())
     }
 
     fn unavailable(&self, waited: Duration) -> BrokerError {
@@ -186,6 +184,14 @@ impl Broker for AmqpBroker {
         self.shared.config.address.clone()
     }
 
+    fn message_attributes(&self, topic: &str, _message: &Message, sink: &mut AttributeSink<'_>) {
+        // the topic is the routing key on the exchange
+        sink(
+            "messaging.rabbitmq.destination.routing_key",
+            AttributeValue::Str(topic),
+        );
+    }
+
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = Capabilities::none();
         // queue groups are durable queues: they keep messages while no member runs
@@ -207,16 +213,12 @@ impl Broker for AmqpBroker {
     }
 
     async fn disconnect(&self) -> Result<(), BrokerError> {
-        let lifecycle = {
-            let state = self.state();
-            if state.phase != Phase::Running {
-                return Ok(());
-            }
-            state.lifecycle.clone()
-        };
+        if self.state().phase != Phase::Running {
+            return Ok(());
+        }
         // Cancel consumers and drain handlers; dead letters and follow-up publishes of the
         // handlers still go out meanwhile.
-        lifecycle.shutdown().await;
+        self.control.lifecycle.close().await;
         let supervisor = {
             let mut state = self.state();
             state.phase = Phase::Closed;
@@ -253,7 +255,7 @@ impl Broker for AmqpBroker {
         if let Err(error) = self.ensure_started(false) {
             return Err(PublishError::new(topic, message, error));
         }
-        crate::publish::publish(&self.shared, topic, message).await
+        crate::produce::publish(&self.shared, topic, message).await
     }
 
     async fn subscribe(
@@ -262,7 +264,7 @@ impl Broker for AmqpBroker {
         options: SubscribeOptions,
         handler: Arc<dyn RawHandler>,
     ) -> Result<Subscription, BrokerError> {
-        validate_subscription(topic, &options)?;
+        validate_topic(topic)?;
         let routing_key = short(topic).ok_or_else(|| BrokerError::InvalidTopic {
             topic: topic.to_owned(),
             reason: "an AMQP routing key is at most 255 bytes",
@@ -298,30 +300,35 @@ impl Broker for AmqpBroker {
             dead_letter,
             prefetch,
         });
-        let lifecycle = self.ensure_started(false)?;
-        let started = Instant::now();
-        let deadline = started + self.shared.config.connect_timeout;
-        let attached = loop {
-            let session = match self.shared.wait_up(Some(deadline)).await {
-                Wait::Up(session) => session,
-                Wait::Closed => return Err(self.closed_error()),
-                Wait::TimedOut => return Err(self.unavailable(started.elapsed())),
-            };
-            match consume::attach(&self.shared, &session, &spec).await {
-                Ok(attached) => break attached,
-                Err(error) if session.is_usable() => {
-                    return Err(BrokerError::Backend {
-                        broker: BROKER_NAME,
-                        operation: "subscribe (declare, bind and consume)",
-                        source: Box::new(error),
-                    });
+        let open = async {
+            self.ensure_started(false)?;
+            let started = Instant::now();
+            let deadline = started + self.shared.config.connect_timeout;
+            let attached = loop {
+                let session = match self.shared.wait_up(Some(deadline)).await {
+                    Wait::Up(session) => session,
+                    Wait::Closed => return Err(self.closed_error()),
+                    Wait::TimedOut => return Err(self.unavailable(started.elapsed())),
+                };
+                match consume::attach(&self.shared, &session, &spec).await {
+                    Ok(attached) => break attached,
+                    Err(error) if session.is_usable() => {
+                        return Err(BrokerError::Backend {
+                            broker: BROKER_NAME,
+                            operation: "subscribe (declare, bind and consume)",
+                            source: Box::new(error),
+                        });
+                    }
+                    // the connection dropped meanwhile: try again on the next one
+                    Err(_) => self.shared.kick(),
                 }
-                // the connection dropped meanwhile: try again on the next one
-                Err(_) => self.shared.kick(),
-            }
+            };
+            Ok(AmqpSource::new(self.shared.clone(), spec, attached))
         };
-        let source = AmqpSource::new(self.shared.clone(), spec, attached);
-        Ok(lifecycle.spawn(topic, source, &options, handler, Arc::new(self.clone())))
+        self.control
+            .lifecycle
+            .subscribe(Arc::new(self.clone()), topic, options, handler, open)
+            .await
     }
 }
 

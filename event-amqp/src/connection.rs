@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use event_core::backend::Backoff;
 use futures_util::StreamExt;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, LongString, ShortString};
@@ -18,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::error::AmqpError;
+use crate::error::AmqpBackendError;
 
 /// How often the supervisor checks the connection status, besides lapin's error events.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -161,7 +162,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Opens a connection, its publishing channel, and declares the exchange.
-async fn open_session(shared: &Shared, generation: u64) -> Result<Session, AmqpError> {
+async fn open_session(shared: &Shared, generation: u64) -> Result<Session, AmqpBackendError> {
     let config = &shared.config;
     let mut properties = ConnectionProperties::default();
     if let Some(name) = &config.connection_name {
@@ -205,8 +206,7 @@ async fn open_session(shared: &Shared, generation: u64) -> Result<Session, AmqpE
 pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
     let config = &shared.config;
     let mut generation = 0u64;
-    let mut backoff = config.reconnect_min;
-    let mut failures = 0u32;
+    let mut backoff = Backoff::between(config.reconnect_min, config.reconnect_max);
     let mut down_since = Instant::now();
     loop {
         let attempt = tokio::time::timeout(
@@ -217,7 +217,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
             result = attempt => result,
             _ = stop.cancelled() => return,
         };
-        match result {
+        let retry_after = match result {
             Ok(Ok(session)) => {
                 generation += 1;
                 if generation > 1 {
@@ -230,8 +230,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                 } else {
                     tracing::debug!(broker = %config.address, "connected to RabbitMQ");
                 }
-                failures = 0;
-                backoff = config.reconnect_min;
+                backoff.reset();
                 let session = Arc::new(session);
                 shared.set_link(Link::Up(session.clone()));
                 watch_session(&shared, &session, &stop).await;
@@ -256,32 +255,33 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
             Ok(Err(error)) => {
-                failures += 1;
+                let (wait, failures) = (backoff.next_delay(), backoff.failures());
                 // the first failure and then every tenth, so an outage is not a log flood
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(
                         broker = %config.address,
                         failures,
                         error = %event_core::error_chain(&error),
-                        "cannot connect to RabbitMQ; retrying in {backoff:?}"
+                        "cannot connect to RabbitMQ; retrying in {wait:?}"
                     );
                 }
+                wait
             }
             Err(_) => {
-                failures += 1;
+                let (wait, failures) = (backoff.next_delay(), backoff.failures());
                 tracing::warn!(
                     broker = %config.address,
                     failures,
                     timeout = ?config.connect_timeout,
-                    "connecting to RabbitMQ timed out; retrying in {backoff:?}"
+                    "connecting to RabbitMQ timed out; retrying in {wait:?}"
                 );
+                wait
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(retry_after) => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(config.reconnect_max);
     }
 }
 

@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use event_core::broker::delivery::{Acknowledge, DeliverySource, Incoming};
-use event_core::broker::{BrokerError, Delivery, Position};
+use event_core::backend::{Acknowledge, Backoff, DeliverySource, Incoming};
+use event_core::broker::{BrokerError, Delivery};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -24,7 +24,7 @@ use lapin::{Acker, Channel, Consumer};
 
 use crate::BROKER_NAME;
 use crate::connection::{CLOSE_TIMEOUT, Session, Shared, Wait};
-use crate::error::AmqpError;
+use crate::error::AmqpBackendError;
 use crate::wire;
 
 /// What a subscription consumes, fixed at subscribe time.
@@ -52,7 +52,7 @@ pub(crate) async fn attach(
     shared: &Shared,
     session: &Session,
     spec: &Spec,
-) -> Result<Attached, AmqpError> {
+) -> Result<Attached, AmqpBackendError> {
     let channel = session.connection.create_channel().await?;
     match declare_and_consume(shared, &channel, spec).await {
         Ok(consumer) => Ok(Attached {
@@ -164,8 +164,7 @@ impl AmqpSource {
 /// Waits for the next usable session and attaches; retries with backoff. `None` once the
 /// broker is closed.
 async fn reattach(shared: Arc<Shared>, spec: Arc<Spec>, lost: u64) -> Option<Attached> {
-    let mut backoff = shared.config.reconnect_min;
-    let mut failures = 0u32;
+    let mut backoff = Backoff::between(shared.config.reconnect_min, shared.config.reconnect_max);
     let since = Instant::now();
     loop {
         let session = match shared.wait_up(None).await {
@@ -184,18 +183,18 @@ async fn reattach(shared: Arc<Shared>, spec: Arc<Spec>, lost: u64) -> Option<Att
                 return Some(attached);
             }
             Err(error) => {
-                failures += 1;
+                let wait = backoff.next_delay();
+                let failures = backoff.failures();
                 if session.is_usable() && (failures == 1 || failures.is_multiple_of(10)) {
                     tracing::warn!(
                         topic = %spec.topic,
                         failures,
                         error = %event_core::error_chain(&error),
-                        "cannot resume the subscription; retrying in {backoff:?}"
+                        "cannot resume the subscription; retrying in {wait:?}"
                     );
                 }
                 shared.kick();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(shared.config.reconnect_max);
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -281,10 +280,7 @@ impl AmqpSource {
         let delivery = Delivery::new(
             self.spec.topic.clone(),
             received.message,
-            Position::DeliveryTag {
-                delivery_tag,
-                redelivered,
-            },
+            wire::delivered(delivery_tag, redelivered),
         )
         .with_attempt(received.attempt);
         Incoming {
@@ -313,7 +309,7 @@ impl AmqpAcker {
         BrokerError::Backend {
             broker: BROKER_NAME,
             operation,
-            source: Box::new(AmqpError::from(error)),
+            source: Box::new(AmqpBackendError::from(error)),
         }
     }
 

@@ -4,10 +4,10 @@
 /// [`BrokerError::Backend`](event_core::broker::BrokerError::Backend) for this backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AmqpError {
+pub enum AmqpBackendError {
     /// lapin (the AMQP client) reported an error: the connection or channel failed, or the
     /// broker refused an operation (a queue declared with other arguments, a missing vhost).
-    #[error("the AMQP client failed: {source}")]
+    #[error("the AMQP client failed")]
     Client {
         /// lapin's error.
         #[source]
@@ -32,9 +32,9 @@ pub enum AmqpError {
     },
 }
 
-impl From<lapin::Error> for AmqpError {
+impl From<lapin::Error> for AmqpBackendError {
     fn from(source: lapin::Error) -> Self {
-        AmqpError::Client { source }
+        AmqpBackendError::Client { source }
     }
 }
 

@@ -131,12 +131,43 @@ mod config;
 mod connection;
 mod consume;
 mod error;
-mod publish;
+mod produce;
 mod wire;
 
 pub use broker::AmqpBroker;
 pub use config::{AmqpBrokerBuilder, DEFAULT_EXCHANGE, QueueArgument};
-pub use error::{AmqpConfigError, AmqpError};
+pub use error::{AmqpBackendError, AmqpConfigError};
 
 /// The backend name, as [`Broker::name`](event_core::Broker::name) returns it.
 pub(crate) const BROKER_NAME: &str = "amqp";
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use event_core::broker::Message;
+    use lapin::BasicProperties;
+
+    /// `wire::from_amqp`: a consumed message as the delivery loop sees it, and its attempt
+    /// number.
+    pub fn from_amqp(
+        routing_key: &str,
+        redelivered: bool,
+        props: &BasicProperties,
+        payload: Vec<u8>,
+    ) -> (Message, u32) {
+        let received = crate::wire::from_amqp(routing_key, redelivered, props, payload);
+        (received.message, received.attempt)
+    }
+
+    /// `wire::to_amqp`: the properties and header table `message` is published with.
+    ///
+    /// # Errors
+    ///
+    /// Those of `wire::to_amqp` (a header name too long for AMQP).
+    pub fn to_amqp(
+        topic: &str,
+        message: &Message,
+    ) -> Result<BasicProperties, crate::AmqpBackendError> {
+        crate::wire::to_amqp(topic, message)
+    }
+}

@@ -1,5 +1,5 @@
-//! The AMQP edge of the header scheme (DESIGN.md §3): [`Message`] ↔ AMQP properties and
-//! header table.
+//! The AMQP edge of the header scheme (the wire table in the `event_core` crate documentation,
+//! `docs/wire.md` in the repository): [`Message`] ↔ AMQP properties and header table.
 //!
 //! Publishing:
 //! - every header goes into the AMQP header table as a long string (bytes kept as they are);
@@ -14,29 +14,69 @@
 //!   2 (persistent); values longer than 255 bytes stay in the headers only;
 //! - the key, which AMQP does not have, travels in the `x-event-key` header.
 //!
-//! Consuming reverses it: `cloudEvents_*`/`cloudEvents:*` become `ce_*`; `Micro-ID` is dropped
-//! when it only repeats the id, `Micro-Topic` when it only repeats the routing key;
-//! `x-event-key` becomes the key; other values are stringified (numbers in decimal, booleans
-//! as `true`/`false`, nested tables and arrays as JSON, byte arrays as their bytes). A property
-//! fills in a header the table lacks (`content_type` → `content-type`, `message_id` → `ce_id`,
-//! `type` → `ce_type`, `app_id` → `ce_source`, `timestamp` → `ce_time`, `correlation_id` →
-//! `correlation-id`), so a message from another AMQP client is read the same way.
+//! Consuming reverses it, and reads what other AMQP producers write too.
+//!
+//! **CloudEvents attributes.** Producers spell a CloudEvents attribute `X` (`id`, `type`,
+//! `source`, `time`, `specversion`, an extension...) in four ways on RabbitMQ: `ce_X` (the
+//! Kafka binding's prefix, which some SDKs use on AMQP as well), `cloudEvents_X` (the AMQP
+//! binding's, and what we publish), `cloudEvents:X` (the AMQP binding's other form) and `ce-X`
+//! (the HTTP binding's, the default prefix of some SDKs when they do not know the transport).
+//! Every form, in any case, is read into the header `ce_X` (the attribute in lower case), so a
+//! message from any of them is consumed with its id and type, and its type is checked. The
+//! CloudEvents headers come first in the consumed headers.
+//!
+//! **Precedence.** When one attribute comes in several forms, every distinct value is kept, in
+//! this order: `ce_X`, `cloudEvents_X`, `cloudEvents:X`, `ce-X` (the order in which
+//! `Headers::message_id` ranks the aliases); a value that repeats one of an earlier form is
+//! dropped. The first value is the one the framework reads (`Headers::message_id`,
+//! `message_type`, `source`, `time`), and a type check sees it. The AMQP properties come last:
+//! a property only fills in an attribute that no header carries (`content_type` →
+//! `content-type`, `message_id` → `ce_id`, `type` → `ce_type`, `app_id` → `ce_source`,
+//! `timestamp` → `ce_time`, `correlation_id` → `correlation-id`). Headers go first because a
+//! header named for a CloudEvents attribute says what it is, while other AMQP clients and
+//! frameworks fill the generic properties for purposes of their own (a client-made
+//! `message_id`, a class name in `type`), and because properties are limited to 255 bytes. Our
+//! own messages carry the same value in both. `Micro-ID` (go-micro's id) ranks after every
+//! CloudEvents form and before the properties, as it does in `Headers::message_id`.
+//!
+//! **The rest.** `Micro-ID` is dropped when it only repeats an id read from the CloudEvents
+//! headers, `Micro-Topic` when it only repeats the routing key; `x-event-key` becomes the key;
+//! other values are stringified (numbers in decimal, booleans as `true`/`false`, nested tables
+//! and arrays as JSON, byte arrays as their bytes).
+//!
+//! **Positions.** A consumed message sits at its delivery tag (channel-scoped), flagged when
+//! RabbitMQ says it is redelivered; a published one is only confirmed: AMQP reports no place
+//! for it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use event_core::backend::{Position, PositionKind};
 use event_core::broker::Message;
-use event_core::headers::{HeaderValue, Headers, names};
+use event_core::headers::{HeaderName, HeaderValue, Headers, IntoHeaderName, names};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::error::AmqpError;
+use crate::error::AmqpBackendError;
 
 /// The header that carries [`Message::key`].
 pub(crate) const KEY_HEADER: &str = "x-event-key";
 /// The AMQP CloudEvents prefix written for `ce_` headers.
 const CLOUDEVENTS_PREFIX: &str = "cloudEvents_";
+/// The prefixes of a CloudEvents attribute read on consumption, in order of precedence (the
+/// index is a form's rank).
+const CLOUDEVENTS_FORMS: [&str; 4] = ["ce_", CLOUDEVENTS_PREFIX, "cloudEvents:", "ce-"];
+/// The attributes the framework writes and reads, as their `ce_` header names: read into
+/// these exact names, which the consumer then neither copies nor allocates.
+const CLOUDEVENTS_KNOWN: [&str; 5] = [
+    names::CE_ID,
+    names::CE_TYPE,
+    names::CE_SOURCE,
+    names::CE_TIME,
+    names::CE_SPECVERSION,
+];
 /// go-micro's content type header spelling.
 const GO_MICRO_CONTENT_TYPE: &str = "Content-Type";
 /// RabbitMQ's redelivery counter on quorum queues.
@@ -47,8 +87,8 @@ fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
         && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
-fn short(what: &'static str, name: &str) -> Result<ShortString, AmqpError> {
-    ShortString::try_new(name).map_err(|_| AmqpError::NameTooLong {
+fn short(what: &'static str, name: &str) -> Result<ShortString, AmqpBackendError> {
+    ShortString::try_new(name).map_err(|_| AmqpBackendError::NameTooLong {
         what,
         name: name.chars().take(64).collect(),
         len: name.len(),
@@ -64,7 +104,7 @@ fn short_value(value: &HeaderValue) -> Option<ShortString> {
 }
 
 /// Properties and header table of `message` published to `topic`.
-pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties, AmqpError> {
+pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties, AmqpBackendError> {
     let mut table: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
     let mut props = BasicProperties::default().with_delivery_mode(2);
     let mut has_micro_id = false;
@@ -100,7 +140,12 @@ pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties,
                 }
                 _ => {}
             }
-            short("header name", &format!("{CLOUDEVENTS_PREFIX}{attribute}"))?
+            // the AMQP binding's spelling, unless it would not fit in a short string (a name
+            // that came in as `ce-X` or `ce_X`): then `ce_X`, which receiving reads first
+            match ShortString::try_new(format!("{CLOUDEVENTS_PREFIX}{attribute}")) {
+                Ok(wire) => wire,
+                Err(_) => short("header name", name)?,
+            }
         } else if name.eq_ignore_ascii_case(names::CONTENT_TYPE) {
             if let Some(v) = short_value(value) {
                 props = props.with_content_type(v);
@@ -180,18 +225,12 @@ pub(crate) fn from_amqp(
     let mut headers = Headers::with_capacity(table.inner().len() + 2);
     let mut key = None;
     let mut delivery_count = None;
-    let id = table
-        .inner()
-        .iter()
-        .find(|(k, _)| {
-            let k = k.as_str();
-            k.eq_ignore_ascii_case("cloudEvents_id")
-                || k.eq_ignore_ascii_case("cloudEvents:id")
-                || k.eq_ignore_ascii_case(names::CE_ID)
-        })
-        .map(|(_, v)| v);
+    read_cloudevents(table, &mut headers);
     for (wire, value) in table {
         let wire = wire.as_str();
+        if cloudevents_form(wire).is_some() {
+            continue;
+        }
         if wire.eq_ignore_ascii_case(KEY_HEADER) {
             key = Some(text(value).into_bytes());
             continue;
@@ -199,33 +238,27 @@ pub(crate) fn from_amqp(
         if wire.eq_ignore_ascii_case(DELIVERY_COUNT) {
             delivery_count = integer(value);
         }
-        if wire.eq_ignore_ascii_case(names::MICRO_ID) && id.is_some_and(|id| same(id, value)) {
-            continue;
+        if wire.eq_ignore_ascii_case(names::MICRO_ID) {
+            let micro_id = text(value);
+            if headers.get_all(names::CE_ID).any(|id| *id == micro_id) {
+                continue;
+            }
         }
         if wire.eq_ignore_ascii_case(names::MICRO_TOPIC)
             && text(value).as_bytes() == routing_key.as_bytes()
         {
             continue;
         }
-        let name = if starts_with_ignore_case(wire, "cloudEvents_")
-            || starts_with_ignore_case(wire, "cloudEvents:")
-        {
-            format!("ce_{}", &wire["cloudEvents_".len()..])
-        } else {
-            wire.to_owned()
-        };
-        match value {
-            AMQPValue::FieldArray(values) => {
-                for v in values.as_slice() {
-                    headers.append(name.clone(), text(v));
-                }
-            }
-            v => headers.append(name, text(v)),
+        let name = HeaderName::from_wire(wire);
+        for v in values(value) {
+            headers.append(name.clone(), text(v));
         }
     }
     fill_from_properties(&mut headers, props);
     let attempt = match delivery_count {
-        Some(count) => u32::try_from(count.saturating_add(1)).unwrap_or(u32::MAX),
+        // RabbitMQ counts from 0; a negative count is not RabbitMQ's, and reads as none
+        Some(count) if count < 0 => 1,
+        Some(count) => u32::try_from(count).map_or(u32::MAX, |c| c.saturating_add(1)),
         None if redelivered => 2,
         None => 1,
     };
@@ -239,9 +272,80 @@ pub(crate) fn from_amqp(
     }
 }
 
+/// The rank of the CloudEvents form `wire` is written in (its index in [`CLOUDEVENTS_FORMS`])
+/// and the attribute it names; `None` for any other header.
+fn cloudevents_form(wire: &str) -> Option<(usize, &str)> {
+    if !wire.as_bytes().first()?.eq_ignore_ascii_case(&b'c') {
+        return None;
+    }
+    CLOUDEVENTS_FORMS
+        .iter()
+        .enumerate()
+        .find_map(|(rank, prefix)| {
+            // the prefixes are ASCII, so the attribute starts at a character boundary
+            (wire.len() > prefix.len() && starts_with_ignore_case(wire, prefix))
+                .then(|| (rank, &wire[prefix.len()..]))
+        })
+}
+
+/// The `ce_` header an attribute is read into.
+fn cloudevents_name(attribute: &str) -> HeaderName {
+    match CLOUDEVENTS_KNOWN
+        .iter()
+        .find(|name| name["ce_".len()..].eq_ignore_ascii_case(attribute))
+    {
+        Some(name) => HeaderName::from_wire(name),
+        None => format!("ce_{}", attribute.to_ascii_lowercase()).into_header_name(),
+    }
+}
+
+/// Appends the CloudEvents attributes of `table` as `ce_` headers, best form first (see the
+/// module documentation): a value an earlier form of the same attribute carries is not
+/// repeated.
+fn read_cloudevents(table: &FieldTable, headers: &mut Headers) {
+    let mut ranks = [false; CLOUDEVENTS_FORMS.len()];
+    for wire in table.inner().keys() {
+        if let Some((rank, _)) = cloudevents_form(wire.as_str()) {
+            ranks[rank] = true;
+        }
+    }
+    for rank in (0..ranks.len()).filter(|&rank| ranks[rank]) {
+        for (wire, value) in table {
+            let Some((form, attribute)) = cloudevents_form(wire.as_str()) else {
+                continue;
+            };
+            if form != rank {
+                continue;
+            }
+            let name = cloudevents_name(attribute);
+            let earlier = headers.len();
+            for v in values(value) {
+                let v = text(v);
+                if !headers
+                    .iter()
+                    .take(earlier)
+                    .any(|(n, seen)| *n == name && *seen == v)
+                {
+                    headers.append(name.clone(), v);
+                }
+            }
+        }
+    }
+}
+
+/// The values of a header table entry: each element of a field array, else the value itself.
+fn values(value: &AMQPValue) -> &[AMQPValue] {
+    match value {
+        AMQPValue::FieldArray(values) => values.as_slice(),
+        value => std::slice::from_ref(value),
+    }
+}
+
 fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
+    // presence is tested by value, not as text: a header that is not UTF-8 is still there,
+    // and the property must not be added beside it again on every hop
     if let Some(v) = props.content_type()
-        && headers.content_type().is_none()
+        && headers.content_type_value().is_none()
     {
         headers.append(names::CONTENT_TYPE, v.as_str());
     }
@@ -251,12 +355,12 @@ fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
         headers.append(names::CE_ID, v.as_str());
     }
     if let Some(v) = props.kind()
-        && headers.message_type().is_none()
+        && headers.message_type_value().is_none()
     {
         headers.append(names::CE_TYPE, v.as_str());
     }
     if let Some(v) = props.app_id()
-        && headers.source().is_none()
+        && !headers.contains(names::CE_SOURCE)
     {
         headers.append(names::CE_SOURCE, v.as_str());
     }
@@ -277,10 +381,6 @@ fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
     {
         headers.append(names::CORRELATION_ID, v.as_str());
     }
-}
-
-fn same(a: &AMQPValue, b: &AMQPValue) -> bool {
-    text(a) == text(b)
 }
 
 fn integer(value: &AMQPValue) -> Option<i64> {
@@ -352,6 +452,34 @@ fn json(value: &AMQPValue) -> serde_json::Value {
             None => Value::String(String::from_utf8_lossy(text(other).as_bytes()).into_owned()),
         },
     }
+}
+
+fn render_tag(position: &Position, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(f, "delivery tag {}", position.number())?;
+    if position.is_redelivered() {
+        f.write_str(" (redelivered)")?;
+    }
+    Ok(())
+}
+
+fn render_confirmed(_: &Position, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.write_str("confirmed")
+}
+
+static DELIVERY_TAG: PositionKind = PositionKind::new("amqp delivery tag", render_tag)
+    .with_attribute("messaging.rabbitmq.message.delivery_tag");
+
+static CONFIRMED: PositionKind = PositionKind::new("amqp confirmed", render_confirmed);
+
+/// A consumed message: its channel-scoped delivery tag, and whether RabbitMQ flagged it as
+/// redelivered.
+pub(crate) fn delivered(delivery_tag: u64, redelivered: bool) -> Position {
+    Position::new(&DELIVERY_TAG, delivery_tag).redelivered(redelivered)
+}
+
+/// A published message the broker confirmed; AMQP reports no place for it.
+pub(crate) fn confirmed() -> Position {
+    Position::new(&CONFIRMED, 0)
 }
 
 #[cfg(test)]
@@ -440,6 +568,73 @@ mod tests {
         assert_eq!(got, sent);
     }
 
+    // The three tests below keep what `fuzz/` (target `amqp_wire`) found; the inputs are in
+    // fuzz/regressions/amqp_wire/.
+
+    #[test]
+    fn a_negative_delivery_count_is_a_first_attempt() {
+        for (count, attempt) in [(-1, 1), (-2, 1), (i64::MIN, 1), (0, 1), (3, 4)] {
+            let mut t = FieldTable::default();
+            t.insert("x-delivery-count".into(), AMQPValue::LongLongInt(count));
+            let props = BasicProperties::default().with_headers(t);
+            assert_eq!(
+                from_amqp("t", false, &props, Vec::new()).attempt,
+                attempt,
+                "x-delivery-count {count}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_consumed_cloudevents_header_of_the_longest_name_can_be_published_again() {
+        for prefix in ["ce-", "ce_"] {
+            let name = format!("{prefix}{}", "a".repeat(252));
+            let mut t = FieldTable::default();
+            t.insert(name.as_str().into(), long(b"v"));
+            let props = BasicProperties::default().with_headers(t);
+            let got = from_amqp("t", false, &props, Vec::new()).message;
+            let again = to_amqp("t", &got).expect("published again");
+            let back = from_amqp("t", false, &again, Vec::new()).message;
+            assert_eq!(
+                back.headers.get_str(&format!("ce_{}", "a".repeat(252))),
+                Some("v"),
+                "{prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_property_is_not_added_again_beside_a_header_that_is_not_text() {
+        let mut t = FieldTable::default();
+        t.insert("cloudEvents_type".into(), long(&[0xff, 0x01]));
+        t.insert("Content-Type".into(), long(&[0xff]));
+        let props = BasicProperties::default()
+            .with_headers(t)
+            .with_type("users.v1.UserCreated".into())
+            .with_content_type("application/protobuf".into());
+        let once = from_amqp("t", false, &props, Vec::new()).message;
+        let twice = from_amqp(
+            "t",
+            false,
+            &to_amqp("t", &once).expect("publish"),
+            Vec::new(),
+        )
+        .message;
+        assert_eq!(once.headers, twice.headers, "a fixpoint after one hop");
+        assert_eq!(
+            once.headers.get_all("ce_type").count(),
+            1,
+            "{:?}",
+            once.headers
+        );
+        assert_eq!(
+            once.headers.get_all("content-type").count(),
+            1,
+            "{:?}",
+            once.headers
+        );
+    }
+
     #[test]
     fn go_micro_message_is_read_with_its_headers() {
         let mut t = FieldTable::default();
@@ -499,6 +694,187 @@ mod tests {
         assert_eq!(h.get_str("correlation-id"), Some("c-1"));
     }
 
+    /// A header table of long strings.
+    fn strings(entries: &[(&str, &str)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (name, value) in entries {
+            t.insert((*name).into(), long(value.as_bytes()));
+        }
+        t
+    }
+
+    #[test]
+    fn every_cloudevents_form_is_read_as_our_headers() {
+        for prefix in [
+            "ce_",
+            "ce-",
+            "cloudEvents_",
+            "cloudEvents:",
+            "CE-",
+            "CloudEvents_",
+        ] {
+            let name = |attribute: &str| format!("{prefix}{attribute}");
+            let mut t = FieldTable::default();
+            for (attribute, value) in [
+                ("id", "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11"),
+                ("type", "users.v1.UserCreated"),
+                ("source", "signup"),
+                ("time", "2026-08-20T12:34:56.789Z"),
+                ("specversion", "1.0"),
+                ("subject", "u-1"),
+            ] {
+                t.insert(name(attribute).as_str().into(), long(value.as_bytes()));
+            }
+            let props = BasicProperties::default().with_headers(t);
+            let h = from_amqp("users.created", false, &props, Vec::new())
+                .message
+                .headers;
+            assert_eq!(
+                h.message_id(),
+                Some("0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11"),
+                "{prefix}: {h:?}"
+            );
+            assert_eq!(h.message_type(), Some("users.v1.UserCreated"), "{prefix}");
+            assert_eq!(h.source(), Some("signup"), "{prefix}");
+            assert_eq!(
+                h.time(),
+                humantime::parse_rfc3339("2026-08-20T12:34:56.789Z").ok(),
+                "{prefix}"
+            );
+            assert_eq!(h.get_str("ce_specversion"), Some("1.0"), "{prefix}");
+            assert_eq!(h.get_str("ce_subject"), Some("u-1"), "{prefix}");
+            let names: Vec<_> = h.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "ce_id",
+                    "ce_source",
+                    "ce_specversion",
+                    "ce_subject",
+                    "ce_time",
+                    "ce_type"
+                ],
+                "{prefix}: each read into the `ce_` name, nothing left under the wire name"
+            );
+        }
+    }
+
+    #[test]
+    fn several_forms_of_one_attribute_are_ranked_and_deduplicated() {
+        let t = strings(&[
+            ("ce-id", "dash"),
+            ("cloudEvents:id", "colon"),
+            ("cloudEvents_id", "underscore"),
+            ("ce_id", "ce"),
+            ("ce-type", "x.v1.Dash"),
+            ("cloudEvents_type", "x.v1.Type"),
+            ("CE_TYPE", "x.v1.Type"),
+            ("ce-source", "spring"),
+            ("Micro-ID", "dash"),
+        ]);
+        let props = BasicProperties::default()
+            .with_headers(t)
+            .with_message_id("property".into())
+            .with_type("x.v1.Property".into())
+            .with_app_id("property".into());
+        let h = from_amqp("t", false, &props, Vec::new()).message.headers;
+        let ids: Vec<_> = h.get_all("ce_id").map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            ["ce", "underscore", "colon", "dash"],
+            "best form first"
+        );
+        assert_eq!(h.message_id(), Some("ce"));
+        let types: Vec<_> = h.get_all("ce_type").map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            ["x.v1.Type", "x.v1.Dash"],
+            "a repeated value is kept once"
+        );
+        assert_eq!(h.message_type(), Some("x.v1.Type"));
+        assert_eq!(
+            h.source(),
+            Some("spring"),
+            "a header beats the app_id property"
+        );
+        assert!(
+            !h.contains("Micro-ID"),
+            "Micro-ID repeats one of the ids: {h:?}"
+        );
+        assert!(
+            !h.iter()
+                .any(|(n, _)| n.as_str().starts_with("ce-") || n.as_str().starts_with("cloud")),
+            "no CloudEvents header under its wire name: {h:?}"
+        );
+    }
+
+    #[test]
+    fn properties_come_after_every_cloudevents_form_and_micro_id() {
+        let t = strings(&[("ce-type", "x.v1.Header"), ("Micro-ID", "go")]);
+        let props = BasicProperties::default()
+            .with_headers(t)
+            .with_message_id("property".into())
+            .with_type("x.v1.Property".into());
+        let h = from_amqp("t", false, &props, Vec::new()).message.headers;
+        assert_eq!(h.message_type(), Some("x.v1.Header"));
+        assert_eq!(h.get_all("ce_type").count(), 1, "{h:?}");
+        assert_eq!(
+            h.message_id(),
+            Some("go"),
+            "Micro-ID ranks before message_id"
+        );
+        assert!(!h.contains("ce_id"), "{h:?}");
+
+        let props = BasicProperties::default()
+            .with_headers(strings(&[("ce-type", "x.v1.Header")]))
+            .with_message_id("property".into());
+        let h = from_amqp("t", false, &props, Vec::new()).message.headers;
+        assert_eq!(
+            h.message_id(),
+            Some("property"),
+            "fills in what no header has"
+        );
+    }
+
+    #[test]
+    fn repeated_values_of_one_form_are_kept_and_other_names_untouched() {
+        let mut t = strings(&[
+            ("ce", "a"),
+            ("ce_", "b"),
+            ("cerberus", "c"),
+            ("cloudEventsX", "d"),
+            ("ce-Tenant", "e"),
+        ]);
+        t.insert(
+            "cloudEvents_traceid".into(),
+            AMQPValue::FieldArray(vec![long(b"one"), long(b"one"), long(b"two")].into()),
+        );
+        let props = BasicProperties::default().with_headers(t);
+        let h = from_amqp("t", false, &props, Vec::new()).message.headers;
+        let traces: Vec<_> = h
+            .get_all("ce_traceid")
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            traces,
+            ["one", "one", "two"],
+            "one entry's values are all kept"
+        );
+        for (name, value) in [
+            ("ce", "a"),
+            ("ce_", "b"),
+            ("cerberus", "c"),
+            ("cloudEventsX", "d"),
+        ] {
+            assert_eq!(h.get_str(name), Some(value), "{name}: {h:?}");
+        }
+        assert_eq!(
+            h.get_str("ce_tenant"),
+            Some("e"),
+            "an extension in the `ce-` form too"
+        );
+    }
+
     #[test]
     fn long_header_names_are_an_error() {
         let message = Message::new("x").with_header("a".repeat(300), "v");
@@ -529,5 +905,15 @@ mod tests {
                 "{secs}"
             );
         }
+    }
+
+    #[test]
+    fn positions_read_as_amqp_names_them() {
+        assert_eq!(
+            super::delivered(9, true).to_string(),
+            "delivery tag 9 (redelivered)"
+        );
+        assert_eq!(super::delivered(9, false).to_string(), "delivery tag 9");
+        assert_eq!(super::confirmed().to_string(), "confirmed");
     }
 }

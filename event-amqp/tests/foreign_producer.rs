@@ -16,7 +16,7 @@ use std::time::Duration;
 use event_amqp::AmqpBroker;
 use event_core::broker::{Broker, Delivery, SubscribeOptions, Subscription};
 use event_core::headers::names;
-use event_core::testkit::{Collector, delivery_subscriber, unique};
+use event_core::testkit::{Collector, delivery_subscriber, is_marker, marker, unique};
 use event_core::{Event, Publisher, RunningService, Service, State};
 use event_proto::bench::v1::Tick;
 use event_proto::users::v1::UserCreated;
@@ -145,11 +145,22 @@ impl Harness {
     }
 
     async fn stop(mut self) {
-        self.service.stop().await;
-        self.dlq_subscription.unsubscribe().await;
-        self.calls.assert_empty("handler calls after the test");
+        // no handler runs once the service stopped
+        let report = self
+            .calls
+            .assert_empty_after("handler calls after the test", self.service.stop())
+            .await;
+        assert!(!report.timed_out, "{report:?}");
+        // the stopped service published its dead letters before stop returned: the dead-letter
+        // subscriber, which takes its queue in order, gets them before a marker published now
+        self.broker
+            .publish(&format!("{}.dlq", self.topic), marker())
+            .await
+            .expect("publish the marker");
         self.dead_letters
-            .assert_empty("dead letters after the test");
+            .assert_empty_before("dead letters after the test", is_marker)
+            .await;
+        self.dlq_subscription.unsubscribe().await;
         self.broker.disconnect().await.expect("disconnect");
     }
 }
@@ -167,10 +178,14 @@ async fn expect_diagnosis(
     foreign
         .publish("event.test.foreign", &harness.topic, body, properties)
         .await;
-    let dead = harness.dead_letters.next("the dead letter").await;
-    harness
+    // the handler would have run before the message was dead-lettered
+    let dead = harness
         .calls
-        .assert_empty("the typed handler must not see an undecodable message");
+        .assert_empty_after(
+            "the typed handler must not see an undecodable message",
+            harness.dead_letters.next("the dead letter"),
+        )
+        .await;
     let h = dead.headers();
     let error = h
         .get_str(names::X_EVENT_ERROR)

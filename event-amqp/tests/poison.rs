@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use event_amqp::AmqpBroker;
 use event_core::broker::{Broker, RetryPolicy, SubscribeOptions};
 use event_core::headers::names;
-use event_core::testkit::{Collector, delivery_subscriber, unique};
+use event_core::testkit::{Collector, delivery_subscriber, is_marker, marker, unique};
 use event_core::{Publisher, Service, State};
 use event_proto::users::v1::UserCreated;
 use futures_util::StreamExt;
@@ -130,12 +130,21 @@ async fn poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
         assert_eq!(h.get(name.as_str()), Some(value), "original header {name}");
     }
     assert_eq!(poison_calls.load(Ordering::SeqCst), ATTEMPTS as usize);
-    dead_letters.assert_empty("a second dead letter");
     println!(
         "poison: {ATTEMPTS} attempts, dead-lettered and 50 later messages handled in {elapsed:?}"
     );
 
-    service.stop().await;
+    let report = service.stop().await;
+    assert!(!report.timed_out, "{report:?}");
+    // the stopped service published its dead letters before stop returned: the observer, which
+    // takes its queue in order, gets them before a marker published now
+    broker
+        .publish(&dlq, marker())
+        .await
+        .expect("publish the marker");
+    dead_letters
+        .assert_empty_before("a second dead letter", is_marker)
+        .await;
     dlq_observer.unsubscribe().await;
 
     // The durable dead-letter queue kept its copy, with the reason headers on the wire.
@@ -165,6 +174,18 @@ async fn poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
     assert_eq!(text("Micro-Topic"), dlq);
     assert_eq!(kept.data, poison.payload.to_vec());
     kept.ack(BasicAckOptions::default()).await.expect("ack");
+    // the marker came after it: the queue kept no second dead letter either
+    let next = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the marker in the dead-letter queue")
+        .expect("consumer open")
+        .expect("delivery");
+    assert_eq!(
+        next.data,
+        marker().payload.to_vec(),
+        "after the dead letter"
+    );
+    next.ack(BasicAckOptions::default()).await.expect("ack");
     let _ = connection.close(200, "done".into()).await;
     broker.disconnect().await.expect("disconnect");
 }

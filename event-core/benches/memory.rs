@@ -5,6 +5,8 @@
 //! cargo bench -p event-core --bench memory --features opentelemetry   # adds `typed + otel`
 //! EVENTS=200000 RUNS=typed,raw-broker cargo bench -p event-core --bench memory
 //! HANDLER_ROUNDS=400 RUNS=typed cargo bench -p event-core --bench memory   # a handler that works
+//! RUNS=json cargo bench -p event-core --bench memory                       # proto3 JSON rows
+//! EVENTS=10000000 RUNS=soak cargo bench -p event-core --bench memory       # peak RSS
 //! ```
 //!
 //! Runs, each on a 2-worker tokio runtime:
@@ -16,6 +18,15 @@
 //! - `typed`: `Publisher<Tick>::publish` → memory broker → decode → no-op `async fn` handler →
 //!   ack (the whole framework path);
 //! - `typed ping-pong`: one event in flight at a time, for unloaded latency;
+//! - `json` (three rows): `serde json`, the same event in the same proto3 JSON shape (`seq` as
+//!   a string, `payload` as base64) through a plain serde struct, encode + decode, no hand-off
+//!   (the cost of JSON itself); `proto-json codec`, [`ProtoJson`] encode + decode, no
+//!   hand-off; `typed json`, the `typed` run with a [`ProtoJson`] publisher (the subscriber
+//!   picks the codec by content type);
+//! - `soak` (only when named in `RUNS`): the `typed` run with each event built when it is
+//!   published instead of all of them first, so that what the process holds does not grow
+//!   with the number of events; it prints the peak resident set size (`VmHWM`, Linux) before
+//!   and after. Run it alone (`RUNS=soak`): the peak is the process's;
 //! - with `--features opentelemetry`, `typed` again under a tracing subscriber: `typed + spans`
 //!   (a bare registry: the spans are made and entered, nothing records them) and `typed + otel`
 //!   (an OpenTelemetry layer, batch processor, no-op exporter, W3C inject and extract), and
@@ -32,13 +43,16 @@
 //!
 //! Reported: events/s, p50/p99 publish→handler latency, heap allocations per event, and for
 //! the `typed` run the CPU time per event of the publishing thread and of the runtime's
-//! workers (Linux only): the slower of the two sets the pace.
+//! workers (Linux only): the slower of the two sets the pace. Latency is sampled on every 16th
+//! event, in a window of the last 2^16 samples (about a million events), so the harness's own
+//! memory stays bounded; the last line is the process's peak resident set size.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, handler_fn};
+use event_core::codec::{Codec, ProtoJson};
 use event_core::memory::MemoryBroker;
 use event_core::{Publisher, Service};
 use event_proto::bench::v1::Tick;
@@ -140,6 +154,11 @@ fn handler_work(seq: u64) {
     std::hint::black_box(x);
 }
 
+/// How many latency samples [`Stamps`] keeps at most: sample `i` goes to slot `i % MAX_SLOTS`.
+/// A publisher runs at most a queue's capacity ahead of the handler, far less than the
+/// `MAX_SLOTS * SAMPLE` events after which a slot is reused.
+const MAX_SLOTS: usize = 1 << 16;
+
 /// Publish-time stamps of the sampled events, read by handlers for latency.
 struct Stamps {
     start: Instant,
@@ -156,29 +175,31 @@ impl Stamps {
     fn new(n: usize) -> &'static Self {
         Box::leak(Box::new(Stamps {
             start: Instant::now(),
-            sent: (0..n.div_ceil(SAMPLE as usize))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency: (0..n.div_ceil(SAMPLE as usize))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            sent: (0..Self::slots(n)).map(|_| AtomicU64::new(0)).collect(),
+            latency: (0..Self::slots(n)).map(|_| AtomicU64::new(0)).collect(),
             handled: AtomicUsize::new(0),
             done: Notify::new(),
             target: n,
         }))
     }
+    fn slots(n: usize) -> usize {
+        n.div_ceil(SAMPLE as usize).clamp(1, MAX_SLOTS)
+    }
     fn now(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
+    fn slot(&self, seq: u64) -> usize {
+        (seq / SAMPLE) as usize % self.sent.len()
+    }
     fn sent(&self, seq: u64) {
         if seq.is_multiple_of(SAMPLE) {
-            self.sent[(seq / SAMPLE) as usize].store(self.now(), Ordering::Relaxed);
+            self.sent[self.slot(seq)].store(self.now(), Ordering::Relaxed);
         }
     }
     fn handled(&self, seq: u64) {
         handler_work(seq);
         if seq.is_multiple_of(SAMPLE) {
-            let at = (seq / SAMPLE) as usize;
+            let at = self.slot(seq);
             let sent = self.sent[at].load(Ordering::Relaxed);
             self.latency[at].store(self.now().saturating_sub(sent), Ordering::Relaxed);
         }
@@ -187,7 +208,10 @@ impl Stamps {
         }
     }
     fn sampled_latencies(&self) -> Vec<u64> {
-        self.latency
+        let handled = self.handled.load(Ordering::Acquire) as u64;
+        // the slots that hold a sample (all of them once the window wrapped)
+        let filled = (handled.div_ceil(SAMPLE) as usize).min(self.latency.len());
+        self.latency[..filled]
             .iter()
             .map(|l| l.load(Ordering::Relaxed))
             .collect()
@@ -298,6 +322,15 @@ fn memory_broker() -> MemoryBroker {
     builder.build()
 }
 
+/// How a typed run's publisher encodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// Protobuf binary, the default.
+    Protobuf,
+    /// proto3 JSON ([`ProtoJson`]); the subscriber picks the codec by content type.
+    Json,
+}
+
 async fn typed(n: u64, name: &'static str) -> Report {
     let broker = memory_broker();
     let stamps = Stamps::new(n as usize);
@@ -328,6 +361,152 @@ async fn typed(n: u64, name: &'static str) -> Report {
         elapsed,
         allocations,
         latencies: stamps.sampled_latencies(),
+    }
+}
+
+/// A service with the no-op typed handler on `bench.typed`, and its publisher.
+async fn typed_service(
+    stamps: &'static Stamps,
+    encoding: Encoding,
+) -> (event_core::RunningService, Publisher<Tick>) {
+    let broker = memory_broker();
+    let handler = move |t: Tick| async move { stamps.handled(t.seq) };
+    let running = Service::builder("bench")
+        .broker(broker)
+        .subscribe("bench.typed", handler)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let publisher: Publisher<Tick> = running.publisher("bench.typed");
+    let publisher = match encoding {
+        Encoding::Protobuf => publisher,
+        Encoding::Json => publisher
+            .json()
+            .expect("the bench descriptors are registered"),
+    };
+    (running, publisher)
+}
+
+/// `typed` with the proto3 JSON codec: every event built before the clock starts, then
+/// published. (`typed` itself stays as it was, so that its numbers compare across versions.)
+async fn typed_json(n: u64) -> Report {
+    let stamps = Stamps::new(n as usize);
+    let (running, publisher) = typed_service(stamps, Encoding::Json).await;
+    let messages: Vec<Tick> = (0..n).map(tick).collect();
+    let before = allocations();
+    let t = Instant::now();
+    for msg in &messages {
+        stamps.sent(msg.seq);
+        publisher.publish(msg).await.expect("publish");
+    }
+    stamps.done.notified().await;
+    let elapsed = t.elapsed();
+    let allocations = allocations() - before;
+    running.shutdown().await;
+    Report {
+        name: "typed json",
+        events: n,
+        elapsed,
+        allocations,
+        latencies: stamps.sampled_latencies(),
+    }
+}
+
+/// Each event built when it is published: what the process holds does not grow with `n`.
+async fn typed_soak(n: u64) -> Report {
+    let stamps = Stamps::new(n as usize);
+    let (running, publisher) = typed_service(stamps, Encoding::Protobuf).await;
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        stamps.sent(seq);
+        publisher.publish(&tick(seq)).await.expect("publish");
+    }
+    stamps.done.notified().await;
+    let elapsed = t.elapsed();
+    let allocations = allocations() - before;
+    running.shutdown().await;
+    Report {
+        name: "typed soak",
+        events: n,
+        elapsed,
+        allocations,
+        latencies: stamps.sampled_latencies(),
+    }
+}
+
+/// The canonical proto3 JSON of a `Tick`, as a plain serde struct: `seq` (uint64) as a
+/// string, `payload` (bytes) as standard base64; the same bytes [`ProtoJson`] writes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TickJson {
+    seq: String,
+    payload: String,
+}
+
+fn serde_json_only(n: u64) -> Report {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        let msg = tick(seq);
+        let json = serde_json::to_vec(&TickJson {
+            seq: msg.seq.to_string(),
+            payload: engine.encode(&msg.payload),
+        })
+        .expect("serializes");
+        let back: TickJson = serde_json::from_slice(&json).expect("deserializes");
+        let back = Tick {
+            seq: back.seq.parse().expect("a number"),
+            payload: Bytes::from(engine.decode(back.payload).expect("base64")),
+        };
+        std::hint::black_box(back);
+    }
+    Report {
+        name: "serde json",
+        events: n,
+        elapsed: t.elapsed(),
+        allocations: allocations() - before,
+        latencies: Vec::new(),
+    }
+}
+
+fn proto_json_codec_only(n: u64) -> Report {
+    let codec = ProtoJson::new();
+    let before = allocations();
+    let t = Instant::now();
+    for seq in 0..n {
+        let msg = tick(seq);
+        let json = Codec::<Tick>::encode(&codec, &msg).expect("encodes");
+        let back: Tick = codec.decode(&json).expect("decodes");
+        std::hint::black_box(back);
+    }
+    Report {
+        name: "proto-json codec",
+        events: n,
+        elapsed: t.elapsed(),
+        allocations: allocations() - before,
+        latencies: Vec::new(),
+    }
+}
+
+/// A line of `/proc/self/status` in KiB (`VmHWM`: peak resident set size; `VmRSS`: now), Linux
+/// only.
+fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn print_memory(when: &str) {
+    if let (Some(peak), Some(now)) = (status_kib("VmHWM:"), status_kib("VmRSS:")) {
+        println!(
+            "  {when}: peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB",
+            peak as f64 / 1024.0,
+            now as f64 / 1024.0
+        );
     }
 }
 
@@ -381,6 +560,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    event_core::codec::json::register_file_descriptor_set(event_proto::FILE_DESCRIPTOR_SET)
+        .expect("register the bench descriptors");
     let encoded = Bytes::from(tick(u64::MAX >> 40).encode_to_vec());
     println!(
         "memory broker, {n} events of {} bytes, {} cores, tokio 2 workers",
@@ -419,6 +600,22 @@ fn main() {
         runtime
             .block_on(typed_ping_pong((n / 20).max(1000)))
             .print(Some(prost_ns));
+    }
+    if wanted("json") {
+        let serde = serde_json_only(n);
+        serde.print(Some(prost_ns));
+        let serde_ns = serde.elapsed.as_nanos() as f64 / n as f64;
+        proto_json_codec_only(n).print(Some(prost_ns));
+        let report = runtime.block_on(typed_json(n));
+        report.print(Some(prost_ns));
+        let ns = report.elapsed.as_nanos() as f64 / n as f64;
+        println!(
+            "  typed json: {:+.0} ns/event over serde json",
+            ns - serde_ns
+        );
+        if let Some(typed_ns) = typed_ns {
+            println!("  typed json: {:+.0} ns/event over typed", ns - typed_ns);
+        }
     }
     #[cfg(feature = "opentelemetry")]
     for (run, name, dispatch) in [
@@ -468,6 +665,13 @@ fn main() {
     }
     #[cfg(not(feature = "opentelemetry"))]
     let _ = typed_ns;
+    // only when asked for, and last: the peak it reports is the process's
+    if runs.split(',').any(|r| r == "soak") {
+        print_memory("before soak");
+        runtime.block_on(typed_soak(n)).print(Some(prost_ns));
+        print_memory("after soak");
+    }
+    print_memory("end");
 }
 
 /// The tracing runs: each on a runtime of its own whose threads (and the blocking caller) use

@@ -93,7 +93,7 @@ pub struct Metadata {
 pub enum MetadataError {
     /// The name belongs to the framework or a protocol it speaks.
     #[error(
-        "metadata name {name:?} is reserved (ce_*, cloudEvents*, content-type, traceparent, \
+        "metadata name {name:?} is reserved (ce_*, ce-*, cloudEvents*, content-type, traceparent, \
          tracestate, baggage, correlation-id, causation-id, micro-*, x-*, __*, kafka_*, spring_* \
          are written by the framework or the protocols it speaks); choose another name"
     )]

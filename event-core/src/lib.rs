@@ -49,18 +49,21 @@
 //! | `opentelemetry` | no | W3C trace context injected into and extracted from headers, so one trace crosses services ([`telemetry`]) |
 //! | `testkit` | no      | the broker conformance suite ([`testkit`]), and its telemetry cases with `opentelemetry` |
 //!
-#![doc = include_str!("../../docs/wire.md")]
+#![doc = include_str!("../docs/wire.md")]
 //!
 // The conformance suite exists only with its feature; without it the link goes to the table.
 #![cfg_attr(feature = "testkit", doc = "[`testkit`]: crate::testkit")]
 #![cfg_attr(not(feature = "testkit"), doc = "[`testkit`]: crate#features")]
 
+pub mod backend;
 pub mod broker;
+mod buffer;
 mod clock;
 pub mod codec;
 pub mod context;
 mod counted;
 pub mod headers;
+mod hex;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod publish;

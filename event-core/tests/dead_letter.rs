@@ -144,3 +144,68 @@ async fn a_refused_dead_letter_holds_its_message_until_the_topic_takes_it() {
     reader.unsubscribe().await;
     broker.disconnect().await.expect("disconnect");
 }
+
+/// A dead letter to a topic nothing subscribes to is kept, not discarded: readable (oldest
+/// first), bounded per topic, and taken once; an ordinary message to such a topic is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_nobody_subscribes_to_are_kept_and_bounded() {
+    let broker = MemoryBroker::builder().unclaimed_dead_letters(2).build();
+    broker.connect().await.expect("connect");
+    let topic = unique("unclaimed");
+    let dead_letter_topic = format!("{topic}.dlq");
+    let (seen_tx, mut seen) = Collector::new(WAIT);
+    let sub = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new(),
+            handler_fn("rejecter", move |d: Delivery| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let _ = seen_tx.send(d.payload().clone());
+                    Outcome::dead_letter("not for us")
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    for payload in ["one", "two", "three"] {
+        broker
+            .publish(&topic, Message::new(payload))
+            .await
+            .expect("publish");
+    }
+    let handled = seen.until("three handler runs", |s| s.len() == 3).await;
+    assert_eq!(handled, ["one", "two", "three"]);
+    // a message whose dead letter is still being published is in flight: the drain waits
+    // for it, so every dead letter is out once the subscription is gone
+    let report = sub.unsubscribe().await;
+    assert_eq!(report.returned + report.abandoned, 0, "{report:?}");
+    broker
+        .publish(&dead_letter_topic, Message::new("not a dead letter"))
+        .await
+        .expect("publish");
+
+    let kept = broker.unclaimed_dead_letters(&dead_letter_topic);
+    let payloads: Vec<_> = kept.iter().map(|m| m.payload.clone()).collect();
+    // two kept per topic: the oldest, "one", gave way
+    assert_eq!(payloads, ["two", "three"]);
+    for message in &kept {
+        assert_eq!(
+            message.headers.get_str(names::X_EVENT_ORIGINAL_TOPIC),
+            Some(topic.as_str())
+        );
+        assert!(
+            message
+                .headers
+                .get_str(names::X_EVENT_ERROR)
+                .is_some_and(|e| e.contains("not for us")),
+            "{message:?}"
+        );
+    }
+    assert_eq!(
+        broker.take_unclaimed_dead_letters(&dead_letter_topic).len(),
+        2
+    );
+    assert!(broker.unclaimed_dead_letters(&dead_letter_topic).is_empty());
+    broker.disconnect().await.expect("disconnect");
+}

@@ -3,4 +3,4 @@
 use event_core::memory::MemoryBroker;
 use event_core::testkit::MemoryFactory;
 
-event_core::conformance_suite!(memory, MemoryFactory(MemoryBroker::new()), extra: [order_per_key]);
+event_core::conformance_suite!(memory, MemoryFactory(MemoryBroker::new()));

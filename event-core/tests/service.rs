@@ -363,11 +363,21 @@ async fn explicit_dead_letter_is_rejected_after_one_attempt() {
     assert_eq!(headers.message_type(), Some("users.v1.UserCreated"));
     assert_eq!(dead.payload().as_ref(), user().encode_to_vec().as_slice());
 
-    let report = running.stop().await;
+    // no handler runs once the service stopped
+    let report = calls
+        .assert_empty_after("the handler ran once", running.stop())
+        .await;
     assert!(!report.timed_out, "{report:?}");
+    // the stopped service published its dead letters before stop returned: the dead-letter
+    // subscriber, which takes them in publish order, gets them before a marker sent now
+    broker
+        .publish(&format!("{TOPIC}.dlq"), testkit::marker())
+        .await
+        .expect("publish the marker");
+    dead_letters
+        .assert_empty_before("one dead letter", testkit::is_marker)
+        .await;
     dlq_subscription.unsubscribe().await;
-    calls.assert_empty("the handler ran once");
-    dead_letters.assert_empty("one dead letter");
 }
 
 /// A handler that reports when it starts and ends, and waits for the gate in between.
@@ -422,12 +432,18 @@ async fn run_until_drains_in_flight_handlers() {
     assert_eq!(entered.next("the handler starts").await, "u-1");
     stop_tx.send(()).expect("run_until listens");
 
-    let still_running = tokio::time::timeout(Duration::from_secs(1), &mut run).await;
+    // the second passes only once every task is idle: the handler went as far as it can
+    // without the gate
+    let still_running = finished
+        .assert_empty_after(
+            "the handler is still blocked",
+            tokio::time::timeout(Duration::from_secs(1), &mut run),
+        )
+        .await;
     assert!(
         still_running.is_err(),
         "run_until returned while a handler was in flight: {still_running:?}"
     );
-    finished.assert_empty("the handler is still blocked");
 
     gate.add_permits(1);
     let report = tokio::time::timeout(WAIT, run)
@@ -502,8 +518,13 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
         .publish(TOPIC, message(2))
         .await
         .expect("second publish");
-    let error = broker
-        .publish(TOPIC, message(3))
+    // the publish timeout passes only once every task, the handler's included, is idle: the
+    // handler went as far as it can without the gate
+    let error = handled
+        .assert_empty_after(
+            "the handler is still blocked",
+            broker.publish(TOPIC, message(3)),
+        )
         .await
         .expect_err("the third publish finds the queue full");
     match error.broker_error() {
@@ -518,7 +539,6 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
     assert_eq!(error.topic(), TOPIC);
     let returned = error.into_message();
     assert_eq!(returned, message(3), "headers, key and payload given back");
-    handled.assert_empty("the handler is still blocked");
 
     gate.add_permits(16);
     broker
@@ -535,9 +555,20 @@ async fn memory_backpressure_gives_the_message_back_and_loses_nothing() {
         got,
         [[1u8], [2], [3], [4]].map(|b| bytes::Bytes::copy_from_slice(&b))
     );
+    // the subscriber takes its queue in order: a second delivery of any of them would come
+    // before a marker published now
+    let marker = testkit::marker();
+    broker
+        .publish(TOPIC, marker.clone())
+        .await
+        .expect("publish the marker");
+    handled
+        .assert_empty_before("each message handled once", |payload| {
+            *payload == marker.payload
+        })
+        .await;
     let report = subscription.unsubscribe().await;
     assert_eq!(report.abandoned, 0, "{report:?}");
-    handled.assert_empty("each message handled once");
 }
 
 // A publisher waiting on a full queue is woken once an eighth of the capacity is free, and
@@ -648,10 +679,12 @@ async fn memory_batch_goes_back_to_the_group_in_order() {
         )
         .await;
 
-    let report = stuck.unsubscribe().await;
+    // no handler of the stuck member runs once it left
+    let report = started
+        .assert_empty_after("the stuck member took nothing else", stuck.unsubscribe())
+        .await;
     assert_eq!(report.abandoned, 1, "{report:?}");
     let got = handled.until("every message", |got| got.len() == 5).await;
     assert_eq!(got, [0, 1, 2, 3, 4], "in publish order");
     healthy.unsubscribe().await;
-    started.assert_empty("the stuck member took nothing else");
 }

@@ -4,28 +4,23 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use event_core::broker::delivery::Lifecycle;
+use event_core::backend::{AttributeSink, AttributeValue, Lifecycle};
 use event_core::broker::{
-    Broker, BrokerError, BrokerUrlError, Capabilities, Message, Position, PublishError, RawHandler,
-    Receipt, SubscribeOptions, Subscription, validate_subscription, validate_topic,
+    Broker, BrokerError, BrokerUrlError, Capabilities, Message, PublishError, RawHandler, Receipt,
+    SubscribeOptions, Subscription, validate_topic,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::NAME;
 use crate::admin::TopicSpec;
 use crate::config::KafkaBrokerBuilder;
-use crate::consumer::{ConsumerSettings, KafkaConsumer, KafkaSource, Shared, SubscriptionContext};
 use crate::error::{KafkaBackendError, backend};
 
 const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
@@ -69,14 +64,13 @@ const TOPIC_HINT: &str = "create it first (KafkaBroker::ensure_topics or \
 /// ```
 #[derive(Clone)]
 pub struct KafkaBroker {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: KafkaBrokerBuilder,
-    producer: FutureProducer,
-    lifecycle: Mutex<Lifecycle>,
-    closed: AtomicBool,
+pub(crate) struct Inner {
+    pub(crate) config: KafkaBrokerBuilder,
+    pub(crate) producer: FutureProducer,
+    lifecycle: Lifecycle,
     known_topics: RwLock<HashSet<String>>,
 }
 
@@ -105,7 +99,7 @@ impl KafkaBroker {
             .build()
             .map_err(|error| BrokerUrlError::Invalid {
                 url: event_core::broker::redact(url),
-                problem: error.to_string(),
+                problem: event_core::error_chain(&error),
             })
     }
 
@@ -119,12 +113,12 @@ impl KafkaBroker {
             .consumer_config(Some("event-config-check"), true)
             .create::<rdkafka::consumer::BaseConsumer>()
             .map_err(|source| KafkaBackendError::Config { source })?;
+        let lifecycle = Lifecycle::new(NAME, format!("kafka://{}", config.bootstrap_servers));
         Ok(KafkaBroker {
             inner: Arc::new(Inner {
                 config,
                 producer,
-                lifecycle: Mutex::new(Lifecycle::new()),
-                closed: AtomicBool::new(false),
+                lifecycle,
                 known_topics: RwLock::new(HashSet::new()),
             }),
         })
@@ -221,7 +215,7 @@ impl KafkaBroker {
             .insert(topic.to_owned());
     }
 
-    fn is_known_topic(&self, topic: &str) -> bool {
+    pub(crate) fn is_known_topic(&self, topic: &str) -> bool {
         self.inner
             .known_topics
             .read()
@@ -230,19 +224,13 @@ impl KafkaBroker {
     }
 
     fn check_open(&self) -> Result<(), BrokerError> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed {
-                broker: NAME,
-                address: self.address(),
-            });
-        }
-        Ok(())
+        self.inner.lifecycle.check_open()
     }
 
     /// The topic's partition numbers. A missing topic is created when
     /// [`KafkaBrokerBuilder::create_topics`] is on; otherwise it is
     /// [`BrokerError::TopicNotFound`].
-    async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
+    pub(crate) async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
         if let Some(partitions) = self.read_partitions(topic, false).await? {
             return Ok(partitions);
         }
@@ -371,216 +359,10 @@ impl KafkaBroker {
             Err(error) => Err(error),
         }
     }
-
-    /// Enqueues the record; `Err(None)` when librdkafka's local queue is full.
-    fn enqueue(
-        &self,
-        topic: &str,
-        message: &Message,
-    ) -> Result<DeliveryFuture, Option<BrokerError>> {
-        let mut record = FutureRecord::to(topic)
-            .payload(&message.payload[..])
-            .headers(record_headers(message));
-        if let Some(key) = &message.key {
-            record = record.key(&key[..]);
-        }
-        match self.inner.producer.send_result(record) {
-            Ok(delivery) => Ok(delivery),
-            Err((error, _)) if is_queue_full(&error) => Err(None),
-            Err((error, _)) => Err(Some(backend("publish", error))),
-        }
-    }
-
-    /// A publish that has to wait first: for the topic's metadata, or for room in the queue.
-    async fn publish_waiting(
-        &self,
-        topic: &str,
-        message: Message,
-    ) -> Result<Receipt, PublishError> {
-        if !self.is_known_topic(topic)
-            && let Err(error) = self.partitions(topic).await
-        {
-            return Err(PublishError::new(topic, message, error));
-        }
-        let deadline = Instant::now() + self.inner.config.delivery_timeout;
-        let mut wait = Duration::from_millis(1);
-        let delivery = loop {
-            match self.enqueue(topic, &message) {
-                Ok(delivery) => break delivery,
-                Err(None) if Instant::now() < deadline => {
-                    // the local queue is full: wait for delivery reports to make room
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(50));
-                }
-                Err(None) => {
-                    return Err(PublishError::new(
-                        topic,
-                        message,
-                        BrokerError::Timeout {
-                            broker: NAME,
-                            operation: "waiting for room in the producer queue",
-                            timeout: self.inner.config.delivery_timeout,
-                        },
-                    ));
-                }
-                Err(Some(error)) => return Err(PublishError::new(topic, message, error)),
-            }
-        };
-        self.report(topic, message, delivery).await
-    }
-
-    /// Waits for the delivery report of an enqueued record.
-    async fn report(
-        &self,
-        topic: &str,
-        message: Message,
-        delivery: DeliveryFuture,
-    ) -> Result<Receipt, PublishError> {
-        match delivery.await {
-            Ok(Ok(report)) => {
-                let receipt = Receipt::new(Position::Offset {
-                    partition: report.partition,
-                    offset: report.offset,
-                });
-                Ok(match message.headers.message_id_value() {
-                    Some(id) => receipt.with_message_id(id.clone()),
-                    None => receipt,
-                })
-            }
-            Ok(Err((error, _))) => {
-                Err(PublishError::new(topic, message, backend("publish", error)))
-            }
-            Err(_cancelled) => Err(PublishError::new(
-                topic,
-                message,
-                BrokerError::Closed {
-                    broker: NAME,
-                    address: self.address(),
-                },
-            )),
-        }
-    }
-
-    async fn start_subscription(
-        &self,
-        topic: &str,
-        options: &SubscribeOptions,
-        partitions: Vec<i32>,
-    ) -> Result<KafkaSource, BrokerError> {
-        let config = &self.inner.config;
-        let settings = ConsumerSettings {
-            topic: Arc::from(topic),
-            group: options.queue_name().map(str::to_owned),
-            start_from: options.start_position(),
-            parallel_keys: config.parallel_keys,
-            max_buffered: config.max_buffered_per_partition,
-            operation_timeout: config.operation_timeout,
-            revoke_timeout: config.revoke_timeout,
-        };
-        let shared = Shared::new(settings.clone());
-        // librdkafka needs a group id even for self-assigned partitions; a broadcast reader
-        // gets a unique one and never commits with it
-        let client_group = match &settings.group {
-            Some(group) => group.clone(),
-            None => format!(
-                "event-broadcast-{}-{:016x}",
-                config.client_id,
-                fastrand::u64(..)
-            ),
-        };
-        let mut client = config.consumer_config(Some(&client_group), settings.group.is_some());
-        if matches!(
-            options.start_position(),
-            event_core::broker::StartFrom::Earliest
-        ) {
-            client.set("auto.offset.reset", "earliest");
-        }
-        let consumer: KafkaConsumer = client
-            .create_with_context(SubscriptionContext {
-                shared: shared.clone(),
-            })
-            .map_err(|source| BrokerError::Backend {
-                broker: NAME,
-                operation: "create consumer",
-                source: Box::new(KafkaBackendError::Config { source }),
-            })?;
-        let consumer = Arc::new(consumer);
-
-        match &settings.group {
-            Some(_) => {
-                if let Err(error) = consumer.subscribe(&[topic]) {
-                    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-                    return Err(backend("subscribe", error));
-                }
-            }
-            None => {
-                // broadcast: read every partition from its end (or its beginning)
-                let c = consumer.clone();
-                let t = topic.to_owned();
-                let start_from = options.start_position();
-                let timeout = config.operation_timeout;
-                let starts = blocking("read watermarks", move || {
-                    let consumer = c;
-                    let c = &consumer;
-                    let mut tpl = TopicPartitionList::new();
-                    let mut starts = Vec::with_capacity(partitions.len());
-                    for p in partitions {
-                        let (low, high) = crate::consumer::watermarks(c, &t, p, timeout)?;
-                        let start = match start_from {
-                            event_core::broker::StartFrom::Earliest => low,
-                            _ => high,
-                        };
-                        tpl.add_partition_offset(&t, p, Offset::Offset(start))?;
-                        starts.push((p, Some(start)));
-                    }
-                    c.assign(&tpl)?;
-                    Ok::<_, KafkaError>(starts)
-                })
-                .await?
-                .map_err(|e| backend("assign partitions", e));
-                let starts = match starts {
-                    Ok(starts) => starts,
-                    Err(error) => {
-                        // closing a consumer blocks: not on an async worker
-                        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-                        return Err(error);
-                    }
-                };
-                shared.assigned(starts);
-            }
-        }
-
-        let source = match KafkaSource::start(consumer.clone(), shared) {
-            Ok(source) => source,
-            Err(error) => {
-                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-                return Err(BrokerError::Backend {
-                    broker: NAME,
-                    operation: "start the consumer's poller thread",
-                    source: Box::new(error),
-                });
-            }
-        };
-        drop(consumer);
-        if settings.group.is_some() && !source.wait_assigned(config.join_timeout).await {
-            source_close(source).await;
-            return Err(BrokerError::Timeout {
-                broker: NAME,
-                operation: "joining the consumer group",
-                timeout: config.join_timeout,
-            });
-        }
-        Ok(source)
-    }
-}
-
-async fn source_close(source: KafkaSource) {
-    use event_core::broker::delivery::DeliverySource;
-    source.close().await;
 }
 
 /// Runs a blocking librdkafka call on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BrokerError> {
@@ -593,25 +375,6 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-fn record_headers(message: &Message) -> OwnedHeaders {
-    message.headers.iter().fold(
-        OwnedHeaders::new_with_capacity(message.headers.len()),
-        |headers, (name, value)| {
-            headers.insert(Header {
-                key: name.as_str(),
-                value: Some(value.as_bytes()),
-            })
-        },
-    )
-}
-
-fn is_queue_full(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-    )
-}
-
 #[async_trait]
 impl Broker for KafkaBroker {
     fn name(&self) -> &'static str {
@@ -620,6 +383,16 @@ impl Broker for KafkaBroker {
 
     fn address(&self) -> String {
         format!("kafka://{}", self.inner.config.bootstrap_servers)
+    }
+
+    fn message_attributes(&self, _topic: &str, message: &Message, sink: &mut AttributeSink<'_>) {
+        if let Some(key) = message
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+        {
+            sink("messaging.kafka.message.key", AttributeValue::Str(key));
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -631,12 +404,7 @@ impl Broker for KafkaBroker {
     }
 
     async fn connect(&self) -> Result<(), BrokerError> {
-        self.inner
-            .lifecycle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .renew_if_shut_down();
-        self.inner.closed.store(false, Ordering::Release);
+        self.inner.lifecycle.open();
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.operation_timeout;
         blocking("connect", move || {
@@ -660,15 +428,8 @@ impl Broker for KafkaBroker {
     }
 
     async fn disconnect(&self) -> Result<(), BrokerError> {
-        let lifecycle = self
-            .inner
-            .lifecycle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         // drain first: handlers still running may publish (follow-ups, dead letters)
-        lifecycle.shutdown().await;
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.lifecycle.close().await;
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.flush_timeout;
         let flushed = blocking("flush", move || {
@@ -732,25 +493,20 @@ impl Broker for KafkaBroker {
         options: SubscribeOptions,
         handler: Arc<dyn RawHandler>,
     ) -> Result<Subscription, BrokerError> {
-        validate_subscription(topic, &options)?;
-        self.check_open()?;
-        let partitions = self.partitions(topic).await?;
-        self.check_dead_letter_topic(topic, &options).await?;
-        let source = self.start_subscription(topic, &options, partitions).await?;
-        let lifecycle = self
-            .inner
+        let open = async {
+            let partitions = self.partitions(topic).await?;
+            self.check_dead_letter_topic(topic, &options).await?;
+            self.start_subscription(topic, &options, partitions).await
+        };
+        self.inner
             .lifecycle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if lifecycle.is_shut_down() {
-            // disconnected while this subscription was being set up
-            source_close(source).await;
-            return Err(BrokerError::Closed {
-                broker: NAME,
-                address: self.address(),
-            });
-        }
-        Ok(lifecycle.spawn(topic, source, &options, handler, Arc::new(self.clone())))
+            .subscribe(
+                Arc::new(self.clone()),
+                topic,
+                options.clone(),
+                handler,
+                open,
+            )
+            .await
     }
 }

@@ -7,14 +7,14 @@ use event_core::broker::BrokerError;
 #[non_exhaustive]
 pub enum KafkaBackendError {
     /// librdkafka rejected the configuration.
-    #[error("invalid Kafka client configuration: {source}")]
+    #[error("invalid Kafka client configuration")]
     Config {
         /// librdkafka's error (names the property).
         #[source]
         source: rdkafka::error::KafkaError,
     },
     /// A client call failed.
-    #[error("{operation} failed: {source}")]
+    #[error("{operation} failed")]
     Client {
         /// What was attempted.
         operation: &'static str,

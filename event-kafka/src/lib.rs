@@ -65,8 +65,10 @@
 mod admin;
 mod broker;
 mod config;
-mod consumer;
+mod consume;
 mod error;
+mod produce;
+mod wire;
 
 pub use admin::TopicSpec;
 pub use broker::KafkaBroker;

@@ -1,13 +1,40 @@
 //! Encoding, decoding, and the diagnosis of messages that do not decode.
 //!
-//! Payloads are protobuf binary (`application/protobuf`), the body and nothing else. On the
-//! way in, a typed subscriber checks the message before decoding it (DESIGN.md §5):
+//! # Codecs
+//!
+//! A [`Codec`] turns a message into payload bytes and back, and names the content type it
+//! writes. Two come with the crate:
+//!
+//! | codec | content type | |
+//! |---|---|---|
+//! | [`Protobuf`] | `application/protobuf` | protobuf binary, the body and nothing else; the default |
+//! | [`ProtoJson`] | `application/json` | the proto3 canonical JSON mapping, through the descriptors registered with [`json::register_file_descriptor_set`] |
+//!
+//! A [`Publisher`](crate::Publisher) encodes with [`Protobuf`] unless told otherwise
+//! ([`Publisher::json`](crate::Publisher::json),
+//! [`Publisher::with_codec`](crate::Publisher::with_codec)). A typed subscriber picks the codec
+//! of each message by its content type: protobuf binary for `application/protobuf` and its
+//! aliases ([`is_protobuf`]) or no content type at all, proto3 JSON for `application/json`
+//! with any parameters ([`is_json`]). proto3 JSON needs nothing from the message type beyond
+//! what protobuf binary needs (`prost::Message + prost::Name + Default`): the type's
+//! descriptor is looked up at run time by its full name, so code that never meets JSON
+//! registers nothing.
+//!
+//! # Checks before decoding
+//!
+//! On the way in, a typed subscriber checks the message before decoding it:
 //!
 //! 1. a type header (`ce_type`) naming another type than the subscriber's is refused, and
 //!    nothing is decoded;
-//! 2. a content type that is not protobuf (JSON, CloudEvents structured, ...) is refused;
-//! 3. the bytes are decoded; if that fails, or if a message *without* a type header turns out
-//!    to be empty or a JSON document, the payload is classified ([`PayloadKind`]).
+//! 2. a content type that is neither protobuf nor JSON (CloudEvents structured, text, ...) is
+//!    refused, and so is JSON of a type whose descriptor is not registered;
+//! 3. the bytes are decoded by the codec of their content type. Protobuf: a subscription with
+//!    [`schema_registry_framing`](crate::broker::SubscribeOptions::schema_registry_framing)
+//!    strips a Confluent Schema Registry prefix first; if decoding fails, or if a message
+//!    *without* a type header turns out to be empty or a JSON document, the payload is
+//!    classified ([`PayloadKind`]). JSON: without a type header a key that is not a field of
+//!    the type is refused (nothing else vouches for the type); with one it is schema drift,
+//!    as an unknown protobuf field is.
 //!
 //! Each refusal is a [`DecodeError`] whose [`Diagnosis`] names the topic, position, message
 //! id, expected and found type, content type, what the bytes look like and a hint. The
@@ -16,16 +43,124 @@
 
 use std::fmt;
 
-use bytes::{Buf, Bytes};
-
-use crate::broker::{Delivery, FailureKind, Position};
+use bytes::Bytes;
 
 mod classify;
+mod decode;
+mod diagnosis;
+pub mod json;
+mod protobuf;
 
 pub use classify::{PayloadKind, classify};
+pub use diagnosis::{CodecChoice, DecodeError, Diagnosis};
+pub use json::ProtoJson;
+pub use protobuf::Protobuf;
 
-/// The content type this crate writes.
+/// Lower-case hex of the first bytes (kept here, where it was first public).
+pub use crate::hex::hex;
+
+pub(crate) use decode::{DecodeSettings, decode};
+pub(crate) use protobuf::encode_payload;
+
+/// The content type of protobuf binary, which [`Protobuf`] writes.
 pub const PROTOBUF: &str = "application/protobuf";
+
+/// The content type of proto3 JSON, which [`ProtoJson`] writes.
+pub const JSON: &str = "application/json";
+
+/// A payload encoding: the content type it writes, and how a `T` becomes payload bytes and
+/// back.
+///
+/// [`Protobuf`] and [`ProtoJson`] implement it for every prost message; a
+/// [`Publisher`](crate::Publisher) takes any implementation
+/// ([`Publisher::with_codec`](crate::Publisher::with_codec)). On the way in, typed
+/// subscribers choose between the crate's own codecs by content type.
+///
+/// ```
+/// use event_core::codec::{Codec, Protobuf};
+/// # #[derive(Clone, PartialEq, prost::Message)] pub struct UserCreated { #[prost(string, tag = "1")] pub email: String }
+/// # impl prost::Name for UserCreated { const NAME: &'static str = "UserCreated"; const PACKAGE: &'static str = "users.v1"; }
+///
+/// let user = UserCreated { email: "ada@example.com".into() };
+/// let bytes = Codec::<UserCreated>::encode(&Protobuf, &user)?;
+/// assert_eq!(Codec::<UserCreated>::decode(&Protobuf, &bytes)?, user);
+/// assert_eq!(Codec::<UserCreated>::content_type(&Protobuf), "application/protobuf");
+/// # Ok::<(), event_core::codec::CodecError>(())
+/// ```
+pub trait Codec<T>: Send + Sync + fmt::Debug {
+    /// The content type of what [`Codec::encode`] writes, sent in the `content-type` header.
+    fn content_type(&self) -> &str;
+
+    /// Encodes `message`.
+    ///
+    /// # Errors
+    ///
+    /// A [`CodecError`] when the message cannot be written in this encoding (never for
+    /// [`Protobuf`]).
+    fn encode(&self, message: &T) -> Result<Bytes, CodecError>;
+
+    /// Decodes a payload.
+    ///
+    /// # Errors
+    ///
+    /// A [`CodecError`] when the bytes are not a valid encoding of `T`.
+    fn decode(&self, payload: &Bytes) -> Result<T, CodecError>;
+}
+
+/// Why a [`Codec`] could not encode or decode a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The bytes are not protobuf binary of the type.
+    #[error("invalid protobuf binary")]
+    Protobuf {
+        /// prost's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// proto3 JSON of a type whose descriptor is not registered.
+    #[error(
+        "no descriptor of {message_type} is registered for proto3 JSON: register its file \
+         descriptor set with event_core::codec::json::register_file_descriptor_set"
+    )]
+    DescriptorNotRegistered {
+        /// The protobuf full name of the type.
+        message_type: String,
+    },
+    /// The bytes are not proto3 JSON of the type.
+    #[error("invalid proto3 JSON of {message_type}")]
+    Json {
+        /// The protobuf full name of the type.
+        message_type: String,
+        /// The JSON parser's error: where, and which key or value does not fit.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The message could not be written as proto3 JSON.
+    #[error("cannot write {message_type} as proto3 JSON")]
+    JsonWrite {
+        /// The protobuf full name of the type.
+        message_type: String,
+        /// The JSON writer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The registered descriptor of the type does not describe its Rust type: one of them was
+    /// built from another version of the `.proto` file.
+    #[error("the registered descriptor of {message_type} does not match its Rust type")]
+    DescriptorMismatch {
+        /// The protobuf full name of the type.
+        message_type: String,
+        /// The error of decoding one through the other.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// The essence of a content type (the media type without parameters), trimmed.
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
 
 /// Whether a content type denotes plain protobuf bytes.
 ///
@@ -34,7 +169,7 @@ pub const PROTOBUF: &str = "application/protobuf";
 /// (go-micro's gRPC codec) and go-micro's `application/grpc`, `application/grpc+proto`
 /// (raw protobuf when written by its gRPC client), ignoring parameters and case.
 pub fn is_protobuf(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let essence = essence(content_type);
     [
         "application/protobuf",
         "application/x-protobuf",
@@ -48,304 +183,45 @@ pub fn is_protobuf(content_type: &str) -> bool {
     .any(|known| known.eq_ignore_ascii_case(essence))
 }
 
-/// Lower-case hex of the first `max` bytes.
-pub fn hex(bytes: &[u8], max: usize) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len().min(max) * 2 + 1);
-    for b in bytes.iter().take(max) {
-        let _ = write!(out, "{b:02x}");
-    }
-    if bytes.len() > max {
-        out.push('…');
-    }
-    out
+/// Whether a content type denotes proto3 JSON: `application/json`, ignoring parameters
+/// (`application/json; charset=utf-8`) and case. go-micro's default content type.
+pub fn is_json(content_type: &str) -> bool {
+    essence(content_type).eq_ignore_ascii_case(JSON)
 }
 
-/// Everything known about a message that did not decode.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Diagnosis {
-    /// Topic it was consumed from.
-    pub topic: String,
-    /// Where it sits in the broker.
-    pub position: Position,
-    /// Its id, if it had one.
-    pub message_id: Option<String>,
-    /// The protobuf type the subscriber expects.
-    pub expected_type: String,
-    /// The type header it carried, if any.
-    pub found_type: Option<String>,
-    /// The content type it carried, if any.
-    pub content_type: Option<String>,
-    /// What the payload looks like.
-    pub payload_kind: PayloadKind,
-    /// Payload length in bytes.
-    pub payload_len: usize,
-    /// The first bytes, hex.
-    pub payload_preview: String,
+/// The codec a content type selects, as a typed subscriber sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Selected {
+    Protobuf,
+    Json,
+    /// Neither: the content type is refused.
+    Unsupported,
 }
 
-impl Diagnosis {
-    /// Diagnoses `delivery` for a subscriber expecting `expected_type`.
-    pub fn of(delivery: &Delivery, expected_type: &str) -> Diagnosis {
-        let headers = delivery.headers();
-        let payload = delivery.payload();
-        Diagnosis {
-            topic: delivery.topic().to_owned(),
-            position: delivery.position().clone(),
-            message_id: headers.message_id().map(str::to_owned),
-            expected_type: expected_type.to_owned(),
-            found_type: headers.message_type().map(str::to_owned),
-            content_type: headers.content_type().map(str::to_owned),
-            payload_kind: classify(headers, payload),
-            payload_len: payload.len(),
-            payload_preview: hex(payload, 16),
-        }
-    }
-
-    /// What probably happened and what to do about it.
-    pub fn hint(&self) -> String {
-        match &self.found_type {
-            Some(found) if found != &self.expected_type => format!(
-                "the publisher sends {found} on this topic but this subscriber expects {}: \
-                 share one typed Topic<T> constant between publisher and subscriber",
-                self.expected_type
-            ),
-            Some(_) => self.payload_kind.hint().to_owned(),
-            None if self.payload_kind.hint().contains("raw Broker API") => {
-                self.payload_kind.hint().to_owned()
-            }
-            None => format!(
-                "{} (the message has no type header: published with the raw Broker API or by \
-                 another framework?)",
-                self.payload_kind.hint()
-            ),
-        }
-    }
-}
-
-impl fmt::Display for Diagnosis {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "topic {:?}, {}", self.topic, self.position)?;
-        if let Some(id) = &self.message_id {
-            write!(f, ", message id {id}")?;
-        }
-        write!(f, "; expected type {}", self.expected_type)?;
-        match &self.found_type {
-            Some(t) => write!(f, ", type header {t}")?,
-            None => f.write_str(", no type header")?,
-        }
-        match &self.content_type {
-            Some(ct) => write!(f, ", content type {ct}")?,
-            None => f.write_str(", no content type")?,
-        }
-        write!(
-            f,
-            "; payload: {} ({} bytes: {}); hint: {}",
-            self.payload_kind,
-            self.payload_len,
-            if self.payload_preview.is_empty() {
-                "-"
-            } else {
-                &self.payload_preview
-            },
-            self.hint()
-        )
-    }
-}
-
-/// Why a delivery could not become a typed message.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// The type header names another message type; nothing was decoded.
-    #[error("type mismatch: expected {}, the message is {} ({diagnosis})", diagnosis.expected_type, diagnosis.found_type.as_deref().unwrap_or("?"))]
-    TypeMismatch {
-        /// The diagnosis.
-        diagnosis: Box<Diagnosis>,
-    },
-    /// The content type is not protobuf.
-    #[error("cannot decode content type {} as protobuf ({diagnosis})", diagnosis.content_type.as_deref().unwrap_or("?"))]
-    UnsupportedContentType {
-        /// The diagnosis.
-        diagnosis: Box<Diagnosis>,
-    },
-    /// The bytes are not a valid encoding of the expected type.
-    #[error("payload is not a valid {} ({diagnosis})", diagnosis.expected_type)]
-    Malformed {
-        /// The diagnosis.
-        diagnosis: Box<Diagnosis>,
-        /// prost's error.
-        #[source]
-        source: prost::DecodeError,
-    },
-    /// No type header vouches for the bytes and they are empty, or a JSON document that
-    /// decoded as protobuf by accident.
-    #[error("payload is {}, not protobuf ({diagnosis})", diagnosis.payload_kind)]
-    NotProtobuf {
-        /// The diagnosis.
-        diagnosis: Box<Diagnosis>,
-    },
-}
-
-impl DecodeError {
-    /// The diagnosis.
-    pub fn diagnosis(&self) -> &Diagnosis {
-        match self {
-            DecodeError::TypeMismatch { diagnosis }
-            | DecodeError::UnsupportedContentType { diagnosis }
-            | DecodeError::Malformed { diagnosis, .. }
-            | DecodeError::NotProtobuf { diagnosis } => diagnosis,
-        }
-    }
-
-    /// The failure kind it is dead-lettered with.
-    pub fn failure_kind(&self) -> FailureKind {
-        match self {
-            DecodeError::TypeMismatch { .. } => FailureKind::TypeMismatch,
-            DecodeError::UnsupportedContentType { .. } => FailureKind::UnsupportedContentType,
-            DecodeError::Malformed { .. } | DecodeError::NotProtobuf { .. } => FailureKind::Decode,
-        }
-    }
-}
-
-/// A successfully decoded message.
-#[derive(Debug)]
-pub(crate) struct Decoded<T> {
-    pub(crate) message: T,
-    /// Whether a type header vouched for the type.
-    pub(crate) type_verified: bool,
-    /// Top-level fields the payload had that the decoded message does not (schema drift).
-    pub(crate) unknown_fields: Vec<u32>,
-}
-
-/// Decodes `delivery` as `T`, checking content type and type header first.
-pub(crate) fn decode<T: prost::Message + Default>(
-    delivery: &Delivery,
-    expected_type: &str,
-) -> Result<Decoded<T>, DecodeError> {
-    let headers = delivery.headers();
-    let diagnose = || Box::new(Diagnosis::of(delivery, expected_type));
-    // compared as bytes first: the usual case needs no UTF-8 check
-    let found = match headers.message_type_value() {
-        Some(value) if value.as_bytes() == expected_type.as_bytes() => Some(expected_type),
-        // a type header that is not text counts as absent, as in `Headers::message_type`
-        Some(value) => match value.to_str() {
-            Ok(_) => {
-                return Err(DecodeError::TypeMismatch {
-                    diagnosis: diagnose(),
-                });
-            }
-            Err(_) => None,
-        },
-        None => None,
+/// The codec a message's `content-type` header selects.
+#[inline]
+pub(crate) fn select(headers: &crate::headers::Headers) -> Selected {
+    let Some(value) = headers.content_type_value() else {
+        return Selected::Protobuf;
     };
-    if let Some(ct) = headers.content_type_value()
-        && !ct.as_bytes().eq_ignore_ascii_case(PROTOBUF.as_bytes())
-        && ct.to_str().is_ok_and(|ct| !is_protobuf(ct))
-    {
-        return Err(DecodeError::UnsupportedContentType {
-            diagnosis: diagnose(),
-        });
+    // compared as bytes first: the usual case needs no UTF-8 check, nor a case-blind one
+    let bytes = value.as_bytes();
+    if bytes == PROTOBUF.as_bytes() || bytes.eq_ignore_ascii_case(PROTOBUF.as_bytes()) {
+        return Selected::Protobuf;
     }
-    let payload: &Bytes = delivery.payload();
-    let message = match T::decode(PayloadReader::new(payload)) {
-        Ok(m) => m,
-        Err(source) => {
-            return Err(DecodeError::Malformed {
-                diagnosis: diagnose(),
-                source,
-            });
-        }
-    };
-    // Without a type header nothing vouches for the bytes: an empty payload (a Kafka
-    // tombstone, a producer that sent nothing) or a JSON document that happens to parse as
-    // protobuf is refused rather than handed over as a default-valued message.
-    if found.is_none() && payload.is_empty() {
-        return Err(DecodeError::NotProtobuf {
-            diagnosis: diagnose(),
-        });
+    match value.to_str() {
+        Ok(ct) if is_protobuf(ct) => Selected::Protobuf,
+        Ok(ct) if is_json(ct) => Selected::Json,
+        Ok(_) => Selected::Unsupported,
+        // a content type that is not text says nothing: read as protobuf, as without one
+        Err(_) => Selected::Protobuf,
     }
-    if found.is_none() && payload.first().is_some_and(|b| matches!(b, b'{' | b'[')) {
-        let kind = classify(headers, payload);
-        if matches!(
-            kind,
-            PayloadKind::Json { .. } | PayloadKind::GoMicroEnvelope { .. }
-        ) {
-            return Err(DecodeError::NotProtobuf {
-                diagnosis: diagnose(),
-            });
-        }
-    }
-    let unknown_fields = if message.encoded_len() != payload.len() {
-        unknown_fields(payload, &message)
-    } else {
-        Vec::new()
-    };
-    Ok(Decoded {
-        message,
-        type_verified: found.is_some(),
-        unknown_fields,
-    })
-}
-
-/// A delivery's payload read as a [`Buf`] without taking a handle on it: `bytes` fields are cut
-/// from the payload (zero-copy, one handle each), everything else is read in place. Decoding
-/// from a clone of the payload instead costs a handle per message, and the first clone of a
-/// payload built from a vector allocates.
-struct PayloadReader<'a> {
-    payload: &'a Bytes,
-    at: usize,
-}
-
-impl<'a> PayloadReader<'a> {
-    fn new(payload: &'a Bytes) -> Self {
-        PayloadReader { payload, at: 0 }
-    }
-}
-
-impl Buf for PayloadReader<'_> {
-    fn remaining(&self) -> usize {
-        self.payload.len() - self.at
-    }
-
-    fn chunk(&self) -> &[u8] {
-        &self.payload[self.at..]
-    }
-
-    fn advance(&mut self, count: usize) {
-        assert!(
-            count <= self.remaining(),
-            "advance by {count} past the {} bytes left",
-            self.remaining()
-        );
-        self.at += count;
-    }
-
-    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        assert!(
-            len <= self.remaining(),
-            "{len} bytes asked of the {} left",
-            self.remaining()
-        );
-        let bytes = self.payload.slice(self.at..self.at + len);
-        self.at += len;
-        bytes
-    }
-}
-
-/// Top-level field numbers present in `payload` but absent from `decoded` re-encoded.
-fn unknown_fields<T: prost::Message>(payload: &[u8], decoded: &T) -> Vec<u32> {
-    let Some(seen) = classify::protobuf_fields(payload) else {
-        return Vec::new();
-    };
-    let known = classify::protobuf_fields(&decoded.encode_to_vec()).unwrap_or_default();
-    seen.into_iter().filter(|f| !known.contains(f)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::{HeaderValue, Headers};
 
     #[test]
     fn protobuf_content_types() {
@@ -357,6 +233,7 @@ mod tests {
             "application/grpc+proto",
         ] {
             assert!(is_protobuf(ct), "{ct}");
+            assert!(!is_json(ct), "{ct}");
         }
         for ct in [
             "application/json",
@@ -368,29 +245,50 @@ mod tests {
     }
 
     #[test]
-    fn bytes_fields_are_cut_from_the_payload_not_copied() {
-        use prost::Message as _;
-        let tick = event_proto::bench::v1::Tick {
-            seq: 300,
-            payload: Bytes::from_static(b"0123456789"),
-        };
-        let payload = Bytes::from(tick.encode_to_vec());
-        let decoded =
-            event_proto::bench::v1::Tick::decode(PayloadReader::new(&payload)).expect("decodes");
-        assert_eq!(decoded, tick);
-        let range = payload.as_ptr_range();
-        assert!(
-            range.contains(&decoded.payload.as_ptr()),
-            "the bytes field was copied out of the payload"
-        );
-        // a truncated payload is an error, not a panic
-        let truncated = payload.slice(..payload.len() - 3);
-        assert!(event_proto::bench::v1::Tick::decode(PayloadReader::new(&truncated)).is_err());
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=UTF-8",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "application/cloudevents+json",
+            "application/jsonl",
+            "text/json",
+            "application/protobuf",
+            "",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
     }
 
     #[test]
-    fn hex_preview_truncates() {
-        assert_eq!(hex(&[0x0a, 0x03], 16), "0a03");
-        assert_eq!(hex(&[0; 20], 2), "0000…");
+    fn the_content_type_selects_the_codec() {
+        let with = |ct: HeaderValue| {
+            let mut headers = Headers::new();
+            headers.append("Content-Type", ct);
+            select(&headers)
+        };
+        assert_eq!(select(&Headers::new()), Selected::Protobuf);
+        assert_eq!(
+            with(HeaderValue::from("application/protobuf")),
+            Selected::Protobuf
+        );
+        assert_eq!(
+            with(HeaderValue::from("application/x-protobuf")),
+            Selected::Protobuf
+        );
+        assert_eq!(
+            with(HeaderValue::from("application/json; charset=utf-8")),
+            Selected::Json
+        );
+        assert_eq!(with(HeaderValue::from("text/plain")), Selected::Unsupported);
+        assert_eq!(
+            with(HeaderValue::from_bytes(vec![0xff, 0xfe])),
+            Selected::Protobuf
+        );
     }
 }

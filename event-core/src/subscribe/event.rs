@@ -30,7 +30,7 @@ impl<T> Event<T> {
             topic: delivery.topic_arc().clone(),
             headers: delivery.headers().clone(),
             key: delivery.message().key.clone(),
-            position: delivery.position().clone(),
+            position: *delivery.position(),
             attempt: delivery.attempt(),
             received_at: delivery.received_at(),
             type_verified,

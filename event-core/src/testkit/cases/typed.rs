@@ -1,0 +1,263 @@
+//! The typed layer on the broker: the header scheme, context propagation through a handler,
+//! type mismatches and handler errors dead-lettered with their reasons.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::broker::SubscribeOptions;
+use crate::context::Context;
+use crate::headers::names;
+use crate::publish::Publisher;
+use crate::service::Service;
+use crate::testkit::collect::delivery_subscriber;
+use crate::testkit::{BrokerFactory, Collector, OtherProbe, Probe, fast_retry, unique};
+
+/// A typed publisher writes the header scheme; context metadata and trace pass through.
+pub async fn typed_headers_roundtrip<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let topic = unique("typed");
+    factory.create_topic(&topic).await;
+    let (tx, mut rx) = Collector::new(factory.timeout());
+    let sub = delivery_subscriber(&*broker, &topic, tx).await;
+    let publisher = Publisher::<Probe>::new(broker.clone(), "testkit-source", topic.as_str());
+    let mut ctx = Context::new()
+        .with_metadata("tenant", "t-42")
+        .expect("metadata");
+    ctx.set_trace(crate::context::TraceContext {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ..Default::default()
+    });
+    let receipt = publisher
+        .publish_with(
+            &ctx,
+            &Probe {
+                seq: 7,
+                note: "hello".into(),
+            },
+        )
+        .await
+        .expect("publish");
+    let d = rx.next("typed message").await;
+    let h = d.headers();
+    assert_eq!(h.get_str("ce_specversion"), Some("1.0"));
+    assert_eq!(h.message_type(), Some("event.testkit.v1.Probe"));
+    assert_eq!(h.source(), Some("testkit-source"));
+    assert_eq!(h.content_type(), Some("application/protobuf"));
+    assert_eq!(h.message_id(), receipt.message_id());
+    let id = uuid::Uuid::parse_str(h.message_id().expect("id")).expect("uuid id");
+    assert_eq!(id.get_version_num(), 7);
+    assert!(
+        h.time().is_some(),
+        "ce_time parses as RFC 3339: {:?}",
+        h.get("ce_time")
+    );
+    assert_eq!(
+        h.get_str("correlation-id"),
+        h.message_id(),
+        "a chain starts at its first id"
+    );
+    assert_eq!(h.get_str("tenant"), Some("t-42"));
+    assert_eq!(
+        h.get_str("traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    let decoded: Probe =
+        prost::Message::decode(d.payload().clone()).expect("body is the bare message");
+    assert_eq!(
+        decoded,
+        Probe {
+            seq: 7,
+            note: "hello".into()
+        }
+    );
+    sub.unsubscribe().await;
+}
+
+/// A handler that publishes passes metadata, trace, correlation and causation on untouched.
+pub async fn context_propagates<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let (first, second) = (unique("chain-1"), unique("chain-2"));
+    factory.create_topic(&first).await;
+    factory.create_topic(&second).await;
+    let (tx, mut rx) = Collector::new(factory.timeout());
+    let observer = delivery_subscriber(&*broker, &second, tx).await;
+    let follow_up = Publisher::<OtherProbe>::new(broker.clone(), "relay", second.as_str());
+    let relay = move |probe: Probe| {
+        let follow_up = follow_up.clone();
+        async move {
+            follow_up
+                .publish(&OtherProbe {
+                    text: format!("after {}", probe.seq),
+                })
+                .await
+                .map(|_| ())
+        }
+    };
+    let service = Service::builder("relay")
+        .broker(broker.clone())
+        .subscribe(first.as_str(), relay)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let origin = Publisher::<Probe>::new(broker.clone(), "origin", first.as_str());
+    let ctx = Context::new()
+        .with_metadata("tenant", "t-7")
+        .expect("metadata");
+    let receipt = origin
+        .publish_with(
+            &ctx,
+            &Probe {
+                seq: 1,
+                note: String::new(),
+            },
+        )
+        .await
+        .expect("publish");
+    let d = rx.next("follow-up").await;
+    let first_id = receipt.message_id().expect("id");
+    assert_eq!(d.headers().get_str("correlation-id"), Some(first_id));
+    assert_eq!(d.headers().get_str("causation-id"), Some(first_id));
+    assert_eq!(d.headers().get_str("tenant"), Some("t-7"));
+    assert_eq!(d.headers().source(), Some("relay"));
+    assert_ne!(d.headers().message_id(), Some(first_id));
+    running_shutdown(service).await;
+    observer.unsubscribe().await;
+}
+
+async fn running_shutdown(service: crate::RunningService) {
+    // drain, but leave the shared broker connected for the other cases
+    service.stop().await;
+}
+
+/// A message of another type is diagnosed and dead-lettered once, without calling the handler.
+pub async fn type_mismatch_dead_lettered<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let topic = unique("mismatch");
+    factory.create_topic(&topic).await;
+    factory.create_topic(&format!("{topic}.dlq")).await;
+    let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        move |_p: Probe| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let service = Service::builder("typed-sub")
+        .broker(broker.clone())
+        .subscribe(topic.as_str(), handler)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let wrong = Publisher::<OtherProbe>::new(broker.clone(), "wrong-producer", topic.as_str());
+    let sent = wrong.encode(
+        &OtherProbe {
+            text: "not a probe".into(),
+        },
+        None,
+    );
+    broker.publish(&topic, sent.clone()).await.expect("publish");
+    let d = dlq.next("dead letter").await;
+    let h = d.headers();
+    assert_eq!(h.get_str(names::X_EVENT_ERROR_KIND), Some("type-mismatch"));
+    assert_eq!(
+        h.get_str(names::X_EVENT_ORIGINAL_TOPIC),
+        Some(topic.as_str())
+    );
+    assert_eq!(h.get_str(names::X_EVENT_ATTEMPTS), Some("1"));
+    let error = h.get_str(names::X_EVENT_ERROR).expect("error header");
+    assert!(
+        error.contains("event.testkit.v1.Probe") && error.contains("event.testkit.v1.OtherProbe"),
+        "{error}"
+    );
+    assert_eq!(d.payload(), &sent.payload, "original bytes kept");
+    assert_eq!(
+        h.message_id(),
+        sent.headers.message_id(),
+        "original headers kept"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the handler must not see a mismatched message"
+    );
+    running_shutdown(service).await;
+    dlq.assert_quiet("a second dead letter", Duration::from_millis(100))
+        .await;
+    dlq_sub.unsubscribe().await;
+}
+
+/// A handler that always fails: N attempts, then the dead-letter topic with reason headers.
+pub async fn dead_letter_after_retries<F: BrokerFactory>(factory: &F) {
+    let broker = factory.broker().await;
+    let topic = unique("poison");
+    factory.create_topic(&topic).await;
+    factory.create_topic(&format!("{topic}.dlq")).await;
+    let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
+    let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        move |_p: Probe| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(std::io::Error::other("database unavailable"))
+            }
+        }
+    };
+    let service = Service::builder("poisoned")
+        .broker(broker.clone())
+        .subscribe_with(
+            topic.as_str(),
+            SubscribeOptions::new().retry(fast_retry(3)),
+            handler,
+        )
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    let publisher = Publisher::<Probe>::new(broker.clone(), "producer", topic.as_str());
+    let sent = publisher.encode(
+        &Probe {
+            seq: 9,
+            note: "poison".into(),
+        },
+        None,
+    );
+    broker.publish(&topic, sent.clone()).await.expect("publish");
+    let d = dlq.next("dead letter").await;
+    let h = d.headers();
+    assert_eq!(h.get_str(names::X_EVENT_ATTEMPTS), Some("3"));
+    assert_eq!(h.get_str(names::X_EVENT_ERROR_KIND), Some("handler-error"));
+    assert_eq!(
+        h.get_str(names::X_EVENT_ERROR),
+        Some("database unavailable")
+    );
+    assert!(
+        h.get_str(names::X_EVENT_HANDLER)
+            .is_some_and(|n| !n.is_empty())
+    );
+    assert!(h.get_str(names::X_EVENT_ORIGINAL_POSITION).is_some());
+    assert_eq!(d.payload(), &sent.payload);
+    for (name, value) in sent.headers.iter() {
+        assert_eq!(
+            h.get(name.as_str()),
+            Some(value),
+            "original header {name} kept"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    running_shutdown(service).await;
+    dlq_sub.unsubscribe().await;
+}
