@@ -166,6 +166,21 @@ impl AmqpBroker {
     }
 }
 
+// Here, not in `config`, so that the configuration does not depend on the broker it
+// configures.
+impl AmqpBrokerBuilder {
+    /// Builds the broker. It connects on [`connect`](event_core::Broker::connect) (or on the
+    /// first publish or subscribe).
+    ///
+    /// # Errors
+    ///
+    /// [`AmqpConfigError`](crate::AmqpConfigError) when the URI does not parse, has another
+    /// scheme than `amqp` or `amqps`, or has an unknown or malformed query parameter.
+    pub fn build(self) -> Result<AmqpBroker, crate::AmqpConfigError> {
+        Ok(AmqpBroker::from_config(self.into_config()?))
+    }
+}
+
 fn short(value: &str) -> Option<ShortString> {
     ShortString::try_new(value).ok()
 }

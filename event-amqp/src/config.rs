@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::broker::AmqpBroker;
 use crate::error::AmqpConfigError;
 
 /// The exchange used when none is configured.
@@ -111,7 +110,8 @@ impl From<bool> for QueueArgument {
     }
 }
 
-/// Configures an [`AmqpBroker`]. Created by [`AmqpBroker::builder`].
+/// Configures an [`AmqpBroker`](crate::AmqpBroker). Created by
+/// [`AmqpBroker::builder`](crate::AmqpBroker::builder); [`build`](Self::build) makes the broker.
 ///
 /// Every setting can also be given as a query parameter of the URI
 /// (`amqp://host/%2f?exchange=micro&prefetch=16&connection_name=orders&x-queue-type=quorum`);
@@ -251,17 +251,6 @@ impl AmqpBrokerBuilder {
         self.reconnect_min = Some(min);
         self.reconnect_max = Some(max);
         self
-    }
-
-    /// Builds the broker. It connects on [`connect`](event_core::Broker::connect) (or on the
-    /// first publish or subscribe).
-    ///
-    /// # Errors
-    ///
-    /// [`AmqpConfigError`] when the URI does not parse, has another scheme than `amqp` or
-    /// `amqps`, or has an unknown or malformed query parameter.
-    pub fn build(self) -> Result<AmqpBroker, AmqpConfigError> {
-        Ok(AmqpBroker::from_config(self.into_config()?))
     }
 
     pub(crate) fn into_config(mut self) -> Result<Config, AmqpConfigError> {

@@ -156,6 +156,10 @@ pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties,
         {
             // written below from the topic and the key
             continue;
+        } else if name.eq_ignore_ascii_case(DELIVERY_COUNT) {
+            // RabbitMQ's to set (quorum queues); one written by a producer would set the
+            // consumer's attempt number and cut its retries short
+            continue;
         } else {
             if name.eq_ignore_ascii_case(names::MICRO_ID) {
                 has_micro_id = true;
@@ -570,6 +574,14 @@ mod tests {
 
     // The three tests below keep what `fuzz/` (target `amqp_wire`) found; the inputs are in
     // fuzz/regressions/amqp_wire/.
+
+    #[test]
+    fn a_delivery_count_header_is_not_published() {
+        let message = Message::new("x").with_header("x-delivery-count", "9");
+        let props = to_amqp("t", &message).expect("publish");
+        assert!(!table(&props).contains_key(&ShortString::from("x-delivery-count")));
+        assert_eq!(from_amqp("t", false, &props, Vec::new()).attempt, 1);
+    }
 
     #[test]
     fn a_negative_delivery_count_is_a_first_attempt() {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use super::DeliverySource;
-use crate::broker::delivery::Runs;
+use super::delivery::Runs;
 use crate::broker::{
     Broker, BrokerError, RawHandler, SubscribeOptions, Subscription, validate_subscription,
 };

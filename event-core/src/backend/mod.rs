@@ -102,6 +102,7 @@
 //! ```
 
 mod backoff;
+pub(crate) mod delivery;
 mod lifecycle;
 mod source;
 
@@ -109,7 +110,6 @@ pub use backoff::Backoff;
 pub use lifecycle::Lifecycle;
 pub use source::{Acknowledge, DeliverySource, Incoming};
 
-pub use crate::broker::delivery::dead_letter_message;
 pub use crate::broker::position::{PositionKind, SEQUENCE};
 pub use crate::broker::{
     AttributeSink, AttributeValue, Broker, BrokerScheme, Capabilities, Message, Position, Receipt,
@@ -117,3 +117,4 @@ pub use crate::broker::{
 };
 pub use crate::ratelimit::RateLimitedLog;
 pub use crate::register_broker_scheme;
+pub use delivery::dead_letter_message;

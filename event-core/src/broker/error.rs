@@ -67,6 +67,19 @@ pub enum BrokerError {
         /// How long the operation waited for the connection.
         waited: Duration,
     },
+    /// A typed publisher was given a message of another type to republish.
+    #[error(
+        "refusing to republish to {topic:?}: the message's type header names {found:?}, this \
+         publisher publishes {expected}"
+    )]
+    WrongMessageType {
+        /// The topic of the publisher.
+        topic: String,
+        /// The type the publisher publishes.
+        expected: String,
+        /// The type header the message carries (`None`: it has none).
+        found: Option<String>,
+    },
     /// The operation did not finish in time.
     #[error("{operation} on the {broker} broker timed out after {timeout:?}")]
     Timeout {
@@ -100,6 +113,7 @@ impl BrokerError {
             BrokerError::TopicNotFound { .. } => "topic-not-found",
             BrokerError::Unroutable { .. } => "unroutable",
             BrokerError::Unavailable { .. } => "unavailable",
+            BrokerError::WrongMessageType { .. } => "wrong-message-type",
             BrokerError::Timeout { .. } => "timeout",
             BrokerError::Backend { .. } => "backend",
         }

@@ -216,3 +216,16 @@ mod tests {
         assert_eq!(f.kind().as_str(), "handler-error");
     }
 }
+
+/// A handler panicked; the panic message is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {message}")]
+pub struct HandlerPanicked {
+    message: String,
+}
+
+impl HandlerPanicked {
+    pub(crate) fn new(message: String) -> Self {
+        HandlerPanicked { message }
+    }
+}

@@ -34,7 +34,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 mod attributes;
-pub(crate) mod delivery;
 mod error;
 mod handler;
 mod message;
@@ -45,13 +44,13 @@ mod subscription;
 mod url;
 
 pub use attributes::{AttributeSink, AttributeValue};
-pub use delivery::HandlerPanicked;
 pub use error::{BrokerError, PublishError};
-pub use handler::{Failure, FailureKind, Outcome, RawHandler, handler_fn};
+pub use handler::{Failure, FailureKind, HandlerPanicked, Outcome, RawHandler, handler_fn};
 pub use message::{Delivery, Message, Receipt};
 pub use options::{StartFrom, SubscribeOptions};
 pub use position::Position;
 pub use retry::RetryPolicy;
+pub(crate) use subscription::Stop;
 pub use subscription::{DrainReport, Subscription};
 pub use url::{
     BrokerScheme, BrokerUrlError, DEFAULT_BROKER_URL, ENV_BROKER, connect, from_env, known_schemes,
@@ -195,6 +194,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     async fn disconnect(&self) -> Result<(), BrokerError>;
 
     /// Publishes `message` to `topic`; resolves when the broker has it.
+    ///
+    /// The byte-level API: the headers are sent as they are, reserved names (`ce_*`,
+    /// `x-event-*`, `content-type`, ...) included, since the framework's own dead letters
+    /// and foreign-format messages go through here. Checked names are on the typed layer:
+    /// [`Context`](crate::Context) metadata refuses reserved names, and
+    /// [`Publisher`](crate::Publisher) writes its own headers.
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, PublishError>;
 
     /// Publishes `message` now if that needs no waiting, without the boxed future of

@@ -1,3 +1,5 @@
+//! `RetryPolicy`: how often and how patiently a failing handler is retried.
+
 use std::time::Duration;
 
 /// How often and how patiently a failing handler is retried before the message is

@@ -1,9 +1,10 @@
+//! A running subscription, and how its delivery loop is told to stop.
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::task::JoinHandle;
-
-use super::delivery::Stop;
+use tokio_util::sync::CancellationToken;
 
 /// A running subscription. Dropping it stops fetching and drains in the background; call
 /// [`Subscription::unsubscribe`] to wait for the drain.
@@ -96,5 +97,37 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.stop.stop();
+    }
+}
+
+/// How a subscription's loop is told to stop: a cancellation token that the loop waits on
+/// while idle, and flags that a busy loop reads before each fetch. Reading a token takes its
+/// lock; reading a flag is a load. So every stop goes through [`Stop::stop`] or
+/// the backend's shutdown, which set a flag before they cancel.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    pub(crate) token: CancellationToken,
+    stopped: Arc<AtomicBool>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// A stop of its own, under `token`, that also reads the backend's `shutting_down`.
+    pub(crate) fn new(token: CancellationToken, shutting_down: Arc<AtomicBool>) -> Self {
+        Stop {
+            token,
+            stopped: Arc::default(),
+            shutting_down,
+        }
+    }
+
+    /// Stops the loop: it fetches nothing more and drains.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.shutting_down.load(Ordering::Acquire)
     }
 }

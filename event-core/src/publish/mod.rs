@@ -350,15 +350,32 @@ impl<T: prost::Message + prost::Name> Publisher<T> {
 
     /// Publishes a message returned by a failed publish, unchanged (same id).
     ///
+    /// The message must be one of this publisher's: its type header must name `T` (the
+    /// other headers are sent as they are, as [`Broker::publish`] sends them).
+    ///
     /// # Errors
     ///
-    /// As [`Publisher::publish`].
+    /// As [`Publisher::publish`], and [`BrokerError::WrongMessageType`] (nothing is sent)
+    /// when the type header names another type or is missing.
     pub fn republish(
         &self,
         message: Message,
     ) -> impl Future<Output = Result<Receipt, PublishError>> + Send + '_ {
+        let failed =
+            (message.headers.message_type_value() != Some(&self.inner.message_type)).then(|| {
+                BrokerError::WrongMessageType {
+                    topic: self.inner.topic.clone(),
+                    expected: T::full_name(),
+                    found: message.headers.message_type().map(str::to_owned),
+                }
+            });
         let id = message.headers.message_id_value().cloned();
-        self.send(message, id, None)
+        async move {
+            match failed {
+                Some(error) => Err(PublishError::new(self.inner.topic.clone(), message, error)),
+                None => self.send(message, id, None).await,
+            }
+        }
     }
 
     /// Encodes `message` with its headers, as [`Publisher::publish`] would send it.
@@ -621,6 +638,40 @@ mod tests {
         assert!(
             matches!(&error, CodecError::DescriptorNotRegistered { message_type } if message_type == "nowhere.v1.Unregistered"),
             "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn republish_sends_only_messages_of_the_publishers_type() {
+        let broker = memory();
+        let ticks = Publisher::<event_proto::bench::v1::Tick>::new(broker.clone(), "test", "t");
+        let own = ticks.encode(&tick(1, 8), None);
+        assert!(ticks.republish(own).await.is_ok());
+        let mut foreign = ticks.encode(&tick(2, 8), None);
+        foreign
+            .headers
+            .insert(crate::headers::names::CE_TYPE, "users.v1.UserCreated");
+        let error = ticks.republish(foreign).await.unwrap_err();
+        assert!(
+            matches!(
+                error.broker_error(),
+                BrokerError::WrongMessageType { expected, found: Some(found), .. }
+                    if expected == "bench.v1.Tick" && found == "users.v1.UserCreated"
+            ),
+            "{error:?}"
+        );
+        // given back untouched
+        assert_eq!(
+            error.message().headers.message_type(),
+            Some("users.v1.UserCreated")
+        );
+        let untyped = ticks.republish(Message::new("raw")).await.unwrap_err();
+        assert!(
+            matches!(
+                untyped.broker_error(),
+                BrokerError::WrongMessageType { found: None, .. }
+            ),
+            "{untyped:?}"
         );
     }
 

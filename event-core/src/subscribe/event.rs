@@ -1,3 +1,5 @@
+//! `Event<T>`: a decoded message with its metadata, for handlers that want both.
+
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;

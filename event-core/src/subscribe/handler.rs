@@ -1,3 +1,5 @@
+//! The `Handler` trait: which `async fn`s can be subscribers, and how their arguments are extracted.
+
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;

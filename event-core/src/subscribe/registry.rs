@@ -1,3 +1,5 @@
+//! The registry of `#[subscriber]` functions, collected at link time.
+
 use std::fmt;
 
 use super::ErasedSubscriber;

@@ -1,3 +1,5 @@
+//! Typed subscribers with their types erased, and the raw handler that checks, decodes and calls them.
+
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,8 +18,8 @@ pub use groups::{
 };
 pub use shutdown::{concurrent_close, drain_on_shutdown, unsubscribe_stops_delivery};
 pub use typed::{
-    context_propagates, dead_letter_after_retries, type_mismatch_dead_lettered,
-    typed_headers_roundtrip,
+    context_propagates, dead_letter_after_retries, proto_json_is_typed,
+    type_mismatch_dead_lettered, typed_headers_roundtrip,
 };
 
 use super::BrokerFactory;

@@ -27,8 +27,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-use super::{Broker, RawHandler, RetryPolicy, SubscribeOptions, Subscription};
 use crate::backend::DeliverySource;
+use crate::broker::{Broker, RawHandler, RetryPolicy, Stop, SubscribeOptions, Subscription};
 use crate::ratelimit::RateLimitedLog;
 use crate::telemetry::ConsumerTelemetry;
 
@@ -36,7 +36,6 @@ mod dead_letter;
 mod settle;
 
 pub use dead_letter::dead_letter_message;
-pub use settle::HandlerPanicked;
 use settle::{Pending, process, process_owned};
 
 /// The subscription loops of one backend: started by [`Runs::spawn`], stopped together by
@@ -47,29 +46,6 @@ pub(crate) struct Runs {
     /// Set by [`Runs::shutdown`] before it cancels `token` (see [`Stop`]).
     shutting_down: Arc<AtomicBool>,
     tracker: TaskTracker,
-}
-
-/// How a subscription's loop is told to stop: a cancellation token that the loop waits on
-/// while idle, and flags that a busy loop reads before each fetch. Reading a token takes its
-/// lock; reading a flag is a load. So every stop goes through [`Stop::stop`] or
-/// [`Runs::shutdown`], which set a flag before they cancel.
-#[derive(Debug, Clone)]
-pub(crate) struct Stop {
-    token: CancellationToken,
-    stopped: Arc<AtomicBool>,
-    shutting_down: Arc<AtomicBool>,
-}
-
-impl Stop {
-    /// Stops the loop: it fetches nothing more and drains.
-    pub(crate) fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.token.cancel();
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire) || self.shutting_down.load(Ordering::Acquire)
-    }
 }
 
 impl Runs {
@@ -93,11 +69,7 @@ impl Runs {
         broker: Arc<dyn Broker>,
     ) -> Subscription {
         let topic: Arc<str> = Arc::from(topic);
-        let stop = Stop {
-            token: self.token.child_token(),
-            stopped: Arc::default(),
-            shutting_down: self.shutting_down.clone(),
-        };
+        let stop = Stop::new(self.token.child_token(), self.shutting_down.clone());
         let telemetry = Arc::new(ConsumerTelemetry::new(
             broker.clone(),
             &topic,
@@ -159,7 +131,7 @@ enum Settled {
     Returned,
 }
 
-impl super::DrainReport {
+impl crate::broker::DrainReport {
     fn tally(&mut self, settled: Settled) {
         match settled {
             Settled::Done => self.completed += 1,
@@ -168,7 +140,7 @@ impl super::DrainReport {
     }
 }
 
-async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> super::DrainReport {
+async fn run<S: DeliverySource>(source: S, ctx: Arc<LoopContext>) -> crate::broker::DrainReport {
     if ctx.concurrency == 1 {
         run_sequential(source, ctx).await
     } else {
@@ -224,8 +196,8 @@ impl<F: Future> Future for UnlessStopped<'_, F> {
 async fn run_sequential<S: DeliverySource>(
     mut source: S,
     ctx: Arc<LoopContext>,
-) -> super::DrainReport {
-    let mut report = super::DrainReport::default();
+) -> crate::broker::DrainReport {
+    let mut report = crate::broker::DrainReport::default();
     // the flag check before each fetch makes a busy loop stop fetching as soon as it is told to
     while !ctx.stop.is_stopped() {
         let mut pending = match source.next_at_hand() {
@@ -262,9 +234,9 @@ async fn run_sequential<S: DeliverySource>(
 async fn run_concurrent<S: DeliverySource>(
     mut source: S,
     ctx: Arc<LoopContext>,
-) -> super::DrainReport {
+) -> crate::broker::DrainReport {
     let mut in_flight = FuturesUnordered::new();
-    let mut report = super::DrainReport::default();
+    let mut report = crate::broker::DrainReport::default();
     let stopped = ctx.stop.token.cancelled();
     tokio::pin!(stopped);
     loop {

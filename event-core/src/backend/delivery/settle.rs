@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use tracing::Span;
 
 use crate::backend::{Acknowledge, Incoming};
-use crate::broker::{Delivery, Failure, FailureKind, Outcome, RawHandler};
+use crate::broker::{Delivery, Failure, FailureKind, HandlerPanicked, Outcome, RawHandler};
 use crate::telemetry::RunOutcome;
 
 use super::dead_letter::dead_letter;
@@ -171,18 +171,9 @@ async fn run_handler(handler: &dyn RawHandler, delivery: &Delivery) -> Outcome {
         Ok(outcome) => outcome,
         Err(panic) => Outcome::Retry(Failure::new(
             FailureKind::Panic,
-            HandlerPanicked {
-                message: panic_message(&*panic),
-            },
+            HandlerPanicked::new(panic_message(&*panic)),
         )),
     }
-}
-
-/// A handler panicked; the panic message is kept.
-#[derive(Debug, thiserror::Error)]
-#[error("handler panicked: {message}")]
-pub struct HandlerPanicked {
-    message: String,
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
