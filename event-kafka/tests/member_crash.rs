@@ -62,6 +62,9 @@ async fn member(
             handler_fn("member", move |d: Delivery| {
                 let handled = handled.clone();
                 async move {
+                    // a handler that takes a little time, like real work: it keeps records in
+                    // flight when a member is killed, which is what the test is about (it
+                    // waits for nothing)
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     handled(stream::parse(d.payload()).ok_or(&d.payload()[..]));
                     Outcome::Ack
