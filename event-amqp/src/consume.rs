@@ -3,9 +3,10 @@
 //! Each subscription has its own channel (its `basic.qos` and acks are its own). When the
 //! connection drops, the consumer stream ends; the source waits for the supervisor's next
 //! session, declares its topology again and consumes again, without the delivery loop
-//! noticing more than a pause. Acknowledgements carry the lapin acker of the channel that
-//! delivered the message: an acker of a closed channel is poisoned and does nothing (the
-//! broker redelivers those messages), so a stale delivery tag never reaches a new channel.
+//! noticing more than a pause. Acknowledgements go to the channel's settle worker
+//! ([`crate::settle`]) with the lapin acker of the channel that delivered the message: an
+//! acker of a closed channel is poisoned and does nothing (the broker redelivers those
+//! messages), so a stale delivery tag never reaches a new channel.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +17,7 @@ use event_core::backend::{Acknowledge, Backoff, DeliverySource, Incoming};
 use event_core::broker::{BrokerError, Delivery};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Channel, Consumer};
@@ -25,6 +25,7 @@ use lapin::{Acker, Channel, Consumer};
 use crate::BROKER_NAME;
 use crate::connection::{CLOSE_TIMEOUT, Session, Shared, Wait};
 use crate::error::AmqpBackendError;
+use crate::settle::{Settle, SettleQueue, Settler, Verdict};
 use crate::wire;
 
 /// What a subscription consumes, fixed at subscribe time.
@@ -44,12 +45,37 @@ pub(crate) struct Attached {
     generation: u64,
     channel: Channel,
     consumer: Consumer,
+    settler: Settler,
+}
+
+impl Attached {
+    /// Sends what is still queued for acknowledgement, cancels the consumer and closes the
+    /// channel, which returns what was prefetched but not handled to the queue.
+    async fn close(self, reason: &'static str) {
+        let Attached {
+            channel,
+            consumer,
+            settler,
+            ..
+        } = self;
+        if !channel.status().connected() {
+            // nothing can be sent on it any more; its worker ends with the last acker
+            return;
+        }
+        settler.finish().await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    }
 }
 
 /// Declares the subscription's queues and bindings on a new channel and starts consuming.
 /// Resolves once the broker confirmed the consumer (`basic.consume-ok`).
 pub(crate) async fn attach(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     session: &Session,
     spec: &Spec,
 ) -> Result<Attached, AmqpBackendError> {
@@ -59,6 +85,7 @@ pub(crate) async fn attach(
             generation: session.generation,
             channel,
             consumer,
+            settler: Settler::start(shared.clone(), spec.topic.clone(), spec.prefetch),
         }),
         Err(error) => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "attach failed".into()))
@@ -210,7 +237,8 @@ impl DeliverySource for AmqpSource {
                 match attached.consumer.next().await {
                     Some(Ok(delivery)) => {
                         let generation = attached.generation;
-                        return Some(self.incoming(generation, delivery));
+                        let queue = attached.settler.queue();
+                        return Some(self.incoming(generation, queue, delivery));
                     }
                     Some(Err(error)) => {
                         tracing::debug!(topic = %self.spec.topic, %error, "consumer interrupted");
@@ -221,20 +249,14 @@ impl DeliverySource for AmqpSource {
                 }
                 let lost = self.attached.take().expect("attached");
                 self.shared.kick();
-                if lost.channel.status().connected() {
-                    // cancelled by the broker (queue deleted?) on a live channel: close it
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            CLOSE_TIMEOUT,
-                            lost.channel.close(200, "consumer cancelled".into()),
-                        )
-                        .await;
-                    });
-                }
+                let generation = lost.generation;
+                // cancelled by the broker (queue deleted?) on a live channel: close it once
+                // the handlers still running on its messages have settled them
+                tokio::spawn(lost.close("consumer cancelled"));
                 self.reattaching = Some(Box::pin(reattach(
                     self.shared.clone(),
                     self.spec.clone(),
-                    lost.generation,
+                    generation,
                 )));
             }
             let reattaching = self.reattaching.as_mut()?;
@@ -247,26 +269,18 @@ impl DeliverySource for AmqpSource {
     async fn close(mut self) {
         self.reattaching = None;
         if let Some(attached) = self.attached.take() {
-            let tag = attached.consumer.tag();
-            let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
-                attached
-                    .channel
-                    .basic_cancel(tag, BasicCancelOptions::default()),
-            )
-            .await;
-            // closing the channel returns what was prefetched but not handled to the queue
-            let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
-                attached.channel.close(200, "unsubscribed".into()),
-            )
-            .await;
+            attached.close("unsubscribed").await;
         }
     }
 }
 
 impl AmqpSource {
-    fn incoming(&self, generation: u64, delivery: lapin::message::Delivery) -> Incoming<AmqpAcker> {
+    fn incoming(
+        &self,
+        generation: u64,
+        queue: SettleQueue,
+        delivery: lapin::message::Delivery,
+    ) -> Incoming<AmqpAcker> {
         let lapin::message::Delivery {
             delivery_tag,
             routing_key,
@@ -286,91 +300,73 @@ impl AmqpSource {
         Incoming {
             delivery,
             acker: AmqpAcker {
+                tag: delivery_tag,
                 acker,
+                queue,
                 generation,
-                shared: self.shared.clone(),
             },
         }
     }
 }
 
-/// Settles one delivery on the channel that delivered it.
+/// Settles one delivery on the channel that delivered it, through the channel's settle
+/// worker: the delivery loop only waits for the outcome to be queued.
 #[derive(Debug)]
 pub(crate) struct AmqpAcker {
+    tag: u64,
     acker: Acker,
+    queue: SettleQueue,
     /// The connection generation the delivery came from, for logs.
     generation: u64,
-    shared: Arc<Shared>,
 }
 
 impl AmqpAcker {
-    fn settle_error(&self, operation: &'static str, error: lapin::Error) -> BrokerError {
-        self.shared.kick();
-        BrokerError::Backend {
-            broker: BROKER_NAME,
-            operation,
-            source: Box::new(AmqpBackendError::from(error)),
-        }
-    }
-
-    fn stale(&self, operation: &'static str) {
-        tracing::debug!(
-            generation = self.generation,
-            operation,
-            "the channel that delivered this message is gone; the broker redelivers it"
-        );
+    async fn queue(self, verdict: Verdict) -> Result<(), BrokerError> {
+        let AmqpAcker {
+            tag,
+            acker,
+            queue,
+            generation,
+        } = self;
+        let operation = match verdict {
+            Verdict::Ack => "ack",
+            Verdict::Requeue => "nack",
+        };
+        queue
+            .send(Settle {
+                tag,
+                acker,
+                verdict,
+            })
+            .await
+            .map_err(|closed| {
+                // the worker lives as long as an acker of its channel: it is gone only if
+                // it panicked, and the broker redelivers when the channel closes
+                tracing::debug!(generation, operation, "the channel's settle worker is gone");
+                BrokerError::Backend {
+                    broker: BROKER_NAME,
+                    operation,
+                    source: Box::new(closed),
+                }
+            })
     }
 }
 
 impl Acknowledge for AmqpAcker {
     async fn ack(self) -> Result<(), BrokerError> {
-        // a poisoned acker belongs to a closed channel: its tag must not be acked anywhere
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.acker.ack(BasicAckOptions::default())).await
-        {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => {
-                self.stale("ack");
-                Ok(())
-            }
-            Ok(Err(error)) => Err(self.settle_error("ack", error)),
-            Err(_) => Err(BrokerError::Timeout {
-                broker: BROKER_NAME,
-                operation: "ack",
-                timeout: CLOSE_TIMEOUT,
-            }),
-        }
+        self.queue(Verdict::Ack).await
     }
 
     async fn nack(self, _delivery: Delivery) -> Result<(), BrokerError> {
-        let requeue = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.acker.nack(requeue)).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => {
-                self.stale("nack");
-                Ok(())
-            }
-            Ok(Err(error)) => Err(self.settle_error("nack", error)),
-            Err(_) => Err(BrokerError::Timeout {
-                broker: BROKER_NAME,
-                operation: "nack",
-                timeout: CLOSE_TIMEOUT,
-            }),
-        }
+        self.queue(Verdict::Requeue).await
     }
 
     fn abandon(self, _delivery: Delivery) {
-        // Best effort: requeue now. If this fails, closing the channel requeues it anyway.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let requeue = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.acker.nack(requeue)).await;
-            });
-        }
+        // Best effort: requeue now. If the queue is full, closing the channel requeues it.
+        let _ = self.queue.try_send(Settle {
+            tag: self.tag,
+            acker: self.acker,
+            verdict: Verdict::Requeue,
+        });
     }
 }

@@ -95,7 +95,10 @@
 //!   [`BrokerError::Unroutable`](event_core::broker::BrokerError::Unroutable), giving the
 //!   message back.
 //! - **Consume**: manual acks, after the handler's outcome (the delivery loop of
-//!   `event-core`). `basic.qos` prefetch = the subscription's concurrency (or
+//!   `event-core`), sent by a settle worker per channel so that the loop never waits for one:
+//!   a run of settled delivery tags goes out as one `basic.ack` with `multiple`, an ack above a
+//!   message still in a handler on its own, and closing a subscription sends what is queued
+//!   before the channel closes. `basic.qos` prefetch = the subscription's concurrency (or
 //!   [`AmqpBrokerBuilder::prefetch`] if larger). A failing handler is retried in place with
 //!   the subscription's backoff (the message stays unacknowledged, nothing hot-loops through
 //!   the broker), then dead-lettered with the `x-event-*` headers and acknowledged. A message
@@ -132,6 +135,7 @@ mod connection;
 mod consume;
 mod error;
 mod produce;
+mod settle;
 mod wire;
 
 pub use broker::AmqpBroker;

@@ -14,6 +14,16 @@ pub struct Incoming<A> {
 
 /// Settles one message with its broker.
 ///
+/// The delivery loop awaits [`ack`](Acknowledge::ack) and [`nack`](Acknowledge::nack) before
+/// it takes the next message of a subscription that handles one at a time, so they should
+/// resolve once the outcome is *handed over*, not once the broker answered: a backend whose
+/// acknowledgement is a round trip (a frame to write, a reply to await) queues it to a task
+/// of its own that sends it, batches what gathered meanwhile, and reports failures. The queue
+/// must be bounded (an await on a full queue is the loop's backpressure), and
+/// [`DeliverySource::close`] must wait until it is sent. The contract stays the same: the
+/// loop calls `ack` only after the handler finished, and a message whose acknowledgement
+/// fails is redelivered by the broker.
+///
 /// If an acker is dropped without [`ack`](Acknowledge::ack) or [`nack`](Acknowledge::nack)
 /// (its handler was cut off by the drain timeout), [`Acknowledge::abandon`] is called: the
 /// message must stay available for redelivery.
@@ -55,6 +65,7 @@ pub trait DeliverySource: Send + 'static {
         None
     }
 
-    /// Called once after the loop stopped and drained.
+    /// Called once after the loop stopped and drained: every acker was used or dropped.
+    /// Returns once the acknowledgements handed over are sent.
     fn close(self) -> impl Future<Output = ()> + Send;
 }
