@@ -85,8 +85,15 @@ async fn broker() -> KafkaBroker {
     broker
 }
 
+/// Every topic a run created, deleted at the end: a bench run writes gigabytes.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 async fn topic(broker: &KafkaBroker, prefix: &str) -> String {
     let name = unique(prefix);
+    CREATED
+        .lock()
+        .unwrap()
+        .extend([name.clone(), format!("{name}.dlq")]);
     broker
         // and its dead-letter topic, which a subscription needs
         .ensure_topics(&[
@@ -96,6 +103,30 @@ async fn topic(broker: &KafkaBroker, prefix: &str) -> String {
         .await
         .expect("create topics");
     name
+}
+
+/// Deletes the topics the run created.
+async fn delete_created() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let topics = std::mem::take(&mut *CREATED.lock().unwrap());
+    if topics.is_empty() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    match admin.delete_topics(&names, &AdminOptions::new()).await {
+        Ok(results) => {
+            let failed: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+            if !failed.is_empty() {
+                eprintln!("could not delete every bench topic: {failed:?}");
+            }
+        }
+        Err(e) => eprintln!("could not delete the bench topics: {e}"),
+    }
 }
 
 fn raw_producer() -> FutureProducer {
@@ -410,5 +441,6 @@ fn main() {
             );
             row("consume", size, &raw, &typed);
         }
+        delete_created().await;
     });
 }
