@@ -5,6 +5,7 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::error::AmqpConfigError;
+use crate::wire::WireProfile;
 
 /// The exchange used when none is configured.
 pub const DEFAULT_EXCHANGE: &str = "event";
@@ -20,6 +21,7 @@ const OWN_PARAMETERS: &[&str] = &[
     "connect_timeout_ms",
     "reconnect_min_ms",
     "reconnect_max_ms",
+    "wire",
 ];
 
 /// The query parameters lapin reads from the URI itself.
@@ -33,8 +35,8 @@ const LAPIN_PARAMETERS: &[&str] = &[
 
 const KNOWN_PARAMETERS: &str = "exchange, exchange_durable, durable_queues, prefetch, \
     connection_name, publish_timeout_ms, connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, \
-    x-* (queue arguments), and lapin's heartbeat, frame_max, channel_max, connection_timeout, \
-    auth_mechanism";
+    wire, x-* (queue arguments), and lapin's heartbeat, frame_max, channel_max, \
+    connection_timeout, auth_mechanism";
 
 /// The value of a queue argument (`x-queue-type`, `x-message-ttl`, ...).
 ///
@@ -128,6 +130,7 @@ impl From<bool> for QueueArgument {
 /// | [`publish_timeout`](Self::publish_timeout) | `publish_timeout_ms` | 30 s |
 /// | [`connect_timeout`](Self::connect_timeout) | `connect_timeout_ms` | 30 s |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | `reconnect_min_ms`, `reconnect_max_ms` | 100 ms … 5 s |
+/// | [`wire_profile`](Self::wire_profile) | `wire` (`lean`, `go-micro`, `cloudevents`, `go-micro,cloudevents`) | `lean` |
 ///
 /// lapin's own URI parameters (`heartbeat`, `frame_max`, `channel_max`, `connection_timeout`,
 /// `auth_mechanism`) are passed through. TLS is chosen by the `amqps://` scheme (rustls, with
@@ -135,7 +138,7 @@ impl From<bool> for QueueArgument {
 ///
 /// ```
 /// use std::time::Duration;
-/// use event_amqp::AmqpBroker;
+/// use event_amqp::{AmqpBroker, WireProfile};
 ///
 /// let broker = AmqpBroker::builder("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10")
 ///     .exchange("micro")
@@ -143,6 +146,7 @@ impl From<bool> for QueueArgument {
 ///     .queue_argument("x-queue-type", "quorum")
 ///     .connection_name("orders")
 ///     .publish_timeout(Duration::from_secs(10))
+///     .wire_profile(WireProfile::GO_MICRO)
 ///     .build()?;
 /// assert_eq!(event_core::Broker::address(&broker), "amqp://127.0.0.1:5672/%2f");
 /// # Ok::<(), event_amqp::AmqpConfigError>(())
@@ -161,6 +165,7 @@ pub struct AmqpBrokerBuilder {
     connect_timeout: Option<Duration>,
     reconnect_min: Option<Duration>,
     reconnect_max: Option<Duration>,
+    wire: Option<WireProfile>,
 }
 
 impl AmqpBrokerBuilder {
@@ -177,13 +182,15 @@ impl AmqpBrokerBuilder {
             connect_timeout: None,
             reconnect_min: None,
             reconnect_max: None,
+            wire: None,
         }
     }
 
     /// The topic exchange messages are published to and queues are bound to (default
     /// `event`). go-micro's RabbitMQ broker uses `micro`: set it there (with
-    /// [`exchange_durable(false)`](Self::exchange_durable), go-micro's default) to share
-    /// events with go-micro services.
+    /// [`exchange_durable(false)`](Self::exchange_durable), go-micro's default, and
+    /// [`wire_profile(WireProfile::GO_MICRO)`](Self::wire_profile) so that go-micro finds its
+    /// headers) to share events with go-micro services.
     pub fn exchange(mut self, name: impl Into<String>) -> Self {
         self.exchange = Some(name.into());
         self
@@ -250,6 +257,15 @@ impl AmqpBrokerBuilder {
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = Some(min);
         self.reconnect_max = Some(max);
+        self
+    }
+
+    /// What a publish writes besides each fact once (default [`WireProfile::LEAN`]): add
+    /// go-micro's headers ([`WireProfile::GO_MICRO`]), the CloudEvents AMQP headers
+    /// ([`WireProfile::CLOUDEVENTS`]), or both (`WireProfile::GO_MICRO |
+    /// WireProfile::CLOUDEVENTS`). Consuming reads every form whatever the profile.
+    pub fn wire_profile(mut self, profile: WireProfile) -> Self {
+        self.wire = Some(profile);
         self
     }
 
@@ -341,6 +357,7 @@ impl AmqpBrokerBuilder {
             connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(30)),
             reconnect_min,
             reconnect_max,
+            wire: self.wire.unwrap_or_default(),
         })
     }
 
@@ -408,6 +425,10 @@ impl AmqpBrokerBuilder {
                 let v = millis("reconnect_max_ms", value)?;
                 self.reconnect_max.get_or_insert(v);
             }
+            "wire" => {
+                let v = value.parse::<WireProfile>()?;
+                self.wire.get_or_insert(v);
+            }
             _ => unreachable!("only OWN_PARAMETERS are applied"),
         }
         Ok(())
@@ -451,6 +472,8 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
+    /// What a publish writes besides each fact once.
+    pub(crate) wire: WireProfile,
 }
 
 #[cfg(test)]
@@ -470,6 +493,53 @@ mod tests {
         assert_eq!(c.address, "amqp://127.0.0.1:5672/%2f");
         assert_eq!(c.uri, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(c.publish_timeout, Duration::from_secs(30));
+        assert_eq!(c.wire, WireProfile::LEAN);
+    }
+
+    #[test]
+    fn the_wire_profile_comes_from_the_uri_or_the_builder() {
+        for (query, expected) in [
+            ("wire=lean", WireProfile::LEAN),
+            ("wire=go-micro", WireProfile::GO_MICRO),
+            ("wire=cloudevents", WireProfile::CLOUDEVENTS),
+            (
+                "wire=go-micro,cloudevents",
+                WireProfile::GO_MICRO | WireProfile::CLOUDEVENTS,
+            ),
+            (
+                "wire=cloudevents%2Cgo-micro",
+                WireProfile::GO_MICRO | WireProfile::CLOUDEVENTS,
+            ),
+            ("wire=lean,go-micro", WireProfile::GO_MICRO),
+        ] {
+            let c = config(&format!("amqp://h/%2f?{query}")).unwrap();
+            assert_eq!(c.wire, expected, "{query}");
+            assert_eq!(c.uri, "amqp://h/%2f", "{query}: not passed to lapin");
+        }
+        let c = AmqpBrokerBuilder::new("amqp://h/%2f?wire=go-micro")
+            .wire_profile(WireProfile::CLOUDEVENTS)
+            .into_config()
+            .unwrap();
+        assert_eq!(c.wire, WireProfile::CLOUDEVENTS, "the builder wins");
+        for bad in ["micro", "", "go-micro,", "GO-MICRO", "go_micro"] {
+            let e = config(&format!("amqp://h/%2f?wire={bad}")).unwrap_err();
+            assert_eq!(
+                e,
+                AmqpConfigError::InvalidValue {
+                    name: "wire",
+                    value: bad.to_owned(),
+                    expected: "lean, go-micro, cloudevents, or a comma-separated combination \
+                        (go-micro,cloudevents)",
+                },
+            );
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "wire = {bad:?} is not valid: expected lean, go-micro, cloudevents, or a \
+                     comma-separated combination (go-micro,cloudevents)"
+                )
+            );
+        }
     }
 
     #[test]

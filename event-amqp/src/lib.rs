@@ -45,7 +45,9 @@
 //! - One **topic exchange** (default `event`, see [`AmqpBrokerBuilder::exchange`]); the
 //!   **routing key is the topic**. go-micro's RabbitMQ broker uses the exchange `micro`
 //!   (declared non-durable by default): configure `.exchange("micro").exchange_durable(false)`
-//!   and go-micro services and ours share events.
+//!   and the go-micro wire profile (`.wire_profile(WireProfile::GO_MICRO)`, or
+//!   `?exchange=micro&exchange_durable=false&wire=go-micro`), and go-micro services and ours
+//!   share events.
 //! - **Queue group** `g` on topic `t`: the durable queue **`t.g`**, bound to `t`, shared by
 //!   every member of the group. It exists until deleted, so a group that is down keeps its
 //!   messages (queue arguments such as `x-queue-type=quorum` or `x-message-ttl` apply to it).
@@ -62,30 +64,43 @@
 //!
 //! # On the wire
 //!
-//! Body = the encoded message. Headers are an AMQP header table of long strings, with the
-//! CloudEvents AMQP names and go-micro's names (DESIGN.md §3):
+//! Body = the encoded message. Each fact travels once by default (the **lean**
+//! [`WireProfile`]): in its AMQP property where AMQP has one, in the header table (long
+//! strings) otherwise. Profiles, combinable, add copies for other readers (DESIGN.md §3):
 //!
-//! | `Message` header | AMQP |
-//! |---|---|
-//! | `content-type` | header `Content-Type` + property `content_type` |
-//! | `ce_type` | header `cloudEvents_type` + property `type` |
-//! | `ce_id` | header `cloudEvents_id` + property `message_id` + header `Micro-ID` |
-//! | `ce_source` | header `cloudEvents_source` + property `app_id` |
-//! | `ce_time` | header `cloudEvents_time` + property `timestamp` (seconds) |
-//! | `ce_specversion` and other `ce_*` | header `cloudEvents_*` |
-//! | `correlation-id` | header `correlation-id` + property `correlation_id` |
-//! | (the topic) | routing key + header `Micro-Topic` |
-//! | [key](event_core::broker::Message::key) | header `x-event-key` |
-//! | anything else | header of the same name |
+//! | `Message` header | lean (default) | `go-micro` adds | `cloudevents` adds |
+//! |---|---|---|---|
+//! | `ce_id` | property `message_id` | header `Micro-ID` | header `cloudEvents_id` |
+//! | `ce_type` | property `type` | | header `cloudEvents_type` |
+//! | `ce_source` | property `app_id` | | header `cloudEvents_source` |
+//! | `ce_time` | property `timestamp` (whole seconds) | | header `cloudEvents_time` (full value) |
+//! | `ce_specversion` | left out when `1.0` | | header `cloudEvents_specversion` |
+//! | other `ce_*` | header `cloudEvents_*` | | |
+//! | `content-type` | property `content_type` | header `Content-Type` | |
+//! | `correlation-id` | property `correlation_id`, left out when it repeats the id | | |
+//! | (the topic) | routing key | header `Micro-Topic` | |
+//! | [key](event_core::broker::Message::key) | header `x-event-key` | | |
+//! | anything else | header of the same name | | |
 //!
-//! Messages are persistent (`delivery_mode` 2). On receipt the mapping is reversed, so a
-//! subscriber sees `ce_type`, `ce_id`, ... on every backend (the typed layer also accepts the
-//! `cloudEvents_`/`cloudEvents:` names); `Micro-ID` and `Micro-Topic` are dropped when they
-//! only repeat the id and the routing key. A message from another AMQP client is read from
-//! what it has: header values of any AMQP type are turned into text, and properties fill in
-//! missing headers (`content_type`, `message_id`, `type`, `app_id`, `timestamp`,
-//! `correlation_id`). A go-micro message (headers `Content-Type`, `Micro-ID`, `Micro-Topic`,
-//! raw protobuf body) is therefore consumed as a typed event, its type unverified.
+//! Messages are persistent (`delivery_mode` 2). A value that does not fit its property (over
+//! 255 bytes, not UTF-8, a time that is not RFC 3339 in UTC, several values) goes to the header
+//! (`cloudEvents_*`, `Content-Type`, `correlation-id`) instead, so nothing is lost. The lean
+//! profile carries the time at second resolution (AMQP's `timestamp`) and leaves out
+//! `ce_specversion` `1.0`, which nothing in the consumer reads; `cloudevents` keeps the full
+//! RFC 3339 value and the spec version, and with it a consumed message has exactly the headers
+//! that were published. Choose the profile with [`AmqpBrokerBuilder::wire_profile`] or the URL
+//! parameter `wire` (`wire=go-micro`, `wire=cloudevents`, `wire=go-micro,cloudevents`,
+//! `wire=lean`).
+//!
+//! On receipt the mapping is reversed whatever the profile, so a subscriber sees `ce_type`,
+//! `ce_id`, ... on every backend (the typed layer also accepts the `cloudEvents_`/
+//! `cloudEvents:` names), from our messages of any profile, of older versions, and of other
+//! producers; `Micro-ID` and `Micro-Topic` are dropped when they only repeat the id and the
+//! routing key. A message from another AMQP client is read from what it has: header values of
+//! any AMQP type are turned into text, and properties fill in missing headers
+//! (`content_type`, `message_id`, `type`, `app_id`, `timestamp`, `correlation_id`). A go-micro
+//! message (headers `Content-Type`, `Micro-ID`, `Micro-Topic`, raw protobuf body) is therefore
+//! consumed as a typed event, its type unverified.
 //!
 //! # Delivery
 //!
@@ -141,6 +156,7 @@ mod wire;
 pub use broker::AmqpBroker;
 pub use config::{AmqpBrokerBuilder, DEFAULT_EXCHANGE, QueueArgument};
 pub use error::{AmqpBackendError, AmqpConfigError};
+pub use wire::WireProfile;
 
 /// The backend name, as [`Broker::name`](event_core::Broker::name) returns it.
 pub(crate) const BROKER_NAME: &str = "amqp";
@@ -163,7 +179,8 @@ pub mod __fuzz {
         (received.message, received.attempt)
     }
 
-    /// `wire::to_amqp`: the properties and header table `message` is published with.
+    /// `wire::to_amqp`: the properties and header table `message` is published with, in the
+    /// default (lean) profile.
     ///
     /// # Errors
     ///
@@ -172,6 +189,19 @@ pub mod __fuzz {
         topic: &str,
         message: &Message,
     ) -> Result<BasicProperties, crate::AmqpBackendError> {
-        crate::wire::to_amqp(topic, message)
+        crate::wire::to_amqp(topic, message, crate::WireProfile::LEAN)
+    }
+
+    /// `wire::to_amqp` in `profile`.
+    ///
+    /// # Errors
+    ///
+    /// Those of `wire::to_amqp` (a header name too long for AMQP).
+    pub fn to_amqp_with(
+        topic: &str,
+        message: &Message,
+        profile: crate::WireProfile,
+    ) -> Result<BasicProperties, crate::AmqpBackendError> {
+        crate::wire::to_amqp(topic, message, profile)
     }
 }

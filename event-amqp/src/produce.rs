@@ -40,7 +40,7 @@ pub(crate) async fn publish(
             );
         }
     };
-    let mut properties = match wire::to_amqp(topic, &message) {
+    let mut properties = match wire::to_amqp(topic, &message, shared.config.wire) {
         Ok(p) => Some(p),
         Err(error) => return fail(message, backend(error)),
     };
@@ -74,7 +74,7 @@ pub(crate) async fn publish(
         // the first attempt takes the properties; a retry (rare) builds them again
         let attempt_properties = match properties.take() {
             Some(p) => p,
-            None => match wire::to_amqp(topic, &message) {
+            None => match wire::to_amqp(topic, &message, shared.config.wire) {
                 Ok(p) => p,
                 Err(error) => return fail(message, backend(error)),
             },

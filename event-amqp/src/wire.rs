@@ -1,26 +1,53 @@
 //! The AMQP edge of the header scheme (the wire table in the `event_core` crate documentation,
-//! `docs/wire.md` in the repository): [`Message`] ↔ AMQP properties and header table.
+//! `docs/wire.md` in the repository): [`Message`] ↔ AMQP properties and header table, written
+//! in the broker's [`WireProfile`].
 //!
-//! Publishing:
-//! - every header goes into the AMQP header table as a long string (bytes kept as they are);
-//!   a name that repeats becomes a field array of long strings;
-//! - `ce_*` headers are written as `cloudEvents_*` (the CloudEvents AMQP binding's prefix);
-//! - the content type becomes the `content_type` property and the `Content-Type` header
-//!   (go-micro's exact spelling);
-//! - `Micro-ID` (the message id, unless the message already carries one) and `Micro-Topic`
-//!   (the topic) are added for go-micro;
-//! - properties: `message_id` ← id, `type` ← `ce_type`, `app_id` ← `ce_source`,
-//!   `correlation_id` ← `correlation-id`, `timestamp` ← `ce_time` (seconds), `delivery_mode`
-//!   2 (persistent); values longer than 255 bytes stay in the headers only;
-//! - the key, which AMQP does not have, travels in the `x-event-key` header.
+//! **Publishing: each fact once (the lean profile, the default).** A fact AMQP has a property
+//! for travels in that property, and only there:
 //!
-//! Consuming reverses it, and reads what other AMQP producers write too.
+//! | `Message` header | property |
+//! |---|---|
+//! | `ce_id` | `message_id` |
+//! | `ce_type` | `type` |
+//! | `ce_source` | `app_id` |
+//! | `ce_time` | `timestamp`, in whole seconds |
+//! | `content-type` | `content_type` |
+//! | `correlation-id` | `correlation_id` |
+//!
+//! and every message is persistent (`delivery_mode` 2). AMQP's `timestamp` counts whole
+//! seconds, so the lean profile carries the time at second resolution (`…12:34:56.789Z` is
+//! consumed as `…12:34:56.000Z`); the `cloudevents` profile keeps the full RFC 3339 value.
+//! `ce_specversion` `1.0` is left out: nothing in the consumer reads it (another value, from a
+//! forwarded foreign event, is kept in a header). So is a correlation id that only repeats the
+//! message id (the first message of a chain): the consumer's context and tracing span take the
+//! id for a missing one, so such a message is consumed without a `correlation-id` header and
+//! with the same context.
+//!
+//! Everything that has no property goes into the header table, as long strings (bytes kept as
+//! they are; a name that repeats becomes a field array): `traceparent`, `tracestate`,
+//! `baggage`, `causation-id`, other `ce_*` attributes as `cloudEvents_*` (the CloudEvents AMQP
+//! binding's prefix), user metadata under its own name, and the key, which AMQP does not have,
+//! in `x-event-key`. A fact that cannot go in its property goes to the header table instead
+//! (`cloudEvents_X` for `ce_X`, `Content-Type`, `correlation-id`), so nothing is lost: a value
+//! longer than 255 bytes or not UTF-8, a time that is not RFC 3339 in UTC (`Z`) or is before
+//! 1970, an attribute with several values (or also in another CloudEvents form), and an id
+//! when the message carries a `Micro-ID` of its own (which consumption would read first).
+//!
+//! **Profiles** add copies for other readers, and combine:
+//! - `go-micro`: the `Content-Type` header (go-micro's spelling), `Micro-ID` (the message id,
+//!   unless the message carries one) and `Micro-Topic` (the topic);
+//! - `cloudevents`: a `cloudEvents_*` header for every `ce_` attribute (id, type, source, time
+//!   with its full value, specversion, ...) beside the properties: a consumed message has
+//!   exactly the headers that were published, as on Kafka.
+//!
+//! Consuming reverses it whatever the profile, and reads what other AMQP producers write too.
 //!
 //! **CloudEvents attributes.** Producers spell a CloudEvents attribute `X` (`id`, `type`,
 //! `source`, `time`, `specversion`, an extension...) in four ways on RabbitMQ: `ce_X` (the
 //! Kafka binding's prefix, which some SDKs use on AMQP as well), `cloudEvents_X` (the AMQP
-//! binding's, and what we publish), `cloudEvents:X` (the AMQP binding's other form) and `ce-X`
-//! (the HTTP binding's, the default prefix of some SDKs when they do not know the transport).
+//! binding's, and what the `cloudevents` profile publishes), `cloudEvents:X` (the AMQP
+//! binding's other form) and `ce-X` (the HTTP binding's, the default prefix of some SDKs when
+//! they do not know the transport).
 //! Every form, in any case, is read into the header `ce_X` (the attribute in lower case), so a
 //! message from any of them is consumed with its id and type, and its type is checked. The
 //! CloudEvents headers come first in the consumed headers.
@@ -36,13 +63,16 @@
 //! header named for a CloudEvents attribute says what it is, while other AMQP clients and
 //! frameworks fill the generic properties for purposes of their own (a client-made
 //! `message_id`, a class name in `type`), and because properties are limited to 255 bytes. Our
-//! own messages carry the same value in both. `Micro-ID` (go-micro's id) ranks after every
-//! CloudEvents form and before the properties, as it does in `Headers::message_id`.
+//! own messages carry a fact either in its property alone (lean) or the same value in both
+//! (`cloudevents`). `Micro-ID` (go-micro's id) ranks after every CloudEvents form and before
+//! the properties, as it does in `Headers::message_id`.
 //!
 //! **The rest.** `Micro-ID` is dropped when it only repeats an id read from the CloudEvents
-//! headers, `Micro-Topic` when it only repeats the routing key; `x-event-key` becomes the key;
-//! other values are stringified (numbers in decimal, booleans as `true`/`false`, nested tables
-//! and arrays as JSON, byte arrays as their bytes).
+//! headers, and read as the id (`ce_id`) when no header carries one and it repeats the
+//! `message_id` property (a `go-micro` profile message); `Micro-Topic` is dropped when it only
+//! repeats the routing key; `x-event-key` becomes the key; other values are stringified
+//! (numbers in decimal, booleans as `true`/`false`, nested tables and arrays as JSON, byte
+//! arrays as their bytes).
 //!
 //! **Positions.** A consumed message sits at its delivery tag (channel-scoped), flagged when
 //! RabbitMQ says it is redelivered; a published one is only confirmed: AMQP reports no place
@@ -50,6 +80,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::{BitOr, BitOrAssign};
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -59,7 +91,7 @@ use event_core::headers::{HeaderName, HeaderValue, Headers, IntoHeaderName, name
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use crate::error::AmqpBackendError;
+use crate::error::{AmqpBackendError, AmqpConfigError};
 
 /// The header that carries [`Message::key`].
 pub(crate) const KEY_HEADER: &str = "x-event-key";
@@ -81,6 +113,133 @@ const CLOUDEVENTS_KNOWN: [&str; 5] = [
 const GO_MICRO_CONTENT_TYPE: &str = "Content-Type";
 /// RabbitMQ's redelivery counter on quorum queues.
 const DELIVERY_COUNT: &str = "x-delivery-count";
+/// The CloudEvents spec version the framework writes, which the lean profile leaves out.
+const SPECVERSION: &[u8] = b"1.0";
+
+/// What the `wire` URL parameter accepts.
+const WIRE_EXPECTED: &str = "lean, go-micro, cloudevents, or a comma-separated combination \
+    (go-micro,cloudevents)";
+
+/// Which copies of a message's facts an AMQP publish writes: the broker's wire profile
+/// ([`AmqpBrokerBuilder::wire_profile`](crate::AmqpBrokerBuilder::wire_profile), URL
+/// parameter `wire`).
+///
+/// [`WireProfile::LEAN`], the default, writes each fact once: in its AMQP property where AMQP
+/// has one (`message_id`, `type`, `app_id`, `timestamp` in whole seconds, `content_type`,
+/// `correlation_id`), in the header table otherwise (trace context, `causation-id`, user
+/// metadata, the key). The other profiles add headers for other readers, and combine with `|`:
+///
+/// - [`WireProfile::GO_MICRO`]: `Content-Type`, `Micro-ID` and `Micro-Topic`, the headers
+///   go-micro's RabbitMQ broker reads;
+/// - [`WireProfile::CLOUDEVENTS`]: a `cloudEvents_*` header for every CloudEvents attribute,
+///   with the full RFC 3339 time and `specversion`, for readers of the CloudEvents AMQP
+///   binding; a consumed message then has exactly the headers that were published.
+///
+/// Consuming reads every form whatever the profile, so services with different profiles share
+/// exchanges and queues. The crate documentation lists what each profile writes.
+///
+/// ```
+/// use event_amqp::WireProfile;
+///
+/// let both = WireProfile::GO_MICRO | WireProfile::CLOUDEVENTS;
+/// assert_eq!(both.to_string(), "go-micro,cloudevents");
+/// assert_eq!("go-micro,cloudevents".parse::<WireProfile>()?, both);
+/// assert!(both.contains(WireProfile::GO_MICRO));
+/// assert_eq!(WireProfile::default(), WireProfile::LEAN);
+/// assert!("kafka".parse::<WireProfile>().is_err());
+/// # Ok::<(), event_amqp::AmqpConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct WireProfile {
+    go_micro: bool,
+    cloudevents: bool,
+}
+
+impl WireProfile {
+    /// Each fact once, in its AMQP property where there is one (the default; `wire=lean`).
+    pub const LEAN: WireProfile = WireProfile {
+        go_micro: false,
+        cloudevents: false,
+    };
+    /// Adds go-micro's headers `Content-Type`, `Micro-ID` and `Micro-Topic`
+    /// (`wire=go-micro`).
+    pub const GO_MICRO: WireProfile = WireProfile {
+        go_micro: true,
+        cloudevents: false,
+    };
+    /// Adds a `cloudEvents_*` header for every CloudEvents attribute, with the full time and
+    /// `specversion` (`wire=cloudevents`).
+    pub const CLOUDEVENTS: WireProfile = WireProfile {
+        go_micro: false,
+        cloudevents: true,
+    };
+
+    /// This profile with what `other` adds too (the same as `self | other`).
+    #[must_use]
+    pub const fn with(self, other: WireProfile) -> WireProfile {
+        WireProfile {
+            go_micro: self.go_micro || other.go_micro,
+            cloudevents: self.cloudevents || other.cloudevents,
+        }
+    }
+
+    /// Whether this profile adds everything `other` adds (every profile contains
+    /// [`LEAN`](Self::LEAN)).
+    pub const fn contains(self, other: WireProfile) -> bool {
+        (self.go_micro || !other.go_micro) && (self.cloudevents || !other.cloudevents)
+    }
+}
+
+impl BitOr for WireProfile {
+    type Output = WireProfile;
+
+    fn bitor(self, other: WireProfile) -> WireProfile {
+        self.with(other)
+    }
+}
+
+impl BitOrAssign for WireProfile {
+    fn bitor_assign(&mut self, other: WireProfile) {
+        *self = self.with(other);
+    }
+}
+
+/// The `wire` URL value: `lean`, or the added profiles separated by commas.
+impl fmt::Display for WireProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.go_micro, self.cloudevents) {
+            (false, false) => f.write_str("lean"),
+            (true, false) => f.write_str("go-micro"),
+            (false, true) => f.write_str("cloudevents"),
+            (true, true) => f.write_str("go-micro,cloudevents"),
+        }
+    }
+}
+
+/// Reads the `wire` URL value: `lean`, `go-micro`, `cloudevents`, or several separated by
+/// commas (`go-micro,cloudevents`; `lean` adds nothing).
+impl FromStr for WireProfile {
+    type Err = AmqpConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let invalid = || AmqpConfigError::InvalidValue {
+            name: "wire",
+            value: value.to_owned(),
+            expected: WIRE_EXPECTED,
+        };
+        let mut profile = WireProfile::LEAN;
+        for part in value.split(',') {
+            profile |= match part.trim() {
+                "lean" => WireProfile::LEAN,
+                "go-micro" => WireProfile::GO_MICRO,
+                "cloudevents" => WireProfile::CLOUDEVENTS,
+                _ => return Err(invalid()),
+            };
+        }
+        Ok(profile)
+    }
+}
 
 fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
     name.len() >= prefix.len()
@@ -103,91 +262,189 @@ fn short_value(value: &HeaderValue) -> Option<ShortString> {
         .and_then(|s| ShortString::try_new(s).ok())
 }
 
-/// Properties and header table of `message` published to `topic`.
-pub(crate) fn to_amqp(topic: &str, message: &Message) -> Result<BasicProperties, AmqpBackendError> {
-    let mut table: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
-    let mut props = BasicProperties::default().with_delivery_mode(2);
+/// The `timestamp` property of a `ce_time` value: whole seconds since 1970, if it is an
+/// RFC 3339 time in UTC from 1970 on.
+fn seconds(value: &HeaderValue) -> Option<u64> {
+    let time = humantime::parse_rfc3339(value.to_str().ok()?).ok()?;
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_secs())
+}
+
+/// The AMQP binding's name for the `ce_X` header `name` (`cloudEvents_X`), unless it would
+/// not fit in a short string (a name that came in as `ce-X` or `ce_X`): then `ce_X`, which
+/// receiving reads first.
+fn cloudevents_header(name: &str) -> Result<ShortString, AmqpBackendError> {
+    let attribute = &name["ce_".len()..];
+    match ShortString::try_new(format!("{CLOUDEVENTS_PREFIX}{attribute}")) {
+        Ok(wire) => Ok(wire),
+        Err(_) => short("header name", name),
+    }
+}
+
+/// A fact that has an AMQP property (and `ce_specversion`, which the lean profile leaves out).
+#[derive(Clone, Copy)]
+enum Fact {
+    Id,
+    Type,
+    Source,
+    Time,
+    SpecVersion,
+    ContentType,
+    Correlation,
+}
+
+impl Fact {
+    const COUNT: usize = 7;
+
+    /// The fact header `name` carries, and whether in the form its property replaces: `ce_X`
+    /// for a CloudEvents attribute. The other CloudEvents forms are read into the same
+    /// attribute, so they count as values of it, but stay headers as they are.
+    fn of(name: &str) -> Option<(Fact, bool)> {
+        if let Some((rank, attribute)) = cloudevents_form(name) {
+            let fact = [
+                ("id", Fact::Id),
+                ("type", Fact::Type),
+                ("source", Fact::Source),
+                ("time", Fact::Time),
+                ("specversion", Fact::SpecVersion),
+            ]
+            .into_iter()
+            .find(|(known, _)| attribute.eq_ignore_ascii_case(known))?
+            .1;
+            return Some((fact, rank == 0));
+        }
+        if name.eq_ignore_ascii_case(names::CONTENT_TYPE) {
+            Some((Fact::ContentType, true))
+        } else if name.eq_ignore_ascii_case(names::CORRELATION_ID) {
+            Some((Fact::Correlation, true))
+        } else {
+            None
+        }
+    }
+}
+
+/// The values a message has for one [`Fact`].
+#[derive(Clone, Copy, Default)]
+struct Values<'a> {
+    count: u8,
+    first: Option<&'a HeaderValue>,
+    /// Whether the first value is in the form the property replaces.
+    movable: bool,
+}
+
+/// Properties and header table of `message` published to `topic` in `profile`.
+pub(crate) fn to_amqp(
+    topic: &str,
+    message: &Message,
+    profile: WireProfile,
+) -> Result<BasicProperties, AmqpBackendError> {
+    let headers = &message.headers;
+    // which facts have a single value, in the form their property can carry alone
+    let mut facts = [Values::default(); Fact::COUNT];
     let mut has_micro_id = false;
-    for (name, value) in message.headers.iter() {
+    for (name, value) in headers.iter() {
         let name = name.as_str();
-        let wire: ShortString = if starts_with_ignore_case(name, "ce_") {
-            let attribute = &name[3..];
-            match attribute.to_ascii_lowercase().as_str() {
-                "id" => {
-                    if let Some(v) = short_value(value) {
-                        props = props.with_message_id(v);
-                    }
-                }
-                "type" => {
-                    if let Some(v) = short_value(value) {
-                        props = props.with_type(v);
-                    }
-                }
-                "source" => {
-                    if let Some(v) = short_value(value) {
-                        props = props.with_app_id(v);
-                    }
-                }
-                "time" => {
-                    if let Some(t) = value
-                        .to_str()
-                        .ok()
-                        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
-                        && let Ok(since) = t.duration_since(SystemTime::UNIX_EPOCH)
-                    {
-                        props = props.with_timestamp(since.as_secs());
-                    }
-                }
-                _ => {}
+        if let Some((fact, movable)) = Fact::of(name) {
+            let values = &mut facts[fact as usize];
+            if values.count == 0 {
+                values.first = Some(value);
+                values.movable = movable;
             }
-            // the AMQP binding's spelling, unless it would not fit in a short string (a name
-            // that came in as `ce-X` or `ce_X`): then `ce_X`, which receiving reads first
-            match ShortString::try_new(format!("{CLOUDEVENTS_PREFIX}{attribute}")) {
-                Ok(wire) => wire,
-                Err(_) => short("header name", name)?,
-            }
-        } else if name.eq_ignore_ascii_case(names::CONTENT_TYPE) {
-            if let Some(v) = short_value(value) {
-                props = props.with_content_type(v);
-            }
-            ShortString::from(GO_MICRO_CONTENT_TYPE)
-        } else if name.eq_ignore_ascii_case(names::MICRO_TOPIC)
-            || name.eq_ignore_ascii_case(KEY_HEADER)
-        {
+            values.count = values.count.saturating_add(1);
+        } else if name.eq_ignore_ascii_case(names::MICRO_ID) {
+            has_micro_id = true;
+        }
+    }
+    let single = |fact: Fact| {
+        let values = facts[fact as usize];
+        values.first.filter(|_| values.count == 1 && values.movable)
+    };
+
+    // `carried[fact]`: its property carries the fact (or nothing needs to), so its header is
+    // written only by a profile that adds it
+    let mut carried = [false; Fact::COUNT];
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    // a Micro-ID of the message's own would be read as the id before the property
+    if !has_micro_id && let Some(v) = single(Fact::Id).and_then(short_value) {
+        props = props.with_message_id(v);
+        carried[Fact::Id as usize] = true;
+    }
+    if let Some(v) = single(Fact::Type).and_then(short_value) {
+        props = props.with_type(v);
+        carried[Fact::Type as usize] = true;
+    }
+    if let Some(v) = single(Fact::Source).and_then(short_value) {
+        props = props.with_app_id(v);
+        carried[Fact::Source as usize] = true;
+    }
+    if let Some(secs) = single(Fact::Time).and_then(seconds) {
+        props = props.with_timestamp(secs);
+        carried[Fact::Time as usize] = true;
+    }
+    if let Some(v) = single(Fact::ContentType).and_then(short_value) {
+        props = props.with_content_type(v);
+        carried[Fact::ContentType as usize] = true;
+    }
+    carried[Fact::SpecVersion as usize] =
+        single(Fact::SpecVersion).is_some_and(|v| v.as_bytes() == SPECVERSION);
+    // left out when it only repeats the message id in `message_id` (the first message of a
+    // chain): the consumer's context and tracing span take the id for a missing one
+    let correlation = single(Fact::Correlation);
+    if carried[Fact::Id as usize] && correlation.is_some_and(|c| Some(c) == single(Fact::Id)) {
+        carried[Fact::Correlation as usize] = true;
+    } else if let Some(v) = correlation.and_then(short_value) {
+        props = props.with_correlation_id(v);
+        carried[Fact::Correlation as usize] = true;
+    }
+
+    let mut table: BTreeMap<ShortString, AMQPValue> = BTreeMap::new();
+    for (name, value) in headers.iter() {
+        let name = name.as_str();
+        let wire: ShortString = match Fact::of(name) {
+            Some((fact, _)) if carried[fact as usize] => match fact {
+                Fact::ContentType if profile.go_micro => ShortString::from(GO_MICRO_CONTENT_TYPE),
+                Fact::ContentType | Fact::Correlation => continue,
+                // a carried attribute is in the `ce_` form
+                _ if profile.cloudevents => cloudevents_header(name)?,
+                _ => continue,
+            },
+            Some((Fact::ContentType, _)) => ShortString::from(GO_MICRO_CONTENT_TYPE),
+            _ if starts_with_ignore_case(name, "ce_") => cloudevents_header(name)?,
             // written below from the topic and the key
-            continue;
-        } else if name.eq_ignore_ascii_case(DELIVERY_COUNT) {
+            _ if name.eq_ignore_ascii_case(names::MICRO_TOPIC)
+                || name.eq_ignore_ascii_case(KEY_HEADER) =>
+            {
+                continue;
+            }
             // RabbitMQ's to set (quorum queues); one written by a producer would set the
             // consumer's attempt number and cut its retries short
-            continue;
-        } else {
-            if name.eq_ignore_ascii_case(names::MICRO_ID) {
-                has_micro_id = true;
-            } else if name.eq_ignore_ascii_case(names::CORRELATION_ID)
-                && let Some(v) = short_value(value)
-            {
-                props = props.with_correlation_id(v);
-            }
-            short("header name", name)?
+            _ if name.eq_ignore_ascii_case(DELIVERY_COUNT) => continue,
+            _ => short("header name", name)?,
         };
         push(&mut table, wire, long(value.as_bytes()));
     }
-    if !has_micro_id && let Some(id) = message.headers.message_id_value() {
+    if profile.go_micro {
+        if !has_micro_id && let Some(id) = headers.message_id_value() {
+            push(
+                &mut table,
+                ShortString::from(names::MICRO_ID),
+                long(id.as_bytes()),
+            );
+        }
         push(
             &mut table,
-            ShortString::from(names::MICRO_ID),
-            long(id.as_bytes()),
+            ShortString::from(names::MICRO_TOPIC),
+            long(topic.as_bytes()),
         );
     }
-    push(
-        &mut table,
-        ShortString::from(names::MICRO_TOPIC),
-        long(topic.as_bytes()),
-    );
     if let Some(key) = &message.key {
         push(&mut table, ShortString::from(KEY_HEADER), long(key));
     }
-    Ok(props.with_headers(FieldTable::from(table)))
+    if !table.is_empty() {
+        props = props.with_headers(FieldTable::from(table));
+    }
+    Ok(props)
 }
 
 fn long(bytes: &[u8]) -> AMQPValue {
@@ -245,6 +502,17 @@ pub(crate) fn from_amqp(
         if wire.eq_ignore_ascii_case(names::MICRO_ID) {
             let micro_id = text(value);
             if headers.get_all(names::CE_ID).any(|id| *id == micro_id) {
+                continue;
+            }
+            // a `go-micro` profile message: the id in `message_id` and in `Micro-ID`, and in
+            // no CloudEvents header
+            if !headers.contains(names::CE_ID)
+                && props
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str().as_bytes() == micro_id.as_bytes())
+            {
+                headers.append(names::CE_ID, micro_id);
                 continue;
             }
         }
@@ -490,86 +758,549 @@ pub(crate) fn confirmed() -> Position {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+
+    use event_core::Context;
+
+    const ID: &str = "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11";
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const BOTH: WireProfile = WireProfile::GO_MICRO.with(WireProfile::CLOUDEVENTS);
+    const PROFILES: [WireProfile; 4] = [
+        WireProfile::LEAN,
+        WireProfile::GO_MICRO,
+        WireProfile::CLOUDEVENTS,
+        BOTH,
+    ];
+
     fn table(props: &BasicProperties) -> &BTreeMap<ShortString, AMQPValue> {
         props.headers().as_ref().unwrap().inner()
     }
 
+    /// The names of the header table, in order (none when there is no table).
+    fn header_names(props: &BasicProperties) -> Vec<&str> {
+        props
+            .headers()
+            .as_ref()
+            .map(|t| t.inner().keys().map(ShortString::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// A long-string entry of the header table, as text.
+    fn header(props: &BasicProperties, name: &str) -> String {
+        match table(props).get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    /// What a typed publisher sends as the first message of a chain, with a trace context
+    /// and metadata.
     fn typed_message() -> Message {
         Message::new(&b"\x0a\x03abc"[..])
             .with_header("ce_specversion", "1.0")
-            .with_header("ce_id", "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11")
+            .with_header("ce_id", ID)
             .with_header("ce_source", "orders")
             .with_header("ce_type", "shop.v1.OrderPlaced")
             .with_header("ce_time", "2026-08-20T12:34:56.789Z")
             .with_header("content-type", "application/protobuf")
-            .with_header("correlation-id", "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11")
-            .with_header(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            )
+            .with_header("correlation-id", ID)
+            .with_header("traceparent", TRACEPARENT)
             .with_header("tenant", "t-42")
             .with_header("tenant", "t-43")
     }
 
-    #[test]
-    fn publish_writes_go_micro_and_cloudevents_names() {
-        let message = typed_message().with_key("k-1");
-        let props = to_amqp("orders.placed", &message).unwrap();
-        let t = table(&props);
-        let s = |name: &str| match t.get(name) {
-            Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
-            other => panic!("{name}: {other:?}"),
-        };
-        assert_eq!(s("cloudEvents_type"), "shop.v1.OrderPlaced");
-        assert_eq!(s("cloudEvents_id"), "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11");
-        assert_eq!(s("cloudEvents_specversion"), "1.0");
-        assert_eq!(s("Content-Type"), "application/protobuf");
-        assert_eq!(s("Micro-ID"), "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11");
-        assert_eq!(s("Micro-Topic"), "orders.placed");
-        assert_eq!(s("x-event-key"), "k-1");
-        assert!(!t.contains_key("ce_type"));
-        assert!(
-            matches!(t.get("tenant"), Some(AMQPValue::FieldArray(a)) if a.as_slice().len() == 2)
-        );
-        assert_eq!(
-            props.content_type().as_ref().unwrap().as_str(),
-            "application/protobuf"
-        );
-        assert_eq!(
-            props.kind().as_ref().unwrap().as_str(),
-            "shop.v1.OrderPlaced"
-        );
-        assert_eq!(props.app_id().as_ref().unwrap().as_str(), "orders");
-        assert_eq!(
-            props.message_id().as_ref().unwrap().as_str(),
-            "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11"
-        );
-        assert_eq!(*props.timestamp(), Some(1_787_229_296));
-        assert_eq!(*props.delivery_mode(), Some(2));
+    /// The lean properties of [`typed_message`], without a header table: no `correlation_id`,
+    /// which only repeats the message id.
+    fn lean_properties() -> BasicProperties {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ID.into())
+            .with_type("shop.v1.OrderPlaced".into())
+            .with_app_id("orders".into())
+            .with_timestamp(1_787_229_296)
+            .with_content_type("application/protobuf".into())
+    }
+
+    fn consume(props: &BasicProperties, payload: &[u8]) -> Message {
+        from_amqp("orders.placed", false, props, payload.to_vec()).message
+    }
+
+    /// Headers as (lower-case name, value), sorted: what a consumer can tell apart.
+    fn sorted(headers: &Headers) -> Vec<(String, HeaderValue)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_ascii_lowercase(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     #[test]
-    fn round_trip_gives_the_same_headers_and_key() {
+    fn lean_writes_each_fact_once_in_its_property() {
         let message = typed_message().with_key("k-1");
-        let props = to_amqp("orders.placed", &message).unwrap();
-        let back = from_amqp("orders.placed", false, &props, message.payload.to_vec());
-        assert_eq!(back.attempt, 1);
-        assert_eq!(back.message.key.as_deref(), Some(&b"k-1"[..]));
-        assert_eq!(back.message.payload, message.payload);
-        let mut got: Vec<_> = back
-            .message
+        let props = to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap();
+        let mut expected_table = FieldTable::default();
+        expected_table.insert("traceparent".into(), long(TRACEPARENT.as_bytes()));
+        expected_table.insert(
+            "tenant".into(),
+            AMQPValue::FieldArray(vec![long(b"t-42"), long(b"t-43")].into()),
+        );
+        expected_table.insert("x-event-key".into(), long(b"k-1"));
+        // every property and header, and nothing else: no specversion, no go-micro or
+        // CloudEvents copies
+        assert_eq!(props, lean_properties().with_headers(expected_table));
+    }
+
+    #[test]
+    fn lean_writes_no_header_table_when_every_fact_has_a_property() {
+        let mut message = typed_message();
+        message.headers.remove("traceparent");
+        message.headers.remove("tenant");
+        let props = to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap();
+        assert_eq!(props, lean_properties());
+    }
+
+    #[test]
+    fn lean_keeps_headers_for_what_has_no_property() {
+        let message = Message::new("x")
+            .with_header("ce_id", ID)
+            .with_header("correlation-id", "0190f4c2-0000-7000-8000-000000000001")
+            .with_header("causation-id", "0190f4c2-0000-7000-8000-000000000002")
+            .with_header("tracestate", "vendor=1")
+            .with_header("baggage", "user=ada")
+            .with_header("ce_subject", "u-1")
+            .with_header("ce_specversion", "0.3");
+        let props = to_amqp("t", &message, WireProfile::LEAN).unwrap();
+        assert_eq!(
+            header_names(&props),
+            [
+                "baggage",
+                "causation-id",
+                "cloudEvents_specversion",
+                "cloudEvents_subject",
+                "tracestate"
+            ]
+        );
+        assert_eq!(header(&props, "cloudEvents_specversion"), "0.3");
+        assert_eq!(
+            props.correlation_id().as_ref().map(ShortString::as_str),
+            Some("0190f4c2-0000-7000-8000-000000000001"),
+            "a correlation id of its own is kept"
+        );
+        let back = consume(&props, b"x");
+        assert_eq!(sorted(&back.headers), sorted(&message.headers));
+    }
+
+    #[test]
+    fn go_micro_adds_its_three_headers() {
+        let message = typed_message().with_key("k-1");
+        let lean = to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap();
+        let props = to_amqp("orders.placed", &message, WireProfile::GO_MICRO).unwrap();
+        assert_eq!(
+            header_names(&props),
+            [
+                "Content-Type",
+                "Micro-ID",
+                "Micro-Topic",
+                "tenant",
+                "traceparent",
+                "x-event-key"
+            ]
+        );
+        assert_eq!(header(&props, "Content-Type"), "application/protobuf");
+        assert_eq!(header(&props, "Micro-ID"), ID);
+        assert_eq!(header(&props, "Micro-Topic"), "orders.placed");
+        let lean_table = table(&lean).clone();
+        assert_eq!(
+            props.clone().with_headers(FieldTable::from(lean_table)),
+            lean,
+            "the properties are lean's"
+        );
+        // a message that carries its own Micro-ID keeps it
+        let forwarded = Message::new("x").with_header("Micro-ID", "9b5d0c4e");
+        let props = to_amqp("t", &forwarded, WireProfile::GO_MICRO).unwrap();
+        assert_eq!(header_names(&props), ["Micro-ID", "Micro-Topic"]);
+        assert_eq!(header(&props, "Micro-ID"), "9b5d0c4e");
+    }
+
+    #[test]
+    fn cloudevents_adds_every_attribute() {
+        let message = typed_message().with_key("k-1");
+        let props = to_amqp("orders.placed", &message, WireProfile::CLOUDEVENTS).unwrap();
+        assert_eq!(
+            header_names(&props),
+            [
+                "cloudEvents_id",
+                "cloudEvents_source",
+                "cloudEvents_specversion",
+                "cloudEvents_time",
+                "cloudEvents_type",
+                "tenant",
+                "traceparent",
+                "x-event-key"
+            ]
+        );
+        assert_eq!(header(&props, "cloudEvents_id"), ID);
+        assert_eq!(header(&props, "cloudEvents_source"), "orders");
+        assert_eq!(header(&props, "cloudEvents_specversion"), "1.0");
+        assert_eq!(
+            header(&props, "cloudEvents_time"),
+            "2026-08-20T12:34:56.789Z"
+        );
+        assert_eq!(header(&props, "cloudEvents_type"), "shop.v1.OrderPlaced");
+        let table = table(&props).clone();
+        assert_eq!(
+            props,
+            lean_properties().with_headers(FieldTable::from(table))
+        );
+    }
+
+    #[test]
+    fn both_profiles_write_what_each_adds() {
+        let message = typed_message().with_key("k-1");
+        let props = to_amqp("orders.placed", &message, BOTH).unwrap();
+        assert_eq!(
+            header_names(&props),
+            [
+                "Content-Type",
+                "Micro-ID",
+                "Micro-Topic",
+                "cloudEvents_id",
+                "cloudEvents_source",
+                "cloudEvents_specversion",
+                "cloudEvents_time",
+                "cloudEvents_type",
+                "tenant",
+                "traceparent",
+                "x-event-key"
+            ]
+        );
+        // it only repeats the message id: left out in every profile
+        assert_eq!(*props.correlation_id(), None);
+        assert_eq!(*props.timestamp(), Some(1_787_229_296));
+    }
+
+    #[test]
+    fn every_profile_is_consumed_with_the_same_facts() {
+        let message = typed_message().with_key("k-1");
+        let sent = Context::from_headers(&message.headers);
+        for profile in PROFILES {
+            let props = to_amqp("orders.placed", &message, profile).unwrap();
+            let back = from_amqp("orders.placed", false, &props, message.payload.to_vec());
+            assert_eq!(back.attempt, 1);
+            let (got, h) = (&back.message, &back.message.headers);
+            assert_eq!(h.message_id(), Some(ID), "{profile}: {h:?}");
+            assert_eq!(h.get_all("ce_id").count(), 1, "{profile}: {h:?}");
+            assert_eq!(h.message_type(), Some("shop.v1.OrderPlaced"), "{profile}");
+            assert_eq!(h.source(), Some("orders"), "{profile}");
+            assert_eq!(h.content_type(), Some("application/protobuf"), "{profile}");
+            assert_eq!(h.get_all("content-type").count(), 1, "{profile}: {h:?}");
+            assert_eq!(h.get_str("traceparent"), Some(TRACEPARENT), "{profile}");
+            let tenants: Vec<_> = h.get_all("tenant").map(|v| v.to_str().unwrap()).collect();
+            assert_eq!(tenants, ["t-42", "t-43"], "{profile}");
+            assert!(
+                !h.contains("Micro-ID") && !h.contains("Micro-Topic"),
+                "{h:?}"
+            );
+            assert_eq!(got.key.as_deref(), Some(&b"k-1"[..]), "{profile}");
+            assert_eq!(got.payload, message.payload, "{profile}");
+            // the same context as the message published: correlation, causation, trace,
+            // metadata
+            assert_eq!(Context::from_headers(h), sent, "{profile}");
+            assert_eq!(Context::from_headers(h).correlation_id(), Some(ID));
+            let time = humantime::parse_rfc3339("2026-08-20T12:34:56.789Z").unwrap();
+            // a correlation id that only repeats the message id is left out in every profile
+            assert!(!h.contains("correlation-id"), "{profile}: {h:?}");
+            let mut published = message.headers.clone();
+            published.remove("correlation-id");
+            if profile.contains(WireProfile::CLOUDEVENTS) {
+                // exactly the other headers that were published
+                assert_eq!(sorted(h), sorted(&published), "{profile}");
+                assert_eq!(h.time(), Some(time));
+            } else {
+                // the time at second resolution, no specversion
+                assert_eq!(h.get_str("ce_time"), Some("2026-08-20T12:34:56.000Z"));
+                assert_eq!(h.time(), Some(time - Duration::from_millis(789)));
+                assert!(!h.contains("ce_specversion"), "{h:?}");
+                let mut expected = published;
+                for name in ["ce_specversion", "ce_time"] {
+                    expected.remove(name);
+                }
+                expected.append("ce_time", "2026-08-20T12:34:56.000Z");
+                assert_eq!(sorted(h), sorted(&expected), "{profile}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_consumed_lean_message_has_the_context_of_the_old_wire() {
+        // the first message of a chain (correlation id = its id) and a follow-up (its own
+        // correlation and causation ids), both with trace and metadata
+        let follow_up = Message::new("x")
+            .with_header("ce_id", "0190f4c2-0000-7000-8000-00000000000f")
+            .with_header("ce_type", "shop.v1.OrderShipped")
+            .with_header("correlation-id", ID)
+            .with_header("causation-id", ID)
+            .with_header("traceparent", TRACEPARENT)
+            .with_header("tenant", "t-42");
+        for message in [typed_message(), follow_up] {
+            let old = consume(&old_wire(&message), b"x");
+            let lean = consume(
+                &to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap(),
+                b"x",
+            );
+            assert_eq!(
+                Context::from_headers(&lean.headers),
+                Context::from_headers(&old.headers),
+                "{:?}",
+                message.headers
+            );
+            assert_eq!(
+                Context::from_headers(&lean.headers),
+                Context::from_headers(&message.headers)
+            );
+        }
+    }
+
+    /// What the previous versions published for `message` (every name, every copy): the
+    /// go-micro and CloudEvents profiles, plus the `correlation-id` header and property.
+    fn old_wire(message: &Message) -> BasicProperties {
+        let mut props = to_amqp("orders.placed", message, BOTH).unwrap();
+        let mut table = props.headers().clone().unwrap_or_default();
+        if let Some(correlation) = message.headers.get("correlation-id") {
+            table.insert("correlation-id".into(), long(correlation.as_bytes()));
+            props = props.with_correlation_id(correlation.to_str().unwrap().into());
+        }
+        props.with_headers(table)
+    }
+
+    #[test]
+    fn old_messages_and_go_micro_ones_are_read_with_id_type_and_time() {
+        let message = typed_message();
+        let old = consume(&old_wire(&message), b"x");
+        assert_eq!(old.headers.message_id(), Some(ID));
+        assert_eq!(old.headers.message_type(), Some("shop.v1.OrderPlaced"));
+        assert_eq!(
+            old.headers.get_str("ce_time"),
+            Some("2026-08-20T12:34:56.789Z")
+        );
+        assert_eq!(sorted(&old.headers), sorted(&message.headers));
+        // the go-micro profile alone: the id in `message_id` and `Micro-ID` is read as `ce_id`
+        let props = to_amqp("orders.placed", &message, WireProfile::GO_MICRO).unwrap();
+        let h = consume(&props, b"x").headers;
+        assert_eq!(h.get_str("ce_id"), Some(ID), "{h:?}");
+        assert!(!h.contains("Micro-ID"), "{h:?}");
+    }
+
+    /// Publishes `message` lean and consumes it back.
+    fn lean_round_trip(message: &Message) -> (BasicProperties, Message) {
+        let props = to_amqp("t", message, WireProfile::LEAN).unwrap();
+        let back = from_amqp("t", false, &props, Vec::new()).message;
+        (props, back)
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_its_property_goes_to_the_header() {
+        let long_text = "x".repeat(256);
+        let not_text: &[u8] = &[0xff, 0xfe];
+        for (name, wire) in [
+            ("ce_id", "cloudEvents_id"),
+            ("ce_type", "cloudEvents_type"),
+            ("ce_source", "cloudEvents_source"),
+            ("ce_time", "cloudEvents_time"),
+            ("content-type", "Content-Type"),
+            ("correlation-id", "correlation-id"),
+        ] {
+            for value in [long_text.as_bytes(), not_text] {
+                let message = Message::new("x")
+                    .with_header(name, HeaderValue::copy_from_slice(value))
+                    .with_header("tenant", "t");
+                let (props, back) = lean_round_trip(&message);
+                assert_eq!(header_names(&props), [wire, "tenant"], "{name}");
+                assert_eq!(
+                    table(&props).get(wire),
+                    Some(&long(value)),
+                    "{name}: the value as it is"
+                );
+                let empty = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(props.headers().clone().unwrap());
+                assert_eq!(props, empty, "{name}: no property");
+                assert_eq!(
+                    back.headers.get(name).map(HeaderValue::as_bytes),
+                    Some(value),
+                    "{name}: nothing lost"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_time_that_is_not_rfc_3339_in_utc_goes_to_the_header() {
+        for time in [
+            "yesterday",
+            "2026-08-20T14:34:56+02:00",
+            "2026-08-20 12:34:56",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let message = Message::new("x").with_header("ce_time", time);
+            let (props, back) = lean_round_trip(&message);
+            assert_eq!(*props.timestamp(), None, "{time}");
+            assert_eq!(header(&props, "cloudEvents_time"), time);
+            assert_eq!(back.headers.get_str("ce_time"), Some(time));
+        }
+        // whole seconds and any fraction are RFC 3339: the property, in seconds
+        for (time, secs) in [
+            ("2026-08-20T12:34:56Z", 1_787_229_296),
+            ("2026-08-20T12:34:56.999999Z", 1_787_229_296),
+            ("1970-01-01T00:00:00Z", 0),
+        ] {
+            let (props, back) = lean_round_trip(&Message::new("x").with_header("ce_time", time));
+            assert_eq!(*props.timestamp(), Some(secs), "{time}");
+            assert!(props.headers().is_none(), "{time}");
+            assert_eq!(
+                back.headers.time(),
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)),
+                "{time}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_attribute_with_several_values_stays_in_the_headers() {
+        let message = Message::new("x")
+            .with_header("ce_type", "a.v1.A")
+            .with_header("ce_type", "b.v1.B")
+            .with_header("content-type", "application/protobuf")
+            .with_header("Content-Type", "application/json")
+            .with_header("ce_source", "s")
+            .with_header("ce-source", "other");
+        let (props, back) = lean_round_trip(&message);
+        assert_eq!(*props.kind(), None);
+        assert_eq!(*props.content_type(), None);
+        assert_eq!(*props.app_id(), None);
+        assert_eq!(
+            header_names(&props),
+            [
+                "Content-Type",
+                "ce-source",
+                "cloudEvents_source",
+                "cloudEvents_type"
+            ]
+        );
+        let types: Vec<_> = back
             .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_ascii_lowercase(), v.clone()))
+            .get_all("ce_type")
+            .map(|v| v.to_str().unwrap())
             .collect();
-        let mut sent: Vec<_> = message
+        assert_eq!(types, ["a.v1.A", "b.v1.B"], "in order");
+        let content_types: Vec<_> = back
             .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_ascii_lowercase(), v.clone()))
+            .get_all("content-type")
+            .map(|v| v.to_str().unwrap())
             .collect();
-        got.sort_by(|a, b| a.0.cmp(&b.0));
-        sent.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got, sent);
+        assert_eq!(content_types, ["application/protobuf", "application/json"]);
+        assert_eq!(back.headers.source(), Some("s"), "the `ce_` value first");
+    }
+
+    #[test]
+    fn an_id_beside_a_micro_id_of_its_own_stays_in_the_headers() {
+        let message = Message::new("x")
+            .with_header("ce_id", ID)
+            .with_header("Micro-ID", "9b5d0c4e");
+        let (props, back) = lean_round_trip(&message);
+        assert_eq!(*props.message_id(), None);
+        assert_eq!(header_names(&props), ["Micro-ID", "cloudEvents_id"]);
+        assert_eq!(back.headers.message_id(), Some(ID));
+        assert_eq!(back.headers.get_str("Micro-ID"), Some("9b5d0c4e"));
+    }
+
+    #[test]
+    fn a_specversion_other_than_1_0_is_kept() {
+        let (props, back) =
+            lean_round_trip(&Message::new("x").with_header("ce_specversion", "0.3"));
+        assert_eq!(header_names(&props), ["cloudEvents_specversion"]);
+        assert_eq!(back.headers.get_str("ce_specversion"), Some("0.3"));
+        let (props, back) =
+            lean_round_trip(&Message::new("x").with_header("ce_specversion", "1.0"));
+        assert!(props.headers().is_none());
+        assert!(!back.headers.contains("ce_specversion"));
+    }
+
+    #[test]
+    fn a_micro_id_is_read_as_the_id_only_when_it_repeats_message_id() {
+        let with = |micro_id: &str, message_id: &str| {
+            let props = BasicProperties::default()
+                .with_headers(strings(&[("Micro-ID", micro_id)]))
+                .with_message_id(message_id.into());
+            from_amqp("t", false, &props, Vec::new()).message.headers
+        };
+        let h = with("m-1", "m-1");
+        assert_eq!(sorted(&h), [("ce_id".to_owned(), HeaderValue::from("m-1"))]);
+        let h = with("m-1", "client-made");
+        assert_eq!(
+            h.message_id(),
+            Some("m-1"),
+            "Micro-ID ranks before message_id"
+        );
+        assert!(!h.contains("ce_id"), "{h:?}");
+    }
+
+    /// The encoded size of the properties and header table (property flags included) of a
+    /// typed `UserCreated` from service `signup` on `users.created`, as lapin serializes them
+    /// into the content header frame: the numbers in the README's "RabbitMQ wire profiles".
+    #[test]
+    fn encoded_size_per_profile() {
+        use event_proto::users::v1::UserCreated;
+        let publisher = event_core::Publisher::<UserCreated>::new(
+            Arc::new(event_core::memory::MemoryBroker::new()),
+            "signup",
+            "users.created",
+        );
+        let user = UserCreated {
+            user_id: "u-1".into(),
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+        };
+        let mut trace = Headers::default();
+        trace.append("traceparent", TRACEPARENT);
+        let mut traced = Context::new();
+        traced.set_trace(event_core::context::TraceContext::from_headers(&trace));
+        let size = |message: &Message, profile: WireProfile| {
+            let props = to_amqp("users.created", message, profile).unwrap();
+            let encoded = lapin::protocol::basic::gen_properties(&props)(Vec::new().into())
+                .expect("serialized");
+            encoded.write.len()
+        };
+        let plain = publisher.encode(&user, None);
+        let with_trace = publisher.encode(&user, Some(&traced));
+        let old = |message: &Message| {
+            let props = old_wire(message);
+            lapin::protocol::basic::gen_properties(&props)(Vec::new().into())
+                .expect("serialized")
+                .write
+                .len()
+        };
+        let measured: Vec<_> = PROFILES
+            .iter()
+            .map(|&p| (p.to_string(), size(&plain, p), size(&with_trace, p)))
+            .collect();
+        println!("bytes per profile (plain, with traceparent): {measured:?}");
+        println!(
+            "the previous wire: {} and {}",
+            old(&plain),
+            old(&with_trace)
+        );
+        assert_eq!(
+            measured,
+            [
+                ("lean".to_owned(), 97, 173),
+                ("go-micro".to_owned(), 219, 291),
+                ("cloudevents".to_owned(), 307, 379),
+                ("go-micro,cloudevents".to_owned(), 425, 497),
+            ]
+        );
+        assert_eq!((old(&plain), old(&with_trace)), (518, 590));
     }
 
     // The three tests below keep what `fuzz/` (target `amqp_wire`) found; the inputs are in
@@ -578,8 +1309,8 @@ mod tests {
     #[test]
     fn a_delivery_count_header_is_not_published() {
         let message = Message::new("x").with_header("x-delivery-count", "9");
-        let props = to_amqp("t", &message).expect("publish");
-        assert!(!table(&props).contains_key(&ShortString::from("x-delivery-count")));
+        let props = to_amqp("t", &message, WireProfile::LEAN).expect("publish");
+        assert!(props.headers().is_none(), "{props:?}");
         assert_eq!(from_amqp("t", false, &props, Vec::new()).attempt, 1);
     }
 
@@ -605,7 +1336,7 @@ mod tests {
             t.insert(name.as_str().into(), long(b"v"));
             let props = BasicProperties::default().with_headers(t);
             let got = from_amqp("t", false, &props, Vec::new()).message;
-            let again = to_amqp("t", &got).expect("published again");
+            let again = to_amqp("t", &got, WireProfile::LEAN).expect("published again");
             let back = from_amqp("t", false, &again, Vec::new()).message;
             assert_eq!(
                 back.headers.get_str(&format!("ce_{}", "a".repeat(252))),
@@ -628,7 +1359,7 @@ mod tests {
         let twice = from_amqp(
             "t",
             false,
-            &to_amqp("t", &once).expect("publish"),
+            &to_amqp("t", &once, WireProfile::LEAN).expect("publish"),
             Vec::new(),
         )
         .message;
@@ -890,7 +1621,7 @@ mod tests {
     #[test]
     fn long_header_names_are_an_error() {
         let message = Message::new("x").with_header("a".repeat(300), "v");
-        let err = to_amqp("t", &message).unwrap_err();
+        let err = to_amqp("t", &message, WireProfile::LEAN).unwrap_err();
         assert!(err.to_string().contains("300 bytes long"), "{err}");
     }
 

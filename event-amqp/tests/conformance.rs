@@ -4,6 +4,9 @@
 //! Every case uses unique topic and queue names (routing keys), so the cases run in parallel
 //! on one exchange. Durable queues get `x-expires`, so the queues the cases leave behind (queue
 //! groups, dead-letter queues) disappear from the test broker after ten idle minutes.
+//!
+//! The suite runs in the default, lean wire profile (each fact once); `wire_profiles.rs`
+//! checks what each profile writes.
 
 mod common;
 
@@ -140,7 +143,8 @@ async fn acknowledgements_out_of_order_settle_every_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_url_selects_the_backend() {
     let broker = event_core::broker::connect(&format!(
-        "{}?exchange=event.test.conformance&prefetch=4&connection_name=url-test",
+        "{}?exchange=event.test.conformance&prefetch=4&connection_name=url-test\
+         &wire=go-micro,cloudevents",
         url()
     ))
     .expect("amqp scheme registered");
@@ -158,6 +162,16 @@ async fn amqp_url_selects_the_backend() {
         "{text}"
     );
     assert!(!text.contains("secret"), "{text}");
+
+    let err = event_core::broker::connect("amqp://127.0.0.1/%2f?wire=micro").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "wire = \"micro\" is not valid: expected lean, go-micro, cloudevents, or a \
+             comma-separated combination (go-micro,cloudevents)"
+        ),
+        "{text}"
+    );
 }
 
 /// proto3 JSON (go-micro's default content type), with and without a type header, is

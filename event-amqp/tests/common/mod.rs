@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use event_amqp::AmqpBroker;
+use event_amqp::{AmqpBroker, WireProfile};
 use event_core::broker::Broker;
 use event_core::testkit::BrokerFactory;
 
@@ -15,6 +15,13 @@ use event_core::testkit::BrokerFactory;
 pub fn url() -> String {
     std::env::var("EVENT_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The broker under test with `query` (`wire=go-micro`, ...) added to its URL.
+pub fn url_with(query: &str) -> String {
+    let url = url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{query}")
 }
 
 /// Connects `broker`; panics with the reason when RabbitMQ is not there.
@@ -40,18 +47,23 @@ pub fn long_string(table: &lapin::types::FieldTable, name: &str) -> String {
     }
 }
 
-/// Connected clients of the test RabbitMQ, on an exchange of the tests' own; durable queues
-/// expire after ten idle minutes.
+/// Connected clients of the test RabbitMQ, on an exchange of the tests' own, in the default
+/// (lean) wire profile; durable queues expire after ten idle minutes.
 pub struct Factory;
 
 impl BrokerFactory for Factory {
     async fn broker(&self) -> Arc<dyn Broker> {
-        let broker = AmqpBroker::builder(&url())
-            .exchange("event.test.conformance")
-            .queue_argument("x-expires", 600_000)
-            .connection_name("event-amqp conformance")
-            .build()
-            .expect("valid broker configuration");
-        Arc::new(connected(broker).await)
+        factory_broker(WireProfile::LEAN).await
     }
+}
+
+async fn factory_broker(wire: WireProfile) -> Arc<dyn Broker> {
+    let broker = AmqpBroker::builder(&url())
+        .exchange("event.test.conformance")
+        .queue_argument("x-expires", 600_000)
+        .connection_name("event-amqp conformance")
+        .wire_profile(wire)
+        .build()
+        .expect("valid broker configuration");
+    Arc::new(connected(broker).await)
 }

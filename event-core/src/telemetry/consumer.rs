@@ -126,7 +126,11 @@ impl ConsumerTelemetry {
                     messaging.destination.partition.id = Empty,
                     event.position = Empty,
                     cloudevents.event_type = headers.message_type(),
-                    correlation_id = headers.get_str(names::CORRELATION_ID),
+                    // a chain's first message may leave out a correlation id that only
+                    // repeats its own id (as `Context::from_headers` reads it)
+                    correlation_id = headers
+                        .get_str(names::CORRELATION_ID)
+                        .or_else(|| headers.message_id()),
                     causation_id = headers.get_str(names::CAUSATION_ID),
                     event.handler = handler,
                     event.attempt = i64::from(delivery.attempt()),

@@ -40,7 +40,13 @@ pub async fn typed_headers_roundtrip<F: BrokerFactory>(factory: &F) {
         .expect("publish");
     let d = rx.next("typed message").await;
     let h = d.headers();
-    assert_eq!(h.get_str("ce_specversion"), Some("1.0"));
+    // a transport that carries the other attributes in places of its own may leave the spec
+    // version out (RabbitMQ's lean wire profile); a value that arrives is the one written
+    assert!(
+        matches!(h.get_str("ce_specversion"), None | Some("1.0")),
+        "{:?}",
+        h.get("ce_specversion")
+    );
     assert_eq!(h.message_type(), Some("event.testkit.v1.Probe"));
     assert_eq!(h.source(), Some("testkit-source"));
     assert_eq!(h.content_type(), Some("application/protobuf"));
@@ -52,8 +58,10 @@ pub async fn typed_headers_roundtrip<F: BrokerFactory>(factory: &F) {
         "ce_time parses as RFC 3339: {:?}",
         h.get("ce_time")
     );
+    // read as the handler's context reads it (the header if present, else the message id): a
+    // transport may leave out a correlation id that only repeats the message id
     assert_eq!(
-        h.get_str("correlation-id"),
+        crate::Context::from_headers(h).correlation_id(),
         h.message_id(),
         "a chain starts at its first id"
     );
@@ -204,6 +212,9 @@ pub async fn dead_letter_after_retries<F: BrokerFactory>(factory: &F) {
     factory.create_topic(&format!("{topic}.dlq")).await;
     let (dlq_tx, mut dlq) = Collector::new(factory.timeout());
     let dlq_sub = delivery_subscriber(&*broker, &format!("{topic}.dlq"), dlq_tx).await;
+    // what a subscriber of the topic receives: the headers the dead letter must keep
+    let (seen_tx, mut seen) = Collector::new(factory.timeout());
+    let seen_sub = delivery_subscriber(&*broker, &topic, seen_tx).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let handler = {
         let calls = calls.clone();
@@ -250,16 +261,28 @@ pub async fn dead_letter_after_retries<F: BrokerFactory>(factory: &F) {
     );
     assert!(h.get_str(names::X_EVENT_ORIGINAL_POSITION).is_some());
     assert_eq!(d.payload(), &sent.payload);
-    for (name, value) in sent.headers.iter() {
+    // every header as the subscriber received it: on most transports exactly as sent, on
+    // one that keeps some facts coarser (RabbitMQ's lean profile: the time in whole seconds)
+    // as it delivered them
+    let received = seen.next("the message as subscribers receive it").await;
+    for (name, value) in received.headers().iter() {
         assert_eq!(
             h.get(name.as_str()),
             Some(value),
             "original header {name} kept"
         );
     }
+    for name in ["ce_id", "ce_type", "ce_source", "content-type"] {
+        assert_eq!(
+            h.get(name),
+            sent.headers.get(name),
+            "{name} as it was published"
+        );
+    }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     running_shutdown(service).await;
     dlq_sub.unsubscribe().await;
+    seen_sub.unsubscribe().await;
 }
 
 /// A proto3 JSON message (`content-type: application/json`, go-micro's default), published
