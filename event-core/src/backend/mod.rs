@@ -16,8 +16,9 @@
 //!
 //! Helpers for a backend's own work: [`Backoff`] for reconnect loops, [`RateLimitedLog`] so
 //! that a broker that keeps failing logs a line per interval rather than per attempt,
-//! [`validate_topic`] before a publish touches the network, and [`dead_letter_message`] for
-//! a backend that must build a dead letter itself.
+//! [`validate_topic`] before a publish touches the network, [`dead_letter_message`] for
+//! a backend that must build a dead letter itself, and [`go_micro`] for a backend whose
+//! go-micro counterpart wraps each message in its JSON envelope (Kafka, NATS).
 //!
 //! # A minimal backend
 //!
@@ -102,6 +103,7 @@
 //! ```
 
 mod backoff;
+pub mod go_micro;
 pub(crate) mod delivery;
 mod lifecycle;
 mod source;
