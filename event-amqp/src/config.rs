@@ -10,6 +10,10 @@ use crate::wire::WireProfile;
 /// The exchange used when none is configured.
 pub const DEFAULT_EXCHANGE: &str = "event";
 
+/// The least `basic.qos` prefetch of a subscription when none is configured
+/// ([`AmqpBrokerBuilder::prefetch`]).
+pub const DEFAULT_PREFETCH: u16 = 32;
+
 /// The query parameters this backend reads (besides `x-*` queue arguments).
 const OWN_PARAMETERS: &[&str] = &[
     "exchange",
@@ -124,7 +128,7 @@ impl From<bool> for QueueArgument {
 /// | [`exchange`](Self::exchange) | `exchange` | `event` |
 /// | [`exchange_durable`](Self::exchange_durable) | `exchange_durable` | `true` |
 /// | [`durable_queues`](Self::durable_queues) | `durable_queues` | `true` |
-/// | [`prefetch`](Self::prefetch) | `prefetch` | the subscription's concurrency |
+/// | [`prefetch`](Self::prefetch) | `prefetch` | 32, or the subscription's concurrency if larger |
 /// | [`queue_argument`](Self::queue_argument) | `x-...=value` | none |
 /// | [`connection_name`](Self::connection_name) | `connection_name` | none |
 /// | [`publish_timeout`](Self::publish_timeout) | `publish_timeout_ms` | 30 s |
@@ -210,11 +214,17 @@ impl AmqpBrokerBuilder {
         self
     }
 
-    /// The least `basic.qos` prefetch of a subscription. The prefetch is the subscription's
-    /// [concurrency](event_core::broker::SubscribeOptions::concurrency) unless this is larger.
-    /// With concurrency 1 messages are still handled one at a time, in order; a larger
-    /// prefetch only saves round trips. In a queue group, a member holds up to this many
-    /// messages, which the other members cannot take meanwhile.
+    /// The least `basic.qos` prefetch of a subscription (default [`DEFAULT_PREFETCH`]). The
+    /// prefetch is the subscription's
+    /// [concurrency](event_core::broker::SubscribeOptions::concurrency) if that is larger.
+    ///
+    /// With concurrency 1 messages are still handled one at a time, in order; the prefetch
+    /// lets RabbitMQ send the next messages while a handler runs and its acknowledgement
+    /// travels, so that no round trip stands between one message and the next (with a
+    /// prefetch of 1, RabbitMQ waits for each acknowledgement before it delivers again). In a
+    /// queue group, a member holds up to this many messages, which the other members cannot
+    /// take meanwhile: for handlers that take long, where sharing matters more than round
+    /// trips, set it low (`prefetch(1)`).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch);
         self
@@ -350,7 +360,7 @@ impl AmqpBrokerBuilder {
             exchange,
             exchange_durable: self.exchange_durable.unwrap_or(true),
             durable_queues: self.durable_queues.unwrap_or(true),
-            prefetch: self.prefetch.unwrap_or(0),
+            prefetch: self.prefetch.unwrap_or(DEFAULT_PREFETCH),
             queue_arguments: arguments,
             connection_name: self.connection_name,
             publish_timeout: self.publish_timeout.unwrap_or(Duration::from_secs(30)),
@@ -489,7 +499,7 @@ mod tests {
         let c = config("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(c.exchange, "event");
         assert!(c.exchange_durable && c.durable_queues);
-        assert_eq!(c.prefetch, 0);
+        assert_eq!(c.prefetch, DEFAULT_PREFETCH);
         assert_eq!(c.address, "amqp://127.0.0.1:5672/%2f");
         assert_eq!(c.uri, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(c.publish_timeout, Duration::from_secs(30));

@@ -113,8 +113,8 @@
 //!   `event-core`), sent by a settle worker per channel so that the loop never waits for one:
 //!   a run of settled delivery tags goes out as one `basic.ack` with `multiple`, an ack above a
 //!   message still in a handler on its own, and closing a subscription sends what is queued
-//!   before the channel closes. `basic.qos` prefetch = the subscription's concurrency (or
-//!   [`AmqpBrokerBuilder::prefetch`] if larger). A failing handler is retried in place with
+//!   before the channel closes. `basic.qos` prefetch = [`AmqpBrokerBuilder::prefetch`]
+//!   ([`DEFAULT_PREFETCH`] unless set), or the subscription's concurrency if larger. A failing handler is retried in place with
 //!   the subscription's backoff (the message stays unacknowledged, nothing hot-loops through
 //!   the broker), then dead-lettered with the `x-event-*` headers and acknowledged. A message
 //!   given back (shutdown, handler cut off) is `basic.nack`ed with requeue. The attempt number
@@ -154,7 +154,7 @@ mod settle;
 mod wire;
 
 pub use broker::AmqpBroker;
-pub use config::{AmqpBrokerBuilder, DEFAULT_EXCHANGE, QueueArgument};
+pub use config::{AmqpBrokerBuilder, DEFAULT_EXCHANGE, DEFAULT_PREFETCH, QueueArgument};
 pub use error::{AmqpBackendError, AmqpConfigError};
 pub use wire::WireProfile;
 
