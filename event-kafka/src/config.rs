@@ -101,6 +101,7 @@ pub struct KafkaBrokerBuilder {
     pub(crate) statistics_interval: Duration,
     pub(crate) ensure_topics: Vec<TopicSpec>,
     pub(crate) create_topics: bool,
+    pub(crate) go_micro_envelope: bool,
     pub(crate) default_partitions: Option<i32>,
     pub(crate) default_replication: Option<i32>,
     pub(crate) producer_properties: BTreeMap<String, String>,
@@ -127,6 +128,7 @@ impl KafkaBrokerBuilder {
             statistics_interval: Duration::from_secs(5),
             ensure_topics: Vec::new(),
             create_topics: false,
+            go_micro_envelope: false,
             default_partitions: None,
             default_replication: None,
             producer_properties: BTreeMap::new(),
@@ -253,6 +255,24 @@ impl KafkaBrokerBuilder {
     /// give some topics other settings, create them with [`ensure_topic`](Self::ensure_topic).
     pub fn create_topics(mut self, on: bool) -> Self {
         self.create_topics = on;
+        self
+    }
+
+    /// Speaks go-micro's Kafka broker (default off; the URL form is `wire=go-micro`).
+    ///
+    /// go-micro's Kafka broker plugin does not use record headers: it writes each message
+    /// as a JSON envelope in the record value, `{"Header":{"Content-Type":…,"Micro-ID":…},
+    /// "Body":"<base64>"}`, and reads only that. When on, publishing writes that envelope (the
+    /// headers inside it, in go-micro's spelling, the payload as its body; the key stays the
+    /// record key), so go-micro subscribers read our events; and consuming unwraps every
+    /// record that is such an envelope, so go-micro's messages arrive with their headers and
+    /// payload as typed events. Records that are not envelopes are consumed as they are, so a
+    /// topic can carry both. The mapping is in `event_core::backend::go_micro`.
+    ///
+    /// When off (the default), records carry CloudEvents binary-mode headers, and an envelope
+    /// that arrives is diagnosed and dead-lettered as `go-micro-envelope`.
+    pub fn go_micro_envelope(mut self, on: bool) -> Self {
+        self.go_micro_envelope = on;
         self
     }
 
@@ -508,6 +528,16 @@ impl KafkaBrokerBuilder {
                     builder.statistics_interval(Duration::from_millis(number(&value)?))
                 }
                 "create_topics" => builder.create_topics(flag(&value)?),
+                "wire" => match value.as_ref() {
+                    "cloudevents" => builder.go_micro_envelope(false),
+                    "go-micro" => builder.go_micro_envelope(true),
+                    other => {
+                        return Err(invalid(format!(
+                            "query parameter wire must be cloudevents (record headers, the \
+                             default) or go-micro (go-micro's JSON envelope), not {other:?}"
+                        )));
+                    }
+                },
                 "partitions" | "replication" => {
                     let n = number(&value)?;
                     let n = i32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
@@ -529,7 +559,7 @@ impl KafkaBrokerBuilder {
                          idempotence, compression, delivery_timeout_ms, operation_timeout_ms, \
                          flush_timeout_ms, join_timeout_ms, revoke_timeout_ms, parallel_keys, \
                          max_buffered_per_partition, \
-                         statistics_interval_ms, create_topics, partitions, replication, or any \
+                         statistics_interval_ms, create_topics, partitions, replication, wire, or any \
                          librdkafka property (a name with a dot)"
                     )));
                 }
@@ -616,6 +646,26 @@ mod tests {
         assert_eq!(b.properties["sasl.username"], "user");
         assert_eq!(b.properties["sasl.password"], "p@ss");
         assert_eq!(b.properties["sasl.mechanism"], "PLAIN");
+    }
+
+    #[test]
+    fn the_wire_parameter_chooses_go_micro_s_envelope() {
+        assert!(!parse("kafka://h:9092").unwrap().go_micro_envelope);
+        assert!(
+            !parse("kafka://h:9092?wire=cloudevents")
+                .unwrap()
+                .go_micro_envelope
+        );
+        assert!(
+            parse("kafka://h:9092?wire=go-micro")
+                .unwrap()
+                .go_micro_envelope
+        );
+        let err = parse("kafka://h:9092?wire=micro").unwrap_err().to_string();
+        assert!(
+            err.contains("wire must be cloudevents (record headers, the default) or go-micro"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -61,6 +61,15 @@
 //! [`set_consumer`](KafkaBrokerBuilder::set_consumer) or the URL) both work; with the
 //! cooperative one a rebalance revokes only the partitions that move, and the others keep
 //! their place (their new records wait while the revoked partitions' handlers finish).
+//!
+//! # The wire
+//!
+//! A record's value is the encoded message, and its headers are CloudEvents binary-mode
+//! headers (`event-core/docs/wire.md` in the repository). go-micro's Kafka broker plugin reads
+//! and writes another format, a JSON envelope in the value with the headers inside: with
+//! [`go_micro_envelope`](KafkaBrokerBuilder::go_micro_envelope) (`wire=go-micro` on the URL)
+//! this broker publishes that envelope and unwraps the envelopes it consumes, so a topic is
+//! shared with go-micro services both ways.
 
 mod admin;
 mod broker;

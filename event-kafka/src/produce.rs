@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use event_core::backend::go_micro;
 use event_core::broker::{Broker, BrokerError, Message, PublishError, Receipt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
@@ -19,9 +20,16 @@ impl KafkaBroker {
         topic: &str,
         message: &Message,
     ) -> Result<DeliveryFuture, Option<BrokerError>> {
-        let mut record = FutureRecord::to(topic)
-            .payload(&message.payload[..])
-            .headers(record_headers(message));
+        let envelope;
+        let mut record = if self.inner.config.go_micro_envelope {
+            // go-micro reads the value and nothing else
+            envelope = go_micro::to_envelope(topic, message);
+            FutureRecord::to(topic).payload(&envelope[..])
+        } else {
+            FutureRecord::to(topic)
+                .payload(&message.payload[..])
+                .headers(record_headers(message))
+        };
         if let Some(key) = &message.key {
             record = record.key(&key[..]);
         }

@@ -80,6 +80,7 @@ impl KafkaBroker {
             max_buffered: config.max_buffered_per_partition,
             operation_timeout: config.operation_timeout,
             revoke_timeout: config.revoke_timeout,
+            go_micro_envelope: config.go_micro_envelope,
         };
         let shared = Shared::new(settings.clone());
         // librdkafka needs a group id even for self-assigned partitions; a broadcast reader

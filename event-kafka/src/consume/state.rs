@@ -33,6 +33,8 @@ pub(super) struct ConsumerSettings {
     pub(super) max_buffered: usize,
     pub(super) operation_timeout: Duration,
     pub(super) revoke_timeout: Duration,
+    /// Unwrap go-micro's JSON envelope.
+    pub(super) go_micro_envelope: bool,
 }
 
 /// State shared by the poller, the delivery source, the ackers and the rebalance callback.
@@ -244,7 +246,11 @@ impl Shared {
             partition: record.partition(),
             offset: record.offset(),
             lane,
-            delivery: to_delivery(&self.settings.topic, record),
+            delivery: to_delivery(
+                &self.settings.topic,
+                record,
+                self.settings.go_micro_envelope,
+            ),
         }
     }
 
