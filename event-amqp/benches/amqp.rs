@@ -1,44 +1,101 @@
-//! Our AMQP path beside raw lapin, in one run against the same RabbitMQ.
+//! Our AMQP path beside raw lapin and beside a peer framework, in one run against the same
+//! RabbitMQ.
 //!
 //! ```text
-//! cargo bench -p event-amqp --bench amqp                   # 20,000 events per run
-//! EVENTS=50000 WINDOW=64 PREFETCH=64 cargo bench -p event-amqp --bench amqp
+//! cargo bench -p event-amqp --bench amqp                   # 20,000 events per run, 5 rounds
+//! EVENTS=50000 WINDOW=64 PREFETCH=64 ROUNDS=7 cargo bench -p event-amqp --bench amqp
+//! ONLY=publish cargo bench -p event-amqp --bench amqp      # or ONLY=consume
+//! EVENTS=2000 ROUNDS=1 cargo bench -p event-amqp --bench amqp   # a smoke run
 //! ```
 //!
-//! Runs, each for 64-byte and 1 KiB events (persistent messages, durable queue):
-//! - `publish`: typed `Publisher<Tick>::publish` (encode, headers, confirm) with `WINDOW`
-//!   publishes in flight, vs raw lapin `basic_publish` of the same bytes and an equivalent
-//!   header table on one confirm channel with the same window;
-//! - `consume`: a typed no-op `async fn(Tick)` handler through `Service` (decode, delivery
-//!   loop, manual ack) vs a raw lapin consumer acking each delivery, same prefetch, draining
-//!   a queue pre-filled with the same messages.
+//! Settings (environment): `EVENTS` messages per run (20,000), `WINDOW` publishes in flight
+//! (64), `PREFETCH` the consumers' `basic.qos` (64), `ROUNDS` (5), `ONLY` = `publish` or
+//! `consume` (both), `ACK_EVERY` the batch of the `multiple=true` raw consumer (`PREFETCH` / 2).
+//!
+//! Every row runs once per round, for 64-byte and 1 KiB `Tick`s (persistent messages, durable
+//! queues), the rows of a round in a rotating order; the tables at the end give each row's
+//! median over the rounds and its ratio to each baseline row, as markdown.
+//!
+//! `publish` rows (`WINDOW` publishes in flight, each waiting for its own confirm; timed from
+//! the first publish to the last confirm):
+//! - `typed`: `Publisher<Tick>::publish` (encode, headers, mandatory publish, confirm). One row
+//!   per entry of [`TYPED_PUBLISH`] (a label and a broker URL query, e.g. a wire profile);
+//! - `raw lapin, same properties`: `basic_publish` (mandatory, one confirm channel) of the same
+//!   bytes with the properties and header table our publisher writes for them, taken from the
+//!   backend's own mapping (`event_amqp::__fuzz::to_amqp` of one encoded message, the default
+//!   wire profile), so it follows the wire format as it changes;
+//! - `raw lapin, delivery_mode only`: the same with no property but `delivery_mode` 2;
+//! - `RustStream`: `ruststream-lapin`'s confirms publisher (`LapinPublish::confirms()`,
+//!   persistent, to the same exchange and routing key) publishing the prost `Tick` as its own
+//!   bytes (the `#[wire(prost)]` lane). It writes `delivery_mode` 2 and nothing else, and its
+//!   publishes are not mandatory.
+//!
+//! `consume` rows (each drains its own queue, filled with the same `EVENTS` messages as our
+//! publisher writes them; prefetch `PREFETCH`, one message handled at a time; timed from the
+//! first message handled to the last; every queue must be empty afterwards):
+//! - `typed`: a no-op `async fn(Tick)` handler through `Service` (decode, delivery loop,
+//!   acknowledgement);
+//! - `raw lapin, pipelined acks`: a lapin consumer in a worker task acking every delivery on its
+//!   own (`multiple=false`), without waiting for an ack before taking the next delivery (acks are
+//!   sent at once and collected later, at most `PREFETCH` outstanding);
+//! - `raw lapin, multiple=true every N`: the same acking every `ACK_EVERY`-th delivery (and the
+//!   last) with `multiple=true`, what coalescing contiguous acks can reach;
+//! - `RustStream`: a `#[subscriber]` no-op handler taking the prost `Tick` (decoded from the
+//!   payload) through a RustStream service, prefetch `PREFETCH`, acked by the framework.
 //!
 //! Needs RabbitMQ at `127.0.0.1:5672` (or `EVENT_TEST_AMQP`).
 
-use std::sync::Arc;
+use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_amqp::AmqpBroker;
 use event_core::broker::{Broker, SubscribeOptions};
-use event_core::{Message, Publisher, Service};
+use event_core::{Publisher, Service};
 use event_proto::bench::v1::Tick;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use prost::Message as _;
 use tokio::sync::Notify;
 
 const EXCHANGE: &str = "event.bench";
+const SIZES: [usize; 2] = [64, 1024];
+
+/// The `publish` rows of our typed publisher: a label and the query added to the broker URL
+/// (`""`: the URL as it is). A row is one line here; one whose URL the broker does not accept is
+/// skipped, with a note.
+const TYPED_PUBLISH: &[(&str, &str)] = &[
+    ("typed", ""),
+    ("typed, wire=go-micro", "wire=go-micro"),
+    ("typed, wire=cloudevents", "wire=cloudevents"),
+];
+
+/// The peer's name in the tables.
+const PEER: &str = "RustStream 0.7.7 (ruststream-lapin 0.7.2)";
 
 fn url() -> String {
     std::env::var("EVENT_TEST_AMQP")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The broker URL with `query` (`name=value&...`) added.
+fn url_with(query: &str) -> String {
+    let url = url();
+    if query.is_empty() {
+        url
+    } else if url.contains('?') {
+        format!("{url}&{query}")
+    } else {
+        format!("{url}?{query}")
+    }
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -65,34 +122,189 @@ fn tick(seq: u64, size: usize) -> Tick {
     }
 }
 
-/// The AMQP header table our publisher writes for `message` (for the raw baseline).
-fn raw_properties(topic: &str, message: &Message) -> BasicProperties {
-    let mut table = FieldTable::default();
-    for (name, value) in message.headers.iter() {
-        let name = name.as_str();
-        let wire = if let Some(rest) = name.strip_prefix("ce_") {
-            format!("cloudEvents_{rest}")
-        } else if name == "content-type" {
-            "Content-Type".to_owned()
-        } else {
-            name.to_owned()
-        };
-        table.insert(
-            ShortString::from(wire),
-            AMQPValue::LongString(LongString::from(value.as_bytes())),
-        );
+/// Counts the messages a consume row has handled: the time from the first to the `n`-th. One
+/// row runs at a time, so every row (the peer's `#[subscriber]` function included, which
+/// captures nothing) reports to the one [`TALLY`].
+struct Tally {
+    target: AtomicUsize,
+    count: AtomicUsize,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    done: Notify,
+}
+
+static TALLY: Tally = Tally {
+    target: AtomicUsize::new(usize::MAX),
+    count: AtomicUsize::new(0),
+    first: Mutex::new(None),
+    last: Mutex::new(None),
+    done: Notify::const_new(),
+};
+
+impl Tally {
+    fn reset(&self, n: usize) {
+        *self.first.lock().expect("tally") = None;
+        *self.last.lock().expect("tally") = None;
+        self.count.store(0, Ordering::Release);
+        self.target.store(n, Ordering::Release);
     }
-    let id = message.headers.message_id().unwrap_or_default();
-    table.insert("Micro-ID".into(), AMQPValue::LongString(id.into()));
-    table.insert("Micro-Topic".into(), AMQPValue::LongString(topic.into()));
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/protobuf".into())
-        .with_message_id(id.into())
-        .with_type("bench.v1.Tick".into())
-        .with_app_id("bench".into())
-        .with_timestamp(1_787_229_296)
-        .with_headers(table)
+
+    #[inline]
+    fn handled(&self) {
+        let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if count == 1 {
+            *self.first.lock().expect("tally") = Some(Instant::now());
+        }
+        if count == self.target.load(Ordering::Acquire) {
+            *self.last.lock().expect("tally") = Some(Instant::now());
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits for the `n`-th message; the time since the first.
+    async fn wait(&self) -> Duration {
+        if tokio::time::timeout(Duration::from_secs(300), self.done.notified())
+            .await
+            .is_err()
+        {
+            panic!(
+                "only {} of {} messages handled in 5 minutes",
+                self.count.load(Ordering::Acquire),
+                self.target.load(Ordering::Acquire)
+            );
+        }
+        let first = self.first.lock().expect("tally").expect("a first message");
+        let last = self.last.lock().expect("tally").expect("a last message");
+        last - first
+    }
+}
+
+/// The peer: RustStream over lapin (`ruststream-lapin`), publishing and consuming the prost
+/// `Tick` as its own bytes: the hand-written form of what `#[derive(Serialized, Deserialized)]`
+/// with `#[wire(prost)]` generates, on a newtype because `Tick` is another crate's type.
+mod peer {
+    use std::num::NonZeroU16;
+    use std::time::{Duration, Instant};
+
+    use event_proto::bench::v1::Tick;
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+    use prost::Message as _;
+    use ruststream::ConnectedBroker as _;
+    use ruststream_lapin::prelude::*;
+    use ruststream_lapin::{ConfirmsPublisher, ConnectedLapinBroker};
+
+    use super::{EXCHANGE, TALLY, url};
+
+    /// A `Tick` on RustStream's byte lanes.
+    pub(crate) struct PeerTick(pub(crate) Tick);
+
+    impl Serialized for PeerTick {
+        type Error = prost::EncodeError;
+
+        fn wire_bytes(&self, buf: &mut BytesMut) -> Result<WireBytes<'_>, Self::Error> {
+            self.0.encode(buf)?;
+            Ok(WireBytes::InBuffer)
+        }
+    }
+
+    impl MessageWire for PeerTick {
+        type Wire = SerializedWire;
+    }
+
+    impl OutgoingDestination for PeerTick {
+        type Form = CallerName;
+    }
+
+    impl MessageHeaders for PeerTick {
+        type Contract = NoHeaders;
+    }
+
+    impl Deserialized for PeerTick {
+        type Output<'a> = PeerTick;
+        type Error = prost::DecodeError;
+
+        fn from_payload(payload: &[u8]) -> Result<PeerTick, Self::Error> {
+            Tick::decode(payload).map(PeerTick)
+        }
+    }
+
+    impl Input for PeerTick {
+        type Axis = SoloDeserialized<PeerTick>;
+    }
+
+    /// The no-op handler; its queue is set where it is mounted.
+    #[subscriber("event.bench.peer")]
+    async fn on_tick(tick: &PeerTick) -> HandlerOutcome {
+        std::hint::black_box(tick);
+        TALLY.handled();
+        HandlerOutcome::ack()
+    }
+
+    /// One connection and its confirms publisher, for every publish run.
+    pub(crate) struct PeerPublisher {
+        broker: ConnectedLapinBroker,
+        publisher: ConfirmsPublisher,
+    }
+
+    impl PeerPublisher {
+        pub(crate) async fn connect() -> PeerPublisher {
+            let broker = LapinBroker::new(url())
+                .connect()
+                .await
+                .expect("RabbitMQ must be running");
+            // persistent (delivery mode 2) is the policy's default
+            let publisher = broker.publisher(LapinPublish::default().exchange(EXCHANGE).confirms());
+            PeerPublisher { broker, publisher }
+        }
+
+        /// `n` publishes of `msg` to `topic`, `window` in flight, each awaiting its confirm.
+        pub(crate) async fn publish(
+            &self,
+            topic: &str,
+            msg: &PeerTick,
+            n: usize,
+            window: usize,
+        ) -> Duration {
+            let t = Instant::now();
+            let mut in_flight = FuturesUnordered::new();
+            for _ in 0..n {
+                if in_flight.len() >= window {
+                    in_flight.next().await;
+                }
+                in_flight.push(async {
+                    self.publisher
+                        .message(msg)
+                        .to(topic)
+                        .publish()
+                        .await
+                        .expect("peer publish");
+                });
+            }
+            while in_flight.next().await.is_some() {}
+            t.elapsed()
+        }
+
+        pub(crate) async fn close(self) {
+            let _ = self.broker.shutdown().await;
+        }
+    }
+
+    /// The handler through a RustStream service on `queue`, prefetch `prefetch`, until `n`
+    /// messages are handled.
+    pub(crate) async fn consume(queue: &str, prefetch: u16, n: usize) -> Duration {
+        TALLY.reset(n);
+        let broker =
+            LapinBroker::new(url()).prefetch(NonZeroU16::new(prefetch.max(1)).expect("non-zero"));
+        let queue = queue.to_owned();
+        let app = RustStream::new(AppInfo::new("bench", "0.1.0")).with_broker(broker, move |b| {
+            b.include(on_tick.map_source(move |_| RabbitQueue::new(queue.clone())));
+        });
+        let running = app.start().await.expect("peer service starts");
+        let elapsed = TALLY.wait().await;
+        running.shutdown().await.expect("peer service stops");
+        elapsed
+    }
 }
 
 struct Raw {
@@ -138,11 +350,34 @@ impl Raw {
             .expect("bind");
     }
 
-    async fn delete(&self, name: &str) {
+    /// The number of messages ready in `name`.
+    async fn ready(&self, name: &str) -> u32 {
         self.channel
-            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
             .await
-            .expect("delete");
+            .expect("passive declare")
+            .message_count()
+    }
+
+    async fn purge(&self, name: &str) {
+        self.channel
+            .queue_purge(name.into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
+    }
+
+    async fn delete(&self, name: &str) {
+        let _ = self
+            .channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await;
     }
 
     async fn close(self) {
@@ -150,7 +385,7 @@ impl Raw {
     }
 }
 
-/// Raw lapin: `n` publishes of the same bytes, `window` confirms outstanding.
+/// Raw lapin: `n` mandatory publishes of the same bytes, `window` confirms outstanding.
 async fn raw_publish(
     channel: &Channel,
     topic: &str,
@@ -210,38 +445,60 @@ async fn typed_publish(
     t.elapsed()
 }
 
-async fn fill(raw: &Raw, topic: &str, payload: &[u8], properties: &BasicProperties, n: usize) {
-    raw.channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .ok();
-    raw_publish(&raw.channel, topic, payload, properties, n, 256).await;
-}
-
-/// Raw lapin consumer: prefetch `prefetch`, one ack per delivery.
-async fn raw_consume(queue: &str, prefetch: u16, n: usize) -> Duration {
+/// Raw lapin consumer in a worker task: prefetch `prefetch`; with `ack_every` `None` every
+/// delivery is acked on its own (`multiple=false`), otherwise every `ack_every`-th (and the last)
+/// with `multiple=true`. Acks are pipelined: each is sent as its delivery is taken and collected
+/// later (at most `prefetch` outstanding), never awaited before the next delivery.
+async fn raw_consume(queue: &str, prefetch: u16, n: usize, ack_every: Option<usize>) -> Duration {
     let raw = Raw::connect().await;
     raw.channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .expect("qos");
-    let t = Instant::now();
-    let mut consumer = raw
-        .channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    for _ in 0..n {
-        let delivery = consumer.next().await.expect("open").expect("delivery");
-        std::hint::black_box(&delivery.data);
-        delivery.ack(BasicAckOptions::default()).await.expect("ack");
-    }
-    let elapsed = t.elapsed();
+    TALLY.reset(n);
+    let channel = raw.channel.clone();
+    let queue = queue.to_owned();
+    let outstanding = usize::from(prefetch).max(1);
+    let worker = tokio::spawn(async move {
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut acks = FuturesUnordered::new();
+        for i in 1..=n {
+            let delivery = consumer.next().await.expect("open").expect("delivery");
+            black_box(&delivery.data);
+            let multiple = match ack_every {
+                None => Some(false),
+                Some(every) if i % every == 0 || i == n => Some(true),
+                Some(_) => None,
+            };
+            if let Some(multiple) = multiple {
+                acks.push(channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple }));
+            }
+            // the first poll of a new ack queues its frame; reap those already written
+            while let Some(Some(acked)) = acks.next().now_or_never() {
+                acked.expect("ack");
+            }
+            TALLY.handled();
+            while acks.len() >= outstanding {
+                acks.next().await.expect("an ack").expect("ack");
+            }
+        }
+        while let Some(acked) = acks.next().await {
+            acked.expect("ack");
+        }
+    });
+    // a worker that panics must not leave the bench waiting for the tally
+    let elapsed = match worker.await {
+        Ok(()) => TALLY.wait().await,
+        Err(panicked) => panic!("the raw consumer failed: {panicked}"),
+    };
     raw.close().await;
     elapsed
 }
@@ -254,21 +511,11 @@ async fn typed_consume(topic: &str, group: &str, prefetch: u16, n: usize) -> Dur
         .build()
         .expect("config");
     broker.connect().await.expect("RabbitMQ must be running");
-    let count = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
-    let handler = {
-        let (count, done) = (count.clone(), done.clone());
-        move |t: Tick| {
-            let (count, done) = (count.clone(), done.clone());
-            async move {
-                std::hint::black_box(t);
-                if count.fetch_add(1, Ordering::AcqRel) + 1 == n {
-                    done.notify_one();
-                }
-            }
-        }
+    TALLY.reset(n);
+    let handler = |t: Tick| async move {
+        black_box(t);
+        TALLY.handled();
     };
-    let t = Instant::now();
     let service = Service::builder("bench")
         .broker(broker)
         .subscribe_with(topic, SubscribeOptions::new().queue(group), handler)
@@ -277,26 +524,353 @@ async fn typed_consume(topic: &str, group: &str, prefetch: u16, n: usize) -> Dur
         .start()
         .await
         .expect("start");
-    done.notified().await;
-    let elapsed = t.elapsed();
+    let elapsed = TALLY.wait().await;
     service.shutdown().await;
     elapsed
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Publish,
+    Consume,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Publish => "publish",
+            Op::Consume => "consume",
+        }
+    }
+}
+
+/// What a row runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// `TYPED_PUBLISH[i]`.
+    TypedPublish(usize),
+    RawSameProperties,
+    RawMinimalProperties,
+    PeerPublish,
+    TypedConsume,
+    RawPipelinedAcks,
+    RawMultipleAcks,
+    PeerConsume,
+}
+
+struct Row {
+    label: String,
+    kind: Kind,
+    /// Ours (compared) or a baseline (compared to).
+    baseline: bool,
+    /// msg/s per size, one per round.
+    rates: [Vec<f64>; SIZES.len()],
+}
+
+impl Row {
+    fn new(label: impl Into<String>, kind: Kind, baseline: bool) -> Row {
+        Row {
+            label: label.into(),
+            kind,
+            baseline,
+            rates: Default::default(),
+        }
+    }
+}
+
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// `12345.6` as `12,346`.
+fn thousands(rate: f64) -> String {
+    if !rate.is_finite() {
+        return "—".to_owned();
+    }
+    let digits = format!("{:.0}", rate);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One markdown table per operation: each row's median and range, and its ratio to each
+/// baseline row (for our rows: typed / raw and typed / peer).
+fn report(op: Op, rows: &[Row], config: &Config) {
+    let baselines: Vec<&Row> = rows.iter().filter(|r| r.baseline).collect();
+    let what = match op {
+        Op::Publish => format!("window {}", config.window),
+        Op::Consume => format!("prefetch {}", config.prefetch),
+    };
+    println!();
+    println!(
+        "{}: {} persistent messages per run, {what}, median over {} round(s)",
+        op.name(),
+        config.n,
+        config.rounds
+    );
+    println!();
+    let mut header = "| size | row | msg/s | range |".to_owned();
+    let mut rule = "|---:|---|---:|---:|".to_owned();
+    for b in &baselines {
+        header.push_str(&format!(" ÷ {} |", b.label));
+        rule.push_str("---:|");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for (s, size) in SIZES.iter().enumerate() {
+        for row in rows {
+            let rates = &row.rates[s];
+            let m = median(rates);
+            let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mut line = format!(
+                "| {size} B | {} | {} | {}–{} |",
+                row.label,
+                thousands(m),
+                thousands(lo),
+                thousands(hi)
+            );
+            for b in &baselines {
+                if b.kind == row.kind {
+                    line.push_str(" — |");
+                } else {
+                    line.push_str(&format!(" {:.1} % |", m / median(&b.rates[s]) * 100.0));
+                }
+            }
+            println!("{line}");
+        }
+    }
+}
+
+struct Config {
+    n: usize,
+    window: usize,
+    prefetch: u16,
+    rounds: usize,
+    ack_every: usize,
+    publish: bool,
+    consume: bool,
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
-fn line(what: &str, size: usize, n: usize, typed: Duration, raw: Duration) {
-    let (typed, raw) = (rate(n, typed), rate(n, raw));
+fn progress(round: usize, config: &Config, op: Op, size: usize, row: &Row, rate: f64) {
     println!(
-        "{what:<8} {size:>5} B {raw:>12.0} msg/s {typed:>12.0} msg/s {:>8.1} %",
-        typed / raw * 100.0
+        "round {}/{} {:<8} {size:>5} B  {:<44} {:>10} msg/s",
+        round + 1,
+        config.rounds,
+        op.name(),
+        row.label,
+        thousands(rate)
     );
 }
 
-async fn run(n: usize, window: usize, prefetch: u16) {
+/// What one size's publish rows need.
+struct PublishSize {
+    size: usize,
+    topic: String,
+    sink: String,
+    msg: Tick,
+    peer_msg: peer::PeerTick,
+    publishers: Vec<Publisher<Tick>>,
+    payload: Vec<u8>,
+    same: BasicProperties,
+    minimal: BasicProperties,
+}
+
+async fn publish_once(
+    kind: Kind,
+    s: &PublishSize,
+    raw: &Raw,
+    peer: &peer::PeerPublisher,
+    n: usize,
+    window: usize,
+) -> Duration {
+    let elapsed = match kind {
+        Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
+        Kind::RawSameProperties => {
+            raw_publish(&raw.channel, &s.topic, &s.payload, &s.same, n, window).await
+        }
+        Kind::RawMinimalProperties => {
+            raw_publish(&raw.channel, &s.topic, &s.payload, &s.minimal, n, window).await
+        }
+        Kind::PeerPublish => peer.publish(&s.topic, &s.peer_msg, n, window).await,
+        _ => unreachable!("not a publish row"),
+    };
+    // the sink only makes the publishes routable: keep it from growing over the rounds
+    raw.purge(&s.sink).await;
+    elapsed
+}
+
+async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
+    let (n, window) = (config.n, config.window);
+    let mut brokers = Vec::new();
+    let mut rows = Vec::new();
+    for (label, query) in TYPED_PUBLISH {
+        let broker = match AmqpBroker::builder(&url_with(query))
+            .exchange(EXCHANGE)
+            .build()
+        {
+            Ok(broker) => broker,
+            Err(error) => {
+                println!("skipping the row {label:?}: {error}");
+                continue;
+            }
+        };
+        broker.connect().await.expect("RabbitMQ must be running");
+        rows.push(Row::new(*label, Kind::TypedPublish(brokers.len()), false));
+        brokers.push(Arc::new(broker));
+    }
+    rows.push(Row::new(
+        "raw lapin, same properties",
+        Kind::RawSameProperties,
+        true,
+    ));
+    rows.push(Row::new(
+        "raw lapin, delivery_mode only",
+        Kind::RawMinimalProperties,
+        true,
+    ));
+    rows.push(Row::new(PEER, Kind::PeerPublish, true));
+    let peer = peer::PeerPublisher::connect().await;
+
+    let mut sizes = Vec::new();
+    for size in SIZES {
+        let topic = format!("bench.publish.{size}");
+        let sink = format!("event.bench.sink.{size}");
+        raw.queue(&sink, &topic).await;
+        let msg = tick(1 << 20, size);
+        let publishers: Vec<Publisher<Tick>> = brokers
+            .iter()
+            .map(|b| Publisher::<Tick>::new(b.clone(), "bench", topic.as_str()))
+            .collect();
+        // one message as our publisher encodes it, and the properties the backend writes for it
+        // in the default wire profile
+        let encoded = publishers[0].encode(&msg, None);
+        let same = event_amqp::__fuzz::to_amqp(&topic, &encoded).expect("to_amqp");
+        let s = PublishSize {
+            size,
+            peer_msg: peer::PeerTick(msg.clone()),
+            payload: encoded.payload.to_vec(),
+            same,
+            minimal: BasicProperties::default().with_delivery_mode(2),
+            topic,
+            sink,
+            msg,
+            publishers,
+        };
+        // warm up every row
+        for row in &rows {
+            publish_once(row.kind, &s, raw, &peer, (n / 10).max(1), window).await;
+        }
+        sizes.push(s);
+    }
+    for round in 0..config.rounds {
+        for (si, s) in sizes.iter().enumerate() {
+            for k in 0..rows.len() {
+                let r = (k + round) % rows.len();
+                let elapsed = publish_once(rows[r].kind, s, raw, &peer, n, window).await;
+                let rate = rate(n, elapsed);
+                progress(round, config, Op::Publish, s.size, &rows[r], rate);
+                rows[r].rates[si].push(rate);
+            }
+        }
+    }
+    for s in &sizes {
+        raw.delete(&s.sink).await;
+    }
+    peer.close().await;
+    for broker in brokers {
+        broker.disconnect().await.expect("disconnect");
+    }
+    rows
+}
+
+async fn run_consume(config: &Config, raw: &Raw, broker: &AmqpBroker) -> Vec<Row> {
+    let (n, prefetch) = (config.n, config.prefetch);
+    let group = "typed";
+    let mut rows = vec![
+        Row::new("typed", Kind::TypedConsume, false),
+        Row::new("raw lapin, pipelined acks", Kind::RawPipelinedAcks, true),
+        Row::new(
+            format!("raw lapin, multiple=true every {}", config.ack_every),
+            Kind::RawMultipleAcks,
+            true,
+        ),
+        Row::new(PEER, Kind::PeerConsume, true),
+    ];
+    let queue = |kind: Kind, topic: &str, size: usize| match kind {
+        Kind::TypedConsume => broker.group_queue_name(topic, group),
+        Kind::RawPipelinedAcks => format!("event.bench.raw.{size}"),
+        Kind::RawMultipleAcks => format!("event.bench.raw-multiple.{size}"),
+        Kind::PeerConsume => format!("event.bench.peer.{size}"),
+        _ => unreachable!("not a consume row"),
+    };
+    for round in 0..config.rounds {
+        for (si, size) in SIZES.into_iter().enumerate() {
+            let topic = format!("bench.consume.{size}");
+            let msg = tick(1 << 20, size);
+            let publisher =
+                Publisher::<Tick>::new(Arc::new(broker.clone()), "bench", topic.as_str());
+            let encoded = publisher.encode(&msg, None);
+            let properties = event_amqp::__fuzz::to_amqp(&topic, &encoded).expect("to_amqp");
+            // every row's queue receives every message
+            for row in &rows {
+                raw.queue(&queue(row.kind, &topic, size), &topic).await;
+            }
+            raw_publish(&raw.channel, &topic, &encoded.payload, &properties, n, 256).await;
+            for k in 0..rows.len() {
+                let r = (k + round) % rows.len();
+                let kind = rows[r].kind;
+                let name = queue(kind, &topic, size);
+                let elapsed = match kind {
+                    Kind::TypedConsume => typed_consume(&topic, group, prefetch, n).await,
+                    Kind::RawPipelinedAcks => raw_consume(&name, prefetch, n, None).await,
+                    Kind::RawMultipleAcks => {
+                        raw_consume(&name, prefetch, n, Some(config.ack_every)).await
+                    }
+                    Kind::PeerConsume => peer::consume(&name, prefetch, n).await,
+                    _ => unreachable!("not a consume row"),
+                };
+                let left = raw.ready(&name).await;
+                if left != 0 {
+                    println!(
+                        "warning: {} left {left} of {n} messages in {name}",
+                        rows[r].label
+                    );
+                }
+                let rate = rate(n, elapsed);
+                progress(round, config, Op::Consume, size, &rows[r], rate);
+                rows[r].rates[si].push(rate);
+            }
+        }
+    }
+    for size in SIZES {
+        let topic = format!("bench.consume.{size}");
+        for row in &rows {
+            raw.delete(&queue(row.kind, &topic, size)).await;
+        }
+        raw.delete(&format!("{topic}.dlq")).await;
+    }
+    rows
+}
+
+async fn run(config: Config) {
     let raw = Raw::connect().await;
+    // declares the exchange; names the typed consumer's queue
     let broker = AmqpBroker::builder(&url())
         .exchange(EXCHANGE)
         .build()
@@ -307,93 +881,55 @@ async fn run(n: usize, window: usize, prefetch: u16) {
         .await
         .expect("confirms");
     println!(
-        "RabbitMQ at {}, {n} persistent messages per run, publish window {window}, prefetch {prefetch}",
-        broker.address()
+        "RabbitMQ at {}, {} persistent messages per run, {} round(s), publish window {}, prefetch {}",
+        broker.address(),
+        config.n,
+        config.rounds,
+        config.window,
+        config.prefetch
     );
-    println!(
-        "{:<8} {:>7} {:>18} {:>18} {:>10}",
-        "run", "size", "raw lapin", "typed", "typed/raw"
-    );
-    for size in [64usize, 1024] {
-        let topic = format!("bench.publish.{size}");
-        let sink = format!("event.bench.sink.{size}");
-        raw.queue(&sink, &topic).await;
-        let publisher = Publisher::<Tick>::new(Arc::new(broker.clone()), "bench", topic.as_str());
-        let msg = tick(1 << 20, size);
-        let encoded = publisher.encode(&msg, None);
-        let properties = raw_properties(&topic, &encoded);
-        // warm up both paths, then alternate raw and typed three times and keep the best of each
-        raw_publish(
-            &raw.channel,
-            &topic,
-            &encoded.payload,
-            &properties,
-            n / 10,
-            window,
-        )
-        .await;
-        typed_publish(&publisher, &msg, n / 10, window).await;
-        let (mut best_raw, mut best_typed) = (Duration::MAX, Duration::MAX);
-        for _ in 0..3 {
-            best_raw = best_raw.min(
-                raw_publish(
-                    &raw.channel,
-                    &topic,
-                    &encoded.payload,
-                    &properties,
-                    n,
-                    window,
-                )
-                .await,
-            );
-            best_typed = best_typed.min(typed_publish(&publisher, &msg, n, window).await);
-        }
-        raw.delete(&sink).await;
-        line("publish", size, n, best_typed, best_raw);
+    let publish = if config.publish {
+        run_publish(&config, &raw).await
+    } else {
+        Vec::new()
+    };
+    let consume = if config.consume {
+        run_consume(&config, &raw, &broker).await
+    } else {
+        Vec::new()
+    };
+    if config.publish {
+        report(Op::Publish, &publish, &config);
     }
-    for size in [64usize, 1024] {
-        let topic = format!("bench.consume.{size}");
-        let raw_queue = format!("event.bench.raw.{size}");
-        let group = "typed";
-        let typed_queue = broker.group_queue_name(&topic, group);
-        let msg = tick(1 << 20, size);
-        let publisher = Publisher::<Tick>::new(Arc::new(broker.clone()), "bench", topic.as_str());
-        let encoded = publisher.encode(&msg, None);
-        let properties = raw_properties(&topic, &encoded);
-        let (mut best_raw, mut best_typed) = (Duration::MAX, Duration::MAX);
-        for round in 0..2 {
-            raw.queue(&raw_queue, &topic).await;
-            raw.queue(&typed_queue, &topic).await;
-            // both queues receive every message; the order alternates between rounds
-            fill(&raw, &topic, &encoded.payload, &properties, n).await;
-            if round == 0 {
-                best_raw = best_raw.min(raw_consume(&raw_queue, prefetch, n).await);
-                best_typed = best_typed.min(typed_consume(&topic, group, prefetch, n).await);
-            } else {
-                best_typed = best_typed.min(typed_consume(&topic, group, prefetch, n).await);
-                best_raw = best_raw.min(raw_consume(&raw_queue, prefetch, n).await);
-            }
-        }
-        raw.delete(&raw_queue).await;
-        raw.delete(&typed_queue).await;
-        let _ = raw
-            .channel
-            .queue_delete(format!("{topic}.dlq").into(), QueueDeleteOptions::default())
-            .await;
-        line("consume", size, n, best_typed, best_raw);
+    if config.consume {
+        report(Op::Consume, &consume, &config);
     }
     broker.disconnect().await.expect("disconnect");
     raw.close().await;
 }
 
 fn main() {
-    let n = env("EVENTS", 20_000);
-    let window = env("WINDOW", 64);
-    let prefetch = u16::try_from(env("PREFETCH", 64)).unwrap_or(u16::MAX);
+    let prefetch = u16::try_from(env("PREFETCH", 64).max(1)).unwrap_or(u16::MAX);
+    let (publish, consume) = match std::env::var("ONLY").as_deref() {
+        Err(_) | Ok("" | "all") => (true, true),
+        Ok("publish") => (true, false),
+        Ok("consume") => (false, true),
+        Ok(other) => panic!("ONLY={other}: expected publish or consume"),
+    };
+    let config = Config {
+        n: env("EVENTS", 20_000).max(1),
+        window: env("WINDOW", 64).max(1),
+        prefetch,
+        rounds: env("ROUNDS", 5).max(1),
+        // at most the prefetch, or the broker stops delivering before the batch is complete
+        ack_every: env("ACK_EVERY", usize::from(prefetch / 2)).clamp(1, usize::from(prefetch)),
+        publish,
+        consume,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(n, window, prefetch));
+    runtime.block_on(run(config));
 }
