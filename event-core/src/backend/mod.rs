@@ -103,8 +103,8 @@
 //! ```
 
 mod backoff;
-pub mod go_micro;
 pub(crate) mod delivery;
+pub mod go_micro;
 mod lifecycle;
 mod source;
 
