@@ -25,6 +25,8 @@
 //!   backend's own mapping (`event_amqp::__fuzz::to_amqp` of one encoded message, the default
 //!   wire profile), so it follows the wire format as it changes;
 //! - `raw lapin, delivery_mode only`: the same with no property but `delivery_mode` 2;
+//! - `raw lapin, delivery_mode only, not mandatory`: and not mandatory either, what the peer
+//!   sends;
 //! - `RustStream`: `ruststream-lapin`'s confirms publisher (`LapinPublish::confirms()`,
 //!   persistent, to the same exchange and routing key) publishing the prost `Tick` as its own
 //!   bytes (the `#[wire(prost)]` lane). It writes `delivery_mode` 2 and nothing else, and its
@@ -385,12 +387,13 @@ impl Raw {
     }
 }
 
-/// Raw lapin: `n` mandatory publishes of the same bytes, `window` confirms outstanding.
+/// Raw lapin: `n` publishes of the same bytes, `window` confirms outstanding.
 async fn raw_publish(
     channel: &Channel,
     topic: &str,
     payload: &[u8],
     properties: &BasicProperties,
+    mandatory: bool,
     n: usize,
     window: usize,
 ) -> Duration {
@@ -407,7 +410,7 @@ async fn raw_publish(
                     EXCHANGE.into(),
                     topic.into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         immediate: false,
                     },
                     payload,
@@ -551,6 +554,8 @@ enum Kind {
     TypedPublish(usize),
     RawSameProperties,
     RawMinimalProperties,
+    /// `delivery_mode` only and not mandatory: what the peer sends.
+    RawMinimalNotMandatory,
     PeerPublish,
     TypedConsume,
     RawPipelinedAcks,
@@ -702,10 +707,31 @@ async fn publish_once(
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
-            raw_publish(&raw.channel, &s.topic, &s.payload, &s.same, n, window).await
+            raw_publish(&raw.channel, &s.topic, &s.payload, &s.same, true, n, window).await
         }
         Kind::RawMinimalProperties => {
-            raw_publish(&raw.channel, &s.topic, &s.payload, &s.minimal, n, window).await
+            raw_publish(
+                &raw.channel,
+                &s.topic,
+                &s.payload,
+                &s.minimal,
+                true,
+                n,
+                window,
+            )
+            .await
+        }
+        Kind::RawMinimalNotMandatory => {
+            raw_publish(
+                &raw.channel,
+                &s.topic,
+                &s.payload,
+                &s.minimal,
+                false,
+                n,
+                window,
+            )
+            .await
         }
         Kind::PeerPublish => peer.publish(&s.topic, &s.peer_msg, n, window).await,
         _ => unreachable!("not a publish row"),
@@ -742,6 +768,11 @@ async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
     rows.push(Row::new(
         "raw lapin, delivery_mode only",
         Kind::RawMinimalProperties,
+        true,
+    ));
+    rows.push(Row::new(
+        "raw lapin, delivery_mode only, not mandatory",
+        Kind::RawMinimalNotMandatory,
         true,
     ));
     rows.push(Row::new(PEER, Kind::PeerPublish, true));
@@ -831,7 +862,16 @@ async fn run_consume(config: &Config, raw: &Raw, broker: &AmqpBroker) -> Vec<Row
             for row in &rows {
                 raw.queue(&queue(row.kind, &topic, size), &topic).await;
             }
-            raw_publish(&raw.channel, &topic, &encoded.payload, &properties, n, 256).await;
+            raw_publish(
+                &raw.channel,
+                &topic,
+                &encoded.payload,
+                &properties,
+                true,
+                n,
+                256,
+            )
+            .await;
             for k in 0..rows.len() {
                 let r = (k + round) % rows.len();
                 let kind = rows[r].kind;
