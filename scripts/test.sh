@@ -14,13 +14,13 @@ mkdir -p "$STATE_DIR"
 scripts/brokers.sh start
 eval "$(scripts/brokers.sh env)"
 
-for example in quickstart kafka amqp tracing; do
+for example in quickstart kafka amqp nats tracing; do
     echo "== example $example (must exit 0 on its own)"
     cargo run --quiet --example "$example" > "$STATE_DIR/$example.out"
     tail -n 1 "$STATE_DIR/$example.out"
 done
 # one trace across three services on each real broker too
-for url in "kafka://$EVENT_TEST_KAFKA" "$EVENT_TEST_AMQP"; do
+for url in "kafka://$EVENT_TEST_KAFKA" "$EVENT_TEST_AMQP" "$EVENT_TEST_NATS"; do
     echo "== example tracing on ${url%%:*}"
     EVENT_BROKER="$url" cargo run --quiet --example tracing > "$STATE_DIR/tracing-${url%%:*}.out"
     tail -n 1 "$STATE_DIR/tracing-${url%%:*}.out"

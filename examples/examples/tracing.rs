@@ -4,6 +4,7 @@
 //! cargo run --example tracing                                   # the in-memory broker
 //! EVENT_BROKER=kafka://127.0.0.1:9092 cargo run --example tracing
 //! EVENT_BROKER=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --example tracing
+//! EVENT_BROKER=nats://127.0.0.1:4222 cargo run --example tracing
 //! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --example tracing
 //! RUST_LOG=info,event=debug cargo run --example tracing
 //! ```
@@ -47,8 +48,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
-// The amqp:// scheme is registered when event-amqp is linked; nothing else refers to it.
+// The amqp:// and nats:// schemes are registered when their crates are linked; nothing else
+// refers to them.
 use event_amqp as _;
+use event_nats as _;
 
 #[path = "tracing/report.rs"]
 mod report;

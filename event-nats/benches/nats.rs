@@ -1,0 +1,350 @@
+//! Our NATS JetStream path beside raw async-nats, in one run against the same nats-server.
+//!
+//! ```text
+//! cargo bench -p event-nats --bench nats                        # 5,000 events per run, 3 rounds
+//! EVENTS=20000 WINDOW=64 PREFETCH=64 ROUNDS=5 cargo bench -p event-nats --bench nats
+//! ONLY=publish cargo bench -p event-nats --bench nats           # or ONLY=consume
+//! EVENTS=1000 ROUNDS=1 cargo bench -p event-nats --bench nats   # a smoke run
+//! ```
+//!
+//! Settings (environment): `EVENTS` messages per run (5,000), `WINDOW` publishes in flight
+//! (64), `PREFETCH` messages a consumer pulls ahead (64), `ROUNDS` (3), `ONLY` = `publish` or
+//! `consume` (both). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for
+//! the run and deleted after it.
+//!
+//! Every row runs once per round, for 64-byte and 1 KiB `Tick`s, the rows of a round in a
+//! rotating order; the tables at the end give each row's median over the rounds and its ratio
+//! to the raw row, as markdown.
+//!
+//! - `publish`, typed: `Publisher<Tick>::publish` (encode, headers, JetStream publish, PubAck),
+//!   `WINDOW` in flight. Raw: async-nats `send_publish` of the same bytes with the exact
+//!   headers our publisher writes (`Nats-Msg-Id` included), each awaiting its PubAck, `WINDOW`
+//!   in flight.
+//! - `consume` (draining a subject pre-filled with the same messages; a durable pull consumer
+//!   with explicit acks; timed from the subscribe to the last message handled). Typed: a no-op
+//!   `async fn(Tick)` handler through `Service` (one at a time, prefetch `PREFETCH`: decode,
+//!   delivery loop, ack per message). Raw: async-nats's `stream().max_messages_per_batch(
+//!   PREFETCH)` on a consumer of the same configuration, decoding each `Tick` and acking it.
+//!
+//! Needs nats-server with JetStream at `127.0.0.1:4222` (or `EVENT_TEST_NATS`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use event_core::broker::{Broker, SubscribeOptions};
+use event_core::{Publisher, Service};
+use event_nats::NatsBroker;
+use event_proto::bench::v1::Tick;
+use futures_util::StreamExt;
+use prost::Message as _;
+use tokio::sync::Notify;
+
+const STREAM: &str = "EVENT_BENCH";
+const SIZES: [usize; 2] = [64, 1024];
+
+fn url() -> String {
+    std::env::var("EVENT_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `Tick` whose encoding is `size` bytes.
+fn tick(seq: u64, size: usize) -> Tick {
+    let mut payload = size.saturating_sub(8);
+    loop {
+        let t = Tick {
+            seq,
+            payload: vec![0xab; payload].into(),
+        };
+        match t.encoded_len().cmp(&size) {
+            std::cmp::Ordering::Equal => return t,
+            std::cmp::Ordering::Greater if payload > 0 => payload -= 1,
+            std::cmp::Ordering::Less => payload += 1,
+            _ => return t,
+        }
+    }
+}
+
+/// Counts handled messages of the consume row that runs: the `n`-th wakes the timer.
+struct Tally {
+    target: AtomicUsize,
+    count: AtomicUsize,
+    done: Notify,
+}
+
+static TALLY: Tally = Tally {
+    target: AtomicUsize::new(usize::MAX),
+    count: AtomicUsize::new(0),
+    done: Notify::const_new(),
+};
+
+impl Tally {
+    fn start(&self, n: usize) {
+        self.count.store(0, Ordering::Release);
+        self.target.store(n, Ordering::Release);
+    }
+
+    fn one(&self) {
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.target.load(Ordering::Acquire) {
+            self.done.notify_one();
+        }
+    }
+}
+
+async fn on_tick(tick: Tick) {
+    std::hint::black_box(tick);
+    TALLY.one();
+}
+
+struct Bench {
+    events: usize,
+    window: usize,
+    prefetch: usize,
+    js: async_nats::jetstream::Context,
+    broker: NatsBroker,
+}
+
+impl Bench {
+    fn topic(&self, what: &str) -> String {
+        format!("bench.{what}.{}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn typed_publish(&self, size: usize) -> Duration {
+        let topic = self.topic("typed-publish");
+        let publisher =
+            Publisher::<Tick>::new(Arc::new(self.broker.clone()), "bench", topic.as_str());
+        let ticks: Vec<Tick> = (0..self.events as u64).map(|i| tick(i, size)).collect();
+        let started = Instant::now();
+        let mut sends = futures_util::stream::iter(ticks.iter())
+            .map(|t| publisher.publish(t))
+            .buffer_unordered(self.window);
+        while let Some(sent) = sends.next().await {
+            sent.expect("publish");
+        }
+        started.elapsed()
+    }
+
+    /// Our publisher's exact messages, encoded before the clock starts.
+    fn encoded(&self, topic: &str, size: usize) -> Vec<(async_nats::HeaderMap, bytes::Bytes)> {
+        let publisher = Publisher::<Tick>::new(Arc::new(self.broker.clone()), "bench", topic);
+        (0..self.events as u64)
+            .map(|i| {
+                let message = publisher.encode(&tick(i, size), None);
+                let headers = event_nats::__bench::to_nats(topic, &message)
+                    .expect("headers")
+                    .expect("some");
+                (headers, message.payload)
+            })
+            .collect()
+    }
+
+    async fn raw_publish(&self, size: usize) -> Duration {
+        let topic = self.topic("raw-publish");
+        let messages = self.encoded(&topic, size);
+        let started = Instant::now();
+        let mut sends = futures_util::stream::iter(messages)
+            .map(|(headers, payload)| {
+                let js = &self.js;
+                let topic = topic.clone();
+                async move {
+                    js.send_publish(
+                        topic,
+                        PublishMessage::build().payload(payload).headers(headers),
+                    )
+                    .await?
+                    .await
+                }
+            })
+            .buffer_unordered(self.window);
+        while let Some(sent) = sends.next().await {
+            sent.expect("publish");
+        }
+        started.elapsed()
+    }
+
+    /// A subject filled with our publisher's messages, for a consume row.
+    async fn filled(&self, what: &str, size: usize) -> String {
+        let topic = self.topic(what);
+        let messages = self.encoded(&topic, size);
+        let mut sends = futures_util::stream::iter(messages)
+            .map(|(headers, payload)| {
+                let js = &self.js;
+                let topic = topic.clone();
+                async move {
+                    js.send_publish(
+                        topic,
+                        PublishMessage::build().payload(payload).headers(headers),
+                    )
+                    .await?
+                    .await
+                }
+            })
+            .buffer_unordered(256);
+        while let Some(sent) = sends.next().await {
+            sent.expect("fill");
+        }
+        drop(sends);
+        topic
+    }
+
+    async fn typed_consume(&self, size: usize) -> Duration {
+        let topic = self.filled("typed-consume", size).await;
+        TALLY.start(self.events);
+        let done = TALLY.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        let started = Instant::now();
+        let service = Service::builder("bench")
+            .broker(self.broker.clone())
+            .subscribe_with(
+                topic.as_str(),
+                SubscribeOptions::new()
+                    .queue("bench")
+                    .start_from(event_core::broker::StartFrom::Earliest),
+                on_tick,
+            )
+            .build()
+            .expect("service")
+            .start()
+            .await
+            .expect("start");
+        done.await;
+        let elapsed = started.elapsed();
+        // stop, not shutdown: the broker stays connected for the next rows
+        let report = service.stop().await;
+        assert!(!report.timed_out, "{report:?}");
+        elapsed
+    }
+
+    async fn raw_consume(&self, size: usize) -> Duration {
+        let topic = self.filled("raw-consume", size).await;
+        let started = Instant::now();
+        let consumer = self
+            .js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(format!("raw_{}", uuid::Uuid::now_v7().simple())),
+                    filter_subject: topic.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+                STREAM,
+            )
+            .await
+            .expect("consumer");
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.prefetch)
+            .messages()
+            .await
+            .expect("messages");
+        let mut n = 0;
+        while n < self.events {
+            let message = messages.next().await.expect("open").expect("message");
+            std::hint::black_box(Tick::decode(&message.payload[..]).expect("tick"));
+            message.ack().await.expect("ack");
+            n += 1;
+        }
+        started.elapsed()
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let events = env("EVENTS", 5_000);
+    let rounds = env("ROUNDS", 3).max(1);
+    let only = std::env::var("ONLY").ok();
+    let client = async_nats::connect(url().trim_start_matches("nats://"))
+        .await
+        .expect("nats-server with JetStream at 127.0.0.1:4222 (scripts/brokers.sh start nats)");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(STREAM).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["bench.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .expect("the bench stream");
+    let prefetch = env("PREFETCH", 64);
+    let broker = NatsBroker::builder(&url())
+        .create_streams(false)
+        .prefetch(prefetch)
+        .connection_name("bench")
+        .build()
+        .expect("config");
+    broker.connect().await.expect("connect");
+    let bench = Bench {
+        events,
+        window: env("WINDOW", 64),
+        prefetch,
+        js: js.clone(),
+        broker,
+    };
+    println!(
+        "{events} events per run, {rounds} rounds, window {}, prefetch {prefetch}",
+        bench.window
+    );
+    type Rows = Vec<(&'static str, &'static str, usize, Vec<Duration>)>;
+    let mut rows: Rows = Vec::new();
+    for kind in ["publish", "consume"] {
+        if only.as_deref().is_some_and(|o| o != kind) {
+            continue;
+        }
+        for size in SIZES {
+            for name in ["typed", "raw async-nats"] {
+                rows.push((kind, name, size, Vec::new()));
+            }
+        }
+    }
+    for round in 0..rounds {
+        // rotate the order of the rows in each round
+        let n = rows.len();
+        for k in 0..n {
+            let (kind, name, size, times) = &mut rows[(k + round) % n];
+            let elapsed = match (*kind, *name) {
+                ("publish", "typed") => bench.typed_publish(*size).await,
+                ("publish", _) => bench.raw_publish(*size).await,
+                ("consume", "typed") => bench.typed_consume(*size).await,
+                _ => bench.raw_consume(*size).await,
+            };
+            println!("round {round}: {kind} {name} {size} B: {elapsed:.2?}");
+            times.push(elapsed);
+        }
+    }
+    println!();
+    println!("| row | size | median time | msg/s | msg/s ÷ raw |");
+    println!("|---|---|---|---|---|");
+    for (kind, name, size, times) in &rows {
+        let median = median(times.clone());
+        let raw = rows
+            .iter()
+            .find(|(k, n, s, _)| k == kind && *n == "raw async-nats" && s == size)
+            .map(|(_, _, _, t)| crate::median(t.clone()))
+            .expect("the raw row");
+        println!(
+            "| {kind} {name} | {size} B | {median:.2?} | {:.0} | {:.1} % |",
+            events as f64 / median.as_secs_f64(),
+            100.0 * raw.as_secs_f64() / median.as_secs_f64()
+        );
+    }
+    bench.broker.disconnect().await.expect("disconnect");
+    js.delete_stream(STREAM)
+        .await
+        .expect("delete the bench stream");
+}

@@ -1,0 +1,881 @@
+//! Consuming: a JetStream pull consumer per subscription (or a core NATS subscription), the
+//! [`DeliverySource`] the shared delivery loop reads, and the [`Acknowledge`] of each message.
+//!
+//! **JetStream.** A queue group is a durable pull consumer (shared by every member), a
+//! broadcast subscriber an ephemeral one of its own. A task per subscription (the *puller*)
+//! asks the server for as many messages as the subscription has room for (its prefetch, at
+//! least its concurrency) with one pull request at a time on an inbox of its own, and hands
+//! what arrives to the loop through a channel. Every message counts against the room from the
+//! moment it arrives until it is settled, so a member never holds more than its prefetch.
+//!
+//! Each message is held from its arrival to its acknowledgement, and the puller tells the
+//! server every half `AckWait` that the messages it holds are still being worked on (`+WPI`):
+//! a slow handler, or one retrying with backoff, is never overtaken by a redelivery. An
+//! acknowledgement (`+ACK`) or a message given back (`-NAK`) is a publish into the client's
+//! outgoing buffer: it is done once handed to the client, which is bounded, and closing the
+//! subscription flushes the buffer.
+//!
+//! The pull request expires after 30 s and asks for a heartbeat every 5 s. When the client
+//! reconnects, or nothing (message, heartbeat or status) came for two heartbeats, the request
+//! is sent again; a consumer the server no longer has (deleted, or lost with a memory stream)
+//! is made again: a queue group's with its configuration, a broadcast subscriber's from the
+//! message after the last one it received.
+//!
+//! **Core NATS.** A plain or queue subscription; acknowledgements do nothing, and a message
+//! given back is lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use bytes::Bytes;
+use event_core::backend::{Acknowledge, Backoff, DeliverySource, Incoming};
+use event_core::broker::{BrokerError, Delivery, StartFrom, SubscribeOptions};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::BROKER_NAME;
+use crate::broker::{Inner, Session, client_error};
+use crate::error::NatsBackendError;
+use crate::wire;
+
+/// How long the server keeps one pull request.
+const EXPIRES: Duration = Duration::from_secs(30);
+/// How often the server says a waiting pull request is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Silence after which a pull request counts as lost.
+const SILENCE: Duration = Duration::from_secs(11);
+/// How long closing a subscription waits for the client's buffer and the server.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const ACK: &[u8] = b"+ACK";
+const NAK: &[u8] = b"-NAK";
+/// JetStream's "work in progress" acknowledgement: restarts the message's `AckWait`.
+const IN_PROGRESS: &[u8] = b"+WPI";
+
+/// What a JetStream subscription consumes, fixed at subscribe time.
+#[derive(Debug)]
+struct Spec {
+    topic: Arc<str>,
+    /// The durable consumer of a queue group; `None` for broadcast (ephemeral).
+    durable: Option<String>,
+    start: StartFrom,
+    prefetch: usize,
+}
+
+/// The consumer pulled from now: changes when a broadcast consumer is made again.
+#[derive(Debug)]
+struct Current {
+    stream: String,
+    consumer: String,
+    /// The stream sequence after the last message received (broadcast resumes from it).
+    next_sequence: u64,
+}
+
+/// What a subscription's puller, source and ackers share.
+struct Sub {
+    inner: Arc<Inner>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    spec: Spec,
+    credit: Credit,
+    held: Held,
+    /// Messages handed to the channel and not taken by the loop yet.
+    queued: AtomicUsize,
+    current: Mutex<Current>,
+}
+
+impl Sub {
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn api_error(
+    operation: &'static str,
+    what: &str,
+    source: event_core::broker::BoxError,
+) -> BrokerError {
+    BrokerError::Backend {
+        broker: BROKER_NAME,
+        operation: "subscribe",
+        source: Box::new(NatsBackendError::JetStream {
+            operation,
+            what: what.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The consumer's configuration; `resume_at` for a broadcast consumer made again.
+fn consumer_config(inner: &Inner, spec: &Spec, resume_at: Option<u64>) -> pull::Config {
+    let config = &inner.config;
+    let deliver_policy = match (resume_at, spec.start) {
+        (Some(start_sequence), _) => DeliverPolicy::ByStartSequence { start_sequence },
+        (None, StartFrom::Earliest) => DeliverPolicy::All,
+        (None, _) => DeliverPolicy::New,
+    };
+    pull::Config {
+        durable_name: spec.durable.clone(),
+        description: Some(match &spec.durable {
+            Some(_) => format!("event-nats queue group on {}", spec.topic),
+            None => format!("event-nats broadcast subscriber on {}", spec.topic),
+        }),
+        filter_subject: spec.topic.to_string(),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        // 0 is left out of the request: the server's default, unlimited
+        max_deliver: config.max_deliver.max(0),
+        inactive_threshold: match &spec.durable {
+            Some(_) => config.group_inactive_threshold.unwrap_or_default(),
+            None => config.broadcast_inactive_threshold,
+        },
+        ..pull::Config::default()
+    }
+}
+
+/// Makes (or finds) the subscription's consumer on `stream`; returns its name and the stream
+/// sequence it starts after.
+async fn make_consumer(
+    inner: &Inner,
+    js: &async_nats::jetstream::Context,
+    spec: &Spec,
+    stream: &str,
+    resume_at: Option<u64>,
+) -> Result<(String, u64), BrokerError> {
+    let config = consumer_config(inner, spec, resume_at);
+    let what = format!(
+        "{} on stream {stream}",
+        spec.durable.as_deref().unwrap_or("a broadcast consumer")
+    );
+    match js.create_consumer_on_stream(config, stream).await {
+        Ok(consumer) => {
+            let info = consumer.cached_info();
+            Ok((info.name.clone(), info.delivered.stream_sequence))
+        }
+        Err(error) => {
+            if crate::streams::no_responders(&error) {
+                return Err(crate::streams::unavailable(&inner.config));
+            }
+            // a group's durable consumer made earlier with other settings (a start position
+            // cannot change): join it as it is
+            if let Some(durable) = &spec.durable
+                && let Ok(existing) = js
+                    .get_consumer_from_stream::<pull::Config, _, _>(durable, stream)
+                    .await
+            {
+                let info = existing.cached_info();
+                tracing::warn!(
+                    topic = %spec.topic,
+                    consumer = %durable,
+                    stream,
+                    error = %event_core::error_chain(&error),
+                    "the queue group's consumer exists with other settings; joining it as it is"
+                );
+                return Ok((info.name.clone(), info.delivered.stream_sequence));
+            }
+            Err(api_error("create a consumer", &what, Box::new(error)))
+        }
+    }
+}
+
+/// Opens a JetStream subscription: the streams of the topic and of its dead letters, the
+/// consumer, the inbox, and the puller.
+pub(crate) async fn open_jetstream(
+    inner: Arc<Inner>,
+    session: Session,
+    topic: &str,
+    dead_letter_topic: &str,
+    options: &SubscribeOptions,
+) -> Result<JsSource, BrokerError> {
+    let config = &inner.config;
+    let stream = inner
+        .streams
+        .resolve(config, &session.js, topic, None)
+        .await?;
+    // dead letters must be kept even when nobody subscribes to them
+    inner
+        .streams
+        .resolve(config, &session.js, dead_letter_topic, Some(topic))
+        .await?;
+    let spec = Spec {
+        topic: Arc::from(topic),
+        durable: options
+            .queue_name()
+            .map(|group| wire::consumer_name(topic, group)),
+        start: options.start_position(),
+        prefetch: config.prefetch.max(options.concurrency_limit()).max(1),
+    };
+    let (consumer, after) = make_consumer(&inner, &session.js, &spec, &stream, None).await?;
+    let inbox_subject = async_nats::Subject::from(session.client.new_inbox());
+    let inbox = session
+        .client
+        .subscribe(inbox_subject.clone())
+        .await
+        .map_err(|e| client_error("subscribe to the pull inbox", e))?;
+    let sub = Arc::new(Sub {
+        client: session.client.clone(),
+        js: session.js.clone(),
+        credit: Credit::new(spec.prefetch),
+        held: Held::default(),
+        queued: AtomicUsize::new(0),
+        current: Mutex::new(Current {
+            stream,
+            consumer,
+            next_sequence: after + 1,
+        }),
+        spec,
+        inner: inner.clone(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let puller = tokio::spawn(
+        Puller {
+            sub: sub.clone(),
+            inbox,
+            inbox_subject,
+            tx,
+            stop: stop.clone(),
+            reconnects: inner.reconnects.subscribe(),
+            request: None,
+            retry_at: None,
+            backoff: Backoff::between(config.reconnect_min, config.reconnect_max),
+            remake: false,
+        }
+        .run(),
+    );
+    Ok(JsSource {
+        sub,
+        rx,
+        stop,
+        puller: Some(puller),
+    })
+}
+
+/// Room for messages: taken when requested (or when a message arrives unasked), given back
+/// when a message is settled or a request ends short. Never below zero by our requests; a
+/// message that comes after its request was given up takes room it finds, or goes below.
+struct Credit {
+    available: Mutex<isize>,
+    freed: Notify,
+}
+
+impl Credit {
+    fn new(room: usize) -> Credit {
+        Credit {
+            available: Mutex::new(isize::try_from(room).unwrap_or(isize::MAX)),
+            freed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, isize> {
+        self.available.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes all the room there is, if there is at least `least` (and at least 1).
+    fn take_all(&self, least: usize) -> Option<usize> {
+        let mut available = self.lock();
+        if *available <= 0 || usize::try_from(*available).unwrap_or(0) < least {
+            return None;
+        }
+        let n = usize::try_from(*available).unwrap_or(0);
+        *available = 0;
+        Some(n)
+    }
+
+    fn take_one(&self) {
+        *self.lock() -= 1;
+    }
+
+    fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        *self.lock() += isize::try_from(n).unwrap_or(isize::MAX);
+        self.freed.notify_one();
+    }
+
+    /// Resolves when room was given back since the last call (a stored wake-up counts).
+    async fn freed(&self) {
+        self.freed.notified().await;
+    }
+}
+
+/// The messages a subscription holds, for the in-progress signals.
+#[derive(Default)]
+struct Held {
+    next: AtomicU64,
+    entries: Mutex<HashMap<u64, (async_nats::Subject, Instant)>>,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (async_nats::Subject, Instant)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold(&self, reply: async_nats::Subject) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(key, (reply, Instant::now()));
+        key
+    }
+
+    fn release(&self, key: u64) {
+        self.lock().remove(&key);
+    }
+
+    /// The replies of messages held for `every` since the last signal; marks them signalled.
+    fn due(&self, every: Duration) -> Vec<async_nats::Subject> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        entries
+            .values_mut()
+            .filter(|(_, since)| now.duration_since(*since) >= every)
+            .map(|(reply, since)| {
+                *since = now;
+                reply.clone()
+            })
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The pull request under way.
+struct Request {
+    /// Messages asked for and not come yet.
+    outstanding: usize,
+    /// When the server last said anything to the inbox.
+    heard: Instant,
+}
+
+/// The task that pulls a subscription's messages.
+struct Puller {
+    sub: Arc<Sub>,
+    inbox: async_nats::Subscriber,
+    inbox_subject: async_nats::Subject,
+    tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
+    stop: CancellationToken,
+    reconnects: tokio::sync::watch::Receiver<u64>,
+    request: Option<Request>,
+    /// After a failure, the next request waits until then.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// The consumer is gone: make it again before the next request.
+    remake: bool,
+}
+
+impl Puller {
+    async fn run(mut self) {
+        let ack_wait = self.sub.inner.config.ack_wait;
+        let mut in_progress = tokio::time::interval((ack_wait / 4).max(Duration::from_millis(25)));
+        in_progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reconnects.borrow_and_update();
+        loop {
+            if self.request.is_none() && self.retry_at.is_none() {
+                self.ask().await;
+            }
+            let silent_since = self.request.as_ref().map(|r| r.heard);
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                message = self.inbox.next() => match message {
+                    Some(message) => self.received(message),
+                    // the client closed
+                    None => break,
+                },
+                () = self.sub.credit.freed(), if self.request.is_none() && self.retry_at.is_none() => {}
+                () = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
+                changed = self.reconnects.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // the server may have forgotten the request (a restart): ask again
+                    self.end_request();
+                }
+                () = sleep_until(silent_since.map(|t| t + SILENCE)), if silent_since.is_some() => {
+                    tracing::debug!(topic = %self.sub.spec.topic, "pull request silent; asking again");
+                    self.end_request();
+                }
+                _ = in_progress.tick() => {
+                    for reply in self.sub.held.due(ack_wait / 2) {
+                        if let Err(error) = self.sub.client.publish(reply, Bytes::from_static(IN_PROGRESS)).await {
+                            tracing::debug!(topic = %self.sub.spec.topic, %error, "in-progress signal not sent");
+                        }
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Sends a pull request for all the room there is (making the consumer again first when
+    /// it is gone).
+    async fn ask(&mut self) {
+        if self.remake {
+            match self.remake_consumer().await {
+                Ok(()) => self.remake = false,
+                Err(error) => {
+                    self.fail_later("make the consumer again", &error);
+                    return;
+                }
+            }
+        }
+        // batches of at least half the prefetch while messages wait for the loop, so that a
+        // busy subscription does not pull one message per round trip; anything when it has
+        // nothing to do
+        let least = if self.sub.queued.load(Ordering::Acquire) == 0 {
+            1
+        } else {
+            self.sub.spec.prefetch.div_ceil(2)
+        };
+        let Some(n) = self.sub.credit.take_all(least) else {
+            return;
+        };
+        let (stream, consumer) = {
+            let current = self.sub.current();
+            (current.stream.clone(), current.consumer.clone())
+        };
+        let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}");
+        let body = format!(
+            r#"{{"batch":{n},"expires":{},"idle_heartbeat":{}}}"#,
+            EXPIRES.as_nanos(),
+            HEARTBEAT.as_nanos()
+        );
+        match self
+            .sub
+            .client
+            .publish_with_reply(subject, self.inbox_subject.clone(), body.into())
+            .await
+        {
+            Ok(()) => {
+                self.request = Some(Request {
+                    outstanding: n,
+                    heard: Instant::now(),
+                });
+            }
+            Err(error) => {
+                self.sub.credit.give_back(n);
+                self.fail_later("send a pull request", &error);
+            }
+        }
+    }
+
+    fn fail_later(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        let wait = self.backoff.next_delay();
+        let failures = self.backoff.failures();
+        if failures == 1 || failures.is_multiple_of(10) {
+            tracing::warn!(
+                topic = %self.sub.spec.topic,
+                failures,
+                %error,
+                "cannot {what}; retrying in {wait:?}"
+            );
+        }
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// The request is over: the room it still had is free again.
+    fn end_request(&mut self) {
+        if let Some(request) = self.request.take() {
+            self.sub.credit.give_back(request.outstanding);
+        }
+    }
+
+    fn received(&mut self, message: async_nats::Message) {
+        if let Some(request) = self.request.as_mut() {
+            request.heard = Instant::now();
+        }
+        let status = message.status.unwrap_or(async_nats::StatusCode::OK);
+        if status == async_nats::StatusCode::OK {
+            self.message(message);
+            return;
+        }
+        if status == async_nats::StatusCode::IDLE_HEARTBEAT {
+            return;
+        }
+        let description = message.description.as_deref().unwrap_or("");
+        self.end_request();
+        if status == async_nats::StatusCode::TIMEOUT {
+            // the request expired; the next one goes out now
+            self.backoff.reset();
+            return;
+        }
+        if status == async_nats::StatusCode::NO_RESPONDERS
+            || description.eq_ignore_ascii_case("consumer deleted")
+        {
+            tracing::info!(
+                topic = %self.sub.spec.topic,
+                status = %status,
+                description,
+                "the consumer is gone; making it again"
+            );
+            self.remake = true;
+            if status == async_nats::StatusCode::NO_RESPONDERS {
+                // JetStream may still be starting: do not hammer it
+                let wait = self.backoff.next_delay();
+                self.retry_at = Some(Instant::now() + wait);
+            }
+            return;
+        }
+        // 409 "Leadership Change", "Server Shutdown", "Exceeded MaxWaiting", ...
+        let error = format!("{status} {description}");
+        self.fail_later("pull messages", &error);
+    }
+
+    fn message(&mut self, message: async_nats::Message) {
+        match self.request.as_mut() {
+            Some(request) if request.outstanding > 0 => {
+                request.outstanding -= 1;
+                if request.outstanding == 0 {
+                    self.request = None;
+                }
+            }
+            // from a request given up on: it takes room all the same
+            _ => self.sub.credit.take_one(),
+        }
+        self.backoff.reset();
+        let Some(reply) = message.reply.clone() else {
+            tracing::warn!(topic = %self.sub.spec.topic, "a pulled message without a reply subject; skipped");
+            self.sub.credit.give_back(1);
+            return;
+        };
+        let Some((stream_sequence, delivered)) = ack_info(&reply) else {
+            tracing::warn!(topic = %self.sub.spec.topic, reply = %reply, "a pulled message with an unreadable reply subject; skipped");
+            self.sub.credit.give_back(1);
+            return;
+        };
+        {
+            let mut current = self.sub.current();
+            current.next_sequence = current.next_sequence.max(stream_sequence + 1);
+        }
+        let key = self.sub.held.hold(reply.clone());
+        let delivery = Delivery::new(
+            self.sub.spec.topic.clone(),
+            wire::from_nats(message.headers.as_ref(), message.payload),
+            wire::stream_position(stream_sequence, delivered),
+        )
+        .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX));
+        let incoming = Incoming {
+            delivery,
+            acker: NatsAcker {
+                sub: self.sub.clone(),
+                key,
+                reply,
+            },
+        };
+        self.sub.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(incoming)) = self.tx.send(incoming) {
+            // the loop is gone: give it back
+            self.sub.queued.fetch_sub(1, Ordering::AcqRel);
+            incoming.acker.abandon_now();
+        }
+    }
+
+    async fn remake_consumer(&self) -> Result<(), BrokerError> {
+        let inner = &self.sub.inner;
+        let spec = &self.sub.spec;
+        inner.streams.forget(&spec.topic);
+        let stream = inner
+            .streams
+            .resolve(&inner.config, &self.sub.js, &spec.topic, None)
+            .await?;
+        let resume_at = match spec.durable {
+            Some(_) => None,
+            None => Some(self.sub.current().next_sequence),
+        };
+        let (consumer, _) = make_consumer(inner, &self.sub.js, spec, &stream, resume_at).await?;
+        tracing::info!(topic = %spec.topic, stream, consumer, ?resume_at, "consumer made again");
+        let mut current = self.sub.current();
+        current.stream = stream;
+        current.consumer = consumer;
+        Ok(())
+    }
+
+    /// Stops: unsubscribes the inbox (the server then drops the request), gives back what
+    /// arrived and was not handed out.
+    async fn finish(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.inbox.unsubscribe()).await;
+        while let Some(Some(message)) = self.inbox.next().now_or_never() {
+            if message.status.is_none()
+                && let Some(reply) = message.reply
+            {
+                let _ = self
+                    .sub
+                    .client
+                    .publish(reply, Bytes::from_static(NAK))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream sequence and delivery count from a JetStream reply subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or
+/// with `<domain>.<account hash>.` before the stream (and maybe a token after).
+fn ack_info(reply: &str) -> Option<(u64, i64)> {
+    let tokens: Vec<&str> = reply.strip_prefix("$JS.ACK.")?.split('.').collect();
+    let at = match tokens.len() {
+        7 => 2,
+        n if n >= 9 => 4,
+        _ => return None,
+    };
+    let delivered = tokens[at].parse().ok()?;
+    let sequence = tokens[at + 1].parse().ok()?;
+    Some((sequence, delivered))
+}
+
+impl JsSource {
+    /// One message left the channel: when it was the last, the puller may ask for less than
+    /// half its prefetch (it waits for a freed room to look again).
+    fn taken(&self) {
+        if self.sub.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sub.credit.freed.notify_one();
+        }
+    }
+}
+
+/// Where a JetStream subscription's messages come from.
+pub(crate) struct JsSource {
+    sub: Arc<Sub>,
+    rx: mpsc::UnboundedReceiver<Incoming<NatsAcker>>,
+    stop: CancellationToken,
+    puller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DeliverySource for JsSource {
+    type Acker = NatsAcker;
+
+    async fn next(&mut self) -> Option<Incoming<NatsAcker>> {
+        // a channel's recv is cancel-safe
+        let incoming = self.rx.recv().await?;
+        self.taken();
+        Some(incoming)
+    }
+
+    fn next_at_hand(&mut self) -> Option<Incoming<NatsAcker>> {
+        let incoming = self.rx.try_recv().ok()?;
+        self.taken();
+        Some(incoming)
+    }
+
+    async fn close(mut self) {
+        self.stop.cancel();
+        if let Some(puller) = self.puller.take() {
+            let _ = puller.await;
+        }
+        // what was fetched and not handled goes back at once, not after AckWait
+        self.rx.close();
+        while let Ok(incoming) = self.rx.try_recv() {
+            let _ = incoming.acker.nack(incoming.delivery).await;
+        }
+        if self.sub.held.len() > 0 {
+            tracing::debug!(
+                topic = %self.sub.spec.topic,
+                held = self.sub.held.len(),
+                "messages still held at close; the server redelivers them after AckWait"
+            );
+        }
+        // the acknowledgements handed to the client go out now
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sub.client.flush()).await;
+        if self.sub.spec.durable.is_none() {
+            // a broadcast subscriber's consumer is of no use to anyone else
+            let (stream, consumer) = {
+                let current = self.sub.current();
+                (current.stream.clone(), current.consumer.clone())
+            };
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                self.sub.js.delete_consumer_from_stream(&consumer, &stream),
+            )
+            .await;
+        }
+    }
+}
+
+/// Settles one JetStream message: a publish to its reply subject, done once the client has it.
+#[derive(Debug)]
+pub(crate) struct NatsAcker {
+    sub: Arc<Sub>,
+    key: u64,
+    reply: async_nats::Subject,
+}
+
+impl std::fmt::Debug for Sub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sub")
+            .field("topic", &self.spec.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsAcker {
+    async fn send(self, token: &'static [u8], operation: &'static str) -> Result<(), BrokerError> {
+        let NatsAcker { sub, key, reply } = self;
+        sub.held.release(key);
+        let sent = sub.client.publish(reply, Bytes::from_static(token)).await;
+        sub.credit.give_back(1);
+        sent.map_err(|e| client_error(operation, e))
+    }
+
+    /// Gives the message back from a destructor: a `-NAK` sent by a task if there is a
+    /// runtime; otherwise the server redelivers it after `AckWait`.
+    fn abandon_now(self) {
+        let NatsAcker { sub, key, reply } = self;
+        sub.held.release(key);
+        sub.credit.give_back(1);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = sub.client.clone();
+            runtime.spawn(async move {
+                let _ = client.publish(reply, Bytes::from_static(NAK)).await;
+            });
+        }
+    }
+}
+
+impl Acknowledge for NatsAcker {
+    async fn ack(self) -> Result<(), BrokerError> {
+        self.send(ACK, "ack").await
+    }
+
+    async fn nack(self, _delivery: Delivery) -> Result<(), BrokerError> {
+        self.send(NAK, "nak").await
+    }
+
+    fn abandon(self, _delivery: Delivery) {
+        self.abandon_now();
+    }
+}
+
+// --- core NATS --------------------------------------------------------------------------------
+
+/// Opens a core NATS subscription (a queue subscription for a queue group) and makes sure the
+/// server has it before returning.
+pub(crate) async fn open_core(
+    inner: &Inner,
+    session: Session,
+    topic: &str,
+    options: &SubscribeOptions,
+) -> Result<CoreSource, BrokerError> {
+    let subject = topic.to_owned();
+    let subscriber = match options.queue_name() {
+        Some(group) => {
+            session
+                .client
+                .queue_subscribe(subject, group.to_owned())
+                .await
+        }
+        None => session.client.subscribe(subject).await,
+    }
+    .map_err(|e| client_error("subscribe", e))?;
+    session
+        .barrier
+        .as_ref()
+        .expect("core NATS sessions have one")
+        .pass(inner.config.request_timeout)
+        .await?;
+    Ok(CoreSource {
+        subscriber,
+        topic: Arc::from(topic),
+        received: 0,
+        client: session.client.clone(),
+    })
+}
+
+/// Where a core NATS subscription's messages come from.
+pub(crate) struct CoreSource {
+    subscriber: async_nats::Subscriber,
+    topic: Arc<str>,
+    received: u64,
+    client: async_nats::Client,
+}
+
+impl DeliverySource for CoreSource {
+    type Acker = CoreAcker;
+
+    async fn next(&mut self) -> Option<Incoming<CoreAcker>> {
+        // a Stream's next() is cancel-safe
+        let message = self.subscriber.next().await?;
+        self.received += 1;
+        let delivery = Delivery::new(
+            self.topic.clone(),
+            wire::from_nats(message.headers.as_ref(), message.payload),
+            wire::core_position(self.received),
+        );
+        Some(Incoming {
+            delivery,
+            acker: CoreAcker,
+        })
+    }
+
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.subscriber.unsubscribe()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.flush()).await;
+    }
+}
+
+/// Core NATS has no acknowledgements: settling does nothing, and a message given back is lost.
+#[derive(Debug)]
+pub(crate) struct CoreAcker;
+
+impl Acknowledge for CoreAcker {
+    async fn ack(self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn nack(self, delivery: Delivery) -> Result<(), BrokerError> {
+        tracing::debug!(
+            topic = delivery.topic(),
+            position = %delivery.position(),
+            "core NATS cannot take a message back: it is dropped"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_subjects_of_both_formats() {
+        assert_eq!(
+            ack_info("$JS.ACK.EVENT_t.cons.3.100.7.1790230470084404000.42"),
+            Some((100, 3))
+        );
+        assert_eq!(
+            ack_info("$JS.ACK._.szMpdrwD.EVENT_t.cons.1.9.1.1790230470084404000.0"),
+            Some((9, 1))
+        );
+        assert_eq!(
+            ack_info("$JS.ACK.hub.h.S.C.2.50.9.1790230470084404000.0.token"),
+            Some((50, 2))
+        );
+        assert_eq!(ack_info("$JS.ACK.S.C.x.1.1.1"), None);
+        assert_eq!(ack_info("_INBOX.abc"), None);
+    }
+
+    #[test]
+    fn credit_is_taken_whole_and_given_back() {
+        let credit = Credit::new(3);
+        assert_eq!(credit.take_all(4), None);
+        assert_eq!(credit.take_all(1), Some(3));
+        assert_eq!(credit.take_all(1), None);
+        credit.take_one();
+        credit.give_back(2);
+        assert_eq!(credit.take_all(1), Some(1));
+    }
+}

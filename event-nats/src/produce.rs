@@ -1,0 +1,169 @@
+//! Publishing: to JetStream with a PubAck per message, or to core NATS with a round trip.
+
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use event_core::backend::Backoff;
+use event_core::broker::{BrokerError, Message, PublishError, Receipt};
+
+use crate::BROKER_NAME;
+use crate::broker::{Inner, Session, client_error};
+use crate::error::NatsBackendError;
+use crate::wire;
+
+fn backend(error: NatsBackendError) -> BrokerError {
+    BrokerError::Backend {
+        broker: BROKER_NAME,
+        operation: "publish",
+        source: Box::new(error),
+    }
+}
+
+/// Publishes `message` and waits for JetStream's PubAck; the receipt's position is the stream
+/// sequence. A subject in no stream gets one first (with `create_streams`). A PubAck that does
+/// not come (connection lost, server restarting) is waited for again with the same
+/// `Nats-Msg-Id`, until the publish timeout: the stream's duplicate detection keeps one copy.
+pub(crate) async fn publish(
+    inner: &Inner,
+    session: &Session,
+    topic: &str,
+    message: Message,
+) -> Result<Receipt, PublishError> {
+    let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
+    let mut headers = match wire::to_nats(topic, &message, true) {
+        Ok(headers) => Some(headers),
+        Err(error) => return fail(message, backend(error)),
+    };
+    let config = &inner.config;
+    let started = Instant::now();
+    let deadline = started + config.publish_timeout;
+    let mut backoff = Backoff::between(config.reconnect_min, config.reconnect_max);
+    let mut provisioned = false;
+    loop {
+        let mut publish = PublishMessage::build().payload(message.payload.clone());
+        // the first attempt takes the headers; a retry (rare) builds them again
+        let attempt_headers = match headers.take() {
+            Some(headers) => headers,
+            None => wire::to_nats(topic, &message, true).unwrap_or_default(),
+        };
+        if let Some(headers) = attempt_headers {
+            publish = publish.headers(headers);
+        }
+        let attempt = async {
+            session
+                .js
+                .send_publish(topic.to_owned(), publish)
+                .await?
+                .await
+        };
+        let error = match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(Ok(ack)) => {
+                if ack.duplicate {
+                    tracing::debug!(
+                        topic,
+                        stream = %ack.stream,
+                        sequence = ack.sequence,
+                        "JetStream already had this message id: kept once"
+                    );
+                }
+                return Ok(Receipt::new(wire::stream_position(ack.sequence, 1)));
+            }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => {
+                return fail(
+                    message,
+                    BrokerError::Timeout {
+                        broker: BROKER_NAME,
+                        operation: "publish (waiting for JetStream's PubAck)",
+                        timeout: config.publish_timeout,
+                    },
+                );
+            }
+        };
+        match error.kind() {
+            PublishErrorKind::StreamNotFound => {
+                inner.streams.forget(topic);
+                if !config.create_streams {
+                    return fail(message, crate::streams::not_found(config, topic, None));
+                }
+                if provisioned {
+                    // made, and still nobody answers: JetStream itself is not there
+                    return fail(message, crate::streams::unavailable(config));
+                }
+                if let Err(error) = inner
+                    .streams
+                    .resolve(config, &session.js, topic, None)
+                    .await
+                {
+                    return fail(message, error);
+                }
+                provisioned = true;
+            }
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                // the server may or may not have it: the same id again, after a pause
+                let wait = backoff.next_delay();
+                tracing::debug!(
+                    topic,
+                    error = %error,
+                    "no PubAck; publishing again with the same Nats-Msg-Id in {wait:?}"
+                );
+                if Instant::now() + wait >= deadline {
+                    return fail(message, inner.unavailable(started.elapsed()));
+                }
+                tokio::time::sleep(wait).await;
+            }
+            _ => {
+                return fail(
+                    message,
+                    backend(NatsBackendError::Publish {
+                        subject: topic.to_owned(),
+                        source: error,
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// Publishes `message` to core NATS and waits for a round trip through the server: the server
+/// then has the message and forwarded it to the subscriptions it had. Nothing is stored: with
+/// no subscriber, the message is gone.
+pub(crate) async fn publish_core(
+    inner: &Inner,
+    session: &Session,
+    topic: &str,
+    message: Message,
+) -> Result<Receipt, PublishError> {
+    let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
+    let headers = match wire::to_nats(topic, &message, false) {
+        Ok(headers) => headers,
+        Err(error) => return fail(message, backend(error)),
+    };
+    let subject = topic.to_owned();
+    let sent = match headers {
+        Some(headers) => {
+            session
+                .client
+                .publish_with_headers(subject, headers, message.payload.clone())
+                .await
+        }
+        None => {
+            session
+                .client
+                .publish(subject, message.payload.clone())
+                .await
+        }
+    };
+    if let Err(error) = sent {
+        return fail(message, client_error("publish", error));
+    }
+    let barrier = session
+        .barrier
+        .as_ref()
+        .expect("core NATS sessions have one");
+    match barrier.pass(inner.config.publish_timeout).await {
+        Ok(()) => Ok(Receipt::new(wire::core_position(0))),
+        Err(error) => fail(message, error),
+    }
+}

@@ -1,0 +1,410 @@
+//! Messages from another NATS client, the Python `nats-py` (in the virtualenv
+//! `scripts/brokers.sh` makes; `EVENT_TEST_PYTHON`), published with its JetStream API:
+//!
+//! - without our headers (raw protobuf of another type, JSON, text) or with only a
+//!   `Content-Type`: the typed subscriber's diagnosis dead-letters them at once with the right
+//!   classification, and the dead letter keeps the original bytes;
+//! - protobuf with a `Content-Type` and a `ce_type` header of its own: consumed as a typed
+//!   event, its type verified;
+//! - and the other way round: what our typed publisher stores, nats-py reads with our header
+//!   names and the message id as `Nats-Msg-Id`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use event_core::broker::{Broker, Delivery, SubscribeOptions, Subscription};
+use event_core::headers::names;
+use event_core::testkit::{Collector, delivery_subscriber, is_marker, marker, unique};
+use event_core::{Event, Publisher, RunningService, Service, State};
+use event_nats::NatsBroker;
+use event_proto::bench::v1::Tick;
+use event_proto::users::v1::UserCreated;
+use prost::Message as _;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// nats-py: publishes `argv[3]` (base64) to subject `argv[2]` with the headers of `argv[4]`
+/// (JSON) through JetStream, or reads the last message of a subject from a stream.
+const CLIENT: &str = r#"
+import asyncio, base64, json, sys
+import nats
+
+async def main():
+    command, url = sys.argv[1], sys.argv[2]
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    js = nc.jetstream()
+    if command == "publish":
+        subject, body, headers = sys.argv[3], base64.b64decode(sys.argv[4]), json.loads(sys.argv[5])
+        ack = await js.publish(subject, body, headers=headers or None)
+        print(json.dumps({"stream": ack.stream, "seq": ack.seq}))
+    else:
+        stream, subject = sys.argv[3], sys.argv[4]
+        msg = await js.get_last_msg(stream, subject)
+        print(json.dumps({"headers": dict(msg.headers or {}), "data": base64.b64encode(msg.data).decode()}))
+    await nc.close()
+
+asyncio.run(main())
+"#;
+
+fn python() -> String {
+    std::env::var("EVENT_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+        format!("{home}/.cache/event-brokers/venv/bin/python")
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs the nats-py client; panics with its output unless it succeeds.
+async fn nats_py(args: Vec<String>) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
+        let python = python();
+        let output = Command::new(&python)
+            .arg("-c")
+            .arg(CLIENT)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python} (scripts/brokers.sh makes the virtualenv): {e}")
+            });
+        assert!(
+            output.status.success(),
+            "nats-py {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("nats-py prints JSON")
+    })
+    .await
+    .expect("nats-py task")
+}
+
+async fn foreign_publish(subject: &str, body: &[u8], headers: &[(&str, &str)]) {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let ack = nats_py(vec![
+        "publish".into(),
+        common::url(),
+        subject.to_owned(),
+        b64(body),
+        serde_json::Value::Object(headers).to_string(),
+    ])
+    .await;
+    assert_eq!(ack["stream"], common::TESTKIT_STREAM, "{ack}");
+}
+
+fn user() -> UserCreated {
+    UserCreated {
+        user_id: "u-1".into(),
+        email: "ada@example.com".into(),
+        display_name: "Ada".into(),
+    }
+}
+
+#[derive(Debug)]
+struct Seen {
+    user: UserCreated,
+    type_verified: bool,
+    content_type: Option<String>,
+}
+
+#[derive(Clone)]
+struct Calls(tokio::sync::mpsc::UnboundedSender<Seen>);
+
+async fn on_user_created(event: Event<UserCreated>, State(calls): State<Calls>) {
+    let seen = Seen {
+        type_verified: event.type_verified(),
+        content_type: event.headers().content_type().map(str::to_owned),
+        user: event.into_message(),
+    };
+    let _ = calls.0.send(seen);
+}
+
+/// A typed `UserCreated` subscriber (queue group `mailer`) and a dead-letter collector.
+struct Harness {
+    broker: NatsBroker,
+    topic: String,
+    service: RunningService,
+    dlq_subscription: Subscription,
+    dead_letters: Collector<Delivery>,
+    calls: Collector<Seen>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        common::testkit_stream().await;
+        let broker =
+            common::connected(common::builder("foreign-test").build().expect("config")).await;
+        let topic = unique("users.created");
+        let (dlq_tx, dead_letters) = Collector::new(WAIT);
+        let dlq_subscription = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
+        let (calls_tx, calls) = Collector::new(WAIT);
+        let service = Service::builder("foreign-test")
+            .broker(broker.clone())
+            .state(Calls(calls_tx))
+            .subscribe_with(
+                topic.as_str(),
+                SubscribeOptions::new().queue("mailer"),
+                on_user_created,
+            )
+            .build()
+            .expect("build")
+            .start()
+            .await
+            .expect("start");
+        Harness {
+            broker,
+            topic,
+            service,
+            dlq_subscription,
+            dead_letters,
+            calls,
+        }
+    }
+
+    async fn stop(mut self) {
+        let report = self
+            .calls
+            .assert_empty_after("handler calls after the test", self.service.stop())
+            .await;
+        assert!(!report.timed_out, "{report:?}");
+        self.broker
+            .publish(&format!("{}.dlq", self.topic), marker())
+            .await
+            .expect("publish the marker");
+        self.dead_letters
+            .assert_empty_before("dead letters after the test", is_marker)
+            .await;
+        self.dlq_subscription.unsubscribe().await;
+        self.broker.disconnect().await.expect("disconnect");
+    }
+}
+
+/// Publishes `body` with nats-py and checks the dead letter's diagnosis.
+async fn expect_diagnosis(
+    body: &[u8],
+    headers: &[(&str, &str)],
+    error_kind: &str,
+    payload_kind: &str,
+    fragments: &[&str],
+) {
+    let mut harness = Harness::start().await;
+    foreign_publish(&harness.topic, body, headers).await;
+    let dead = harness
+        .calls
+        .assert_empty_after(
+            "the typed handler must not see an undecodable message",
+            harness.dead_letters.next("the dead letter"),
+        )
+        .await;
+    let h = dead.headers();
+    let error = h
+        .get_str(names::X_EVENT_ERROR)
+        .unwrap_or_default()
+        .to_owned();
+    println!("{payload_kind}: {error}");
+    assert_eq!(
+        h.get_str(names::X_EVENT_ERROR_KIND),
+        Some(error_kind),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get_str(names::X_EVENT_PAYLOAD_KIND),
+        Some(payload_kind),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get_str(names::X_EVENT_ATTEMPTS),
+        Some("1"),
+        "never retried"
+    );
+    assert_eq!(
+        h.get_str(names::X_EVENT_ORIGINAL_TOPIC),
+        Some(harness.topic.as_str())
+    );
+    assert!(
+        h.get_str(names::X_EVENT_ORIGINAL_POSITION)
+            .is_some_and(|p| p.starts_with("stream sequence ")),
+        "{h:?}"
+    );
+    assert!(
+        h.get_str(names::X_EVENT_HANDLER)
+            .is_some_and(|n| n.ends_with("on_user_created")),
+        "{h:?}"
+    );
+    assert!(
+        error.contains("expected type users.v1.UserCreated"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("topic {:?}, stream sequence", harness.topic)),
+        "{error}"
+    );
+    for fragment in fragments {
+        assert!(
+            error.contains(fragment),
+            "x-event-error lacks {fragment:?}:\n{error}"
+        );
+    }
+    assert_eq!(dead.payload().as_ref(), body, "original bytes kept");
+    for (name, value) in headers {
+        assert_eq!(
+            h.get_str(name),
+            Some(*value),
+            "the producer's header {name} kept"
+        );
+    }
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protobuf_of_another_type_is_diagnosed() {
+    let tick = Tick {
+        seq: 7,
+        payload: vec![0xca, 0xfe].into(),
+    };
+    expect_diagnosis(
+        &tick.encode_to_vec(),
+        &[],
+        "decode-error",
+        "protobuf",
+        &[
+            "payload is not a valid users.v1.UserCreated",
+            "protobuf wire format with fields [1, 2]",
+            "no type header",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_type_named_in_its_header_is_diagnosed() {
+    let tick = Tick {
+        seq: 7,
+        payload: vec![0xca, 0xfe].into(),
+    };
+    expect_diagnosis(
+        &tick.encode_to_vec(),
+        &[
+            ("ce_type", "bench.v1.Tick"),
+            ("Content-Type", "application/protobuf"),
+        ],
+        "type-mismatch",
+        "protobuf",
+        &["bench.v1.Tick"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_without_headers_is_diagnosed() {
+    expect_diagnosis(
+        br#"{"user_id":"u-1","email":"ada@example.com","display_name":"Ada"}"#,
+        &[],
+        "decode-error",
+        "json",
+        &[
+            "JSON object with keys [\"user_id\", \"email\", \"display_name\"]",
+            "the producer sent JSON",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_with_a_content_type_header_is_diagnosed() {
+    expect_diagnosis(
+        br#"{"userId":"u-1","email":"ada@example.com"}"#,
+        &[("Content-Type", "application/json")],
+        "unsupported-content-type",
+        "json",
+        &["cannot decode content type application/json as protobuf"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_bytes_and_text_are_diagnosed() {
+    expect_diagnosis(
+        b"New user signed up: ada@example.com (display name Ada Lovelace)",
+        &[],
+        "decode-error",
+        "text",
+        &[
+            "text \"New user signed up: ada@example.com (dis…\"",
+            "the producer sent plain text",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_with_a_type_header_is_a_typed_event() {
+    let mut harness = Harness::start().await;
+    foreign_publish(
+        &harness.topic,
+        &user().encode_to_vec(),
+        &[
+            ("Content-Type", "application/protobuf"),
+            ("ce_type", "users.v1.UserCreated"),
+        ],
+    )
+    .await;
+    let seen = harness.calls.next("the nats-py message").await;
+    assert_eq!(seen.user, user());
+    assert!(seen.type_verified, "the ce_type header was checked");
+    assert_eq!(seen.content_type.as_deref(), Some("application/protobuf"));
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_reads_our_headers() {
+    common::testkit_stream().await;
+    let broker = common::connected(common::builder("to-nats-py").build().expect("config")).await;
+    let topic = unique("users.created");
+    let publisher = Publisher::<UserCreated>::new(
+        std::sync::Arc::new(broker.clone()),
+        "signup",
+        topic.as_str(),
+    );
+    let receipt = publisher.publish(&user()).await.expect("publish");
+    let read = nats_py(vec![
+        "read".into(),
+        common::url(),
+        common::TESTKIT_STREAM.into(),
+        topic.clone(),
+    ])
+    .await;
+    let header = |name: &str| read["headers"][name].as_str().map(str::to_owned);
+    assert_eq!(
+        header("ce_type").as_deref(),
+        Some("users.v1.UserCreated"),
+        "{read}"
+    );
+    assert_eq!(header("ce_specversion").as_deref(), Some("1.0"));
+    assert_eq!(header("ce_source").as_deref(), Some("signup"));
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/protobuf")
+    );
+    assert_eq!(header("ce_id").as_deref(), receipt.message_id());
+    assert_eq!(header("Nats-Msg-Id").as_deref(), receipt.message_id());
+    let data = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(read["data"].as_str().expect("data"))
+            .expect("base64")
+    };
+    assert_eq!(
+        UserCreated::decode(&data[..]).expect("raw protobuf body"),
+        user()
+    );
+    broker.disconnect().await.expect("disconnect");
+}
