@@ -18,18 +18,15 @@ event_core::conformance_suite!(amqp, Factory);
 
 /// Handlers that finish out of order (concurrency 16, prefetch 64, uneven handler times): the
 /// settle worker acknowledges runs with `multiple` and the rest one by one. Every message is
-/// handled once, none is redelivered, and after unsubscribing the group's queue is empty: no
-/// acknowledgement was lost, none covered a message still in a handler, and the queued ones
-/// were sent before the channel closed.
+/// handled once and none is redelivered (`testkit::settle_out_of_order`), and after
+/// unsubscribing the group's queue is empty: no acknowledgement was lost, none covered a
+/// message still in a handler, and the queued ones were sent before the channel closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_out_of_order_settle_every_message_once() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, handler_fn};
+    use event_core::broker::Broker as _;
 
-    const N: usize = 3000;
     let topic = testkit::unique("acks");
     let broker = event_amqp::AmqpBroker::builder(&url())
         .exchange("event.test.conformance")
@@ -39,81 +36,8 @@ async fn acknowledgements_out_of_order_settle_every_message_once() {
         .build()
         .expect("valid broker configuration");
     let broker = common::connected(broker).await;
-    let counts: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
-    let redelivered = Arc::new(AtomicUsize::new(0));
-    let handled = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let handler = {
-        let (counts, redelivered, handled, done) = (
-            counts.clone(),
-            redelivered.clone(),
-            handled.clone(),
-            done.clone(),
-        );
-        handler_fn("uneven", move |d: Delivery| {
-            let (counts, redelivered, handled, done) = (
-                counts.clone(),
-                redelivered.clone(),
-                handled.clone(),
-                done.clone(),
-            );
-            async move {
-                let seq: usize = std::str::from_utf8(d.payload()).unwrap().parse().unwrap();
-                if d.position().is_redelivered() || d.attempt() > 1 {
-                    redelivered.fetch_add(1, Ordering::AcqRel);
-                }
-                // every fifth message takes a little longer: later tags overtake it
-                if seq.is_multiple_of(5) {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                } else {
-                    tokio::task::yield_now().await;
-                }
-                counts[seq].fetch_add(1, Ordering::AcqRel);
-                if handled.fetch_add(1, Ordering::AcqRel) + 1 == N {
-                    done.notify_one();
-                }
-                Outcome::Ack
-            }
-        })
-    };
-    let subscription = broker
-        .subscribe(
-            &topic,
-            SubscribeOptions::new().queue("workers").concurrency(16),
-            handler,
-        )
-        .await
-        .expect("subscribe");
-    let complete = done.notified();
-    tokio::pin!(complete);
-    complete.as_mut().enable();
-    let mut publishing = futures_util::stream::FuturesUnordered::new();
-    for seq in 0..N {
-        publishing.push(broker.publish(&topic, Message::new(seq.to_string())));
-        if publishing.len() == 64 {
-            use futures_util::StreamExt;
-            publishing.next().await.unwrap().expect("publish");
-        }
-    }
-    use futures_util::StreamExt;
-    while let Some(published) = publishing.next().await {
-        published.expect("publish");
-    }
-    tokio::time::timeout(Duration::from_secs(60), complete)
-        .await
-        .unwrap_or_else(|_| panic!("{} of {N} handled", handled.load(Ordering::Acquire)));
-    subscription.unsubscribe().await;
+    testkit::settle_out_of_order(&broker, &topic, "workers", 3000, Duration::from_secs(60)).await;
 
-    let once = counts
-        .iter()
-        .filter(|c| c.load(Ordering::Acquire) == 1)
-        .count();
-    assert_eq!(once, N, "every message handled exactly once");
-    assert_eq!(
-        redelivered.load(Ordering::Acquire),
-        0,
-        "no message redelivered"
-    );
     // the unsubscribe closed the channel: anything it left unacknowledged is back in the queue
     let connection = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
         .await

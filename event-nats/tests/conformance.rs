@@ -11,14 +11,12 @@ use common::Factory;
 event_core::conformance_suite!(nats, Factory);
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_core::broker::{Broker, Delivery, Message, Outcome, SubscribeOptions, handler_fn};
 use event_core::testkit::{self, Collector};
 use event_nats::NatsBroker;
-use futures_util::StreamExt;
 
 /// `EVENT_BROKER=nats://...` selects this backend, with the query parameters applied; an
 /// unknown parameter is an error that lists the known ones, without the password.
@@ -238,7 +236,8 @@ async fn messages_held_longer_than_ack_wait_are_not_redelivered() {
 }
 
 /// Handlers that finish out of order (concurrency 16, prefetch 64, uneven handler times):
-/// every message is handled once, none is redelivered, and after unsubscribing the group's
+/// every message is handled once, none is redelivered (`testkit::settle_out_of_order`), and
+/// after unsubscribing the group's
 /// consumer has nothing pending and nothing unacknowledged: every acknowledgement handed to
 /// the client reached the server, and what was fetched ahead was given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,73 +252,7 @@ async fn acknowledgements_out_of_order_settle_every_message_once() {
     )
     .await;
     let topic = testkit::unique("acks");
-    let counts: Arc<Vec<AtomicUsize>> = Arc::new((0..N).map(|_| AtomicUsize::new(0)).collect());
-    let redelivered = Arc::new(AtomicUsize::new(0));
-    let handled = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let handler = {
-        let (counts, redelivered, handled, done) = (
-            counts.clone(),
-            redelivered.clone(),
-            handled.clone(),
-            done.clone(),
-        );
-        handler_fn("uneven", move |d: Delivery| {
-            let (counts, redelivered, handled, done) = (
-                counts.clone(),
-                redelivered.clone(),
-                handled.clone(),
-                done.clone(),
-            );
-            async move {
-                let seq: usize = std::str::from_utf8(d.payload()).unwrap().parse().unwrap();
-                if d.position().is_redelivered() || d.attempt() > 1 {
-                    redelivered.fetch_add(1, Ordering::AcqRel);
-                }
-                if seq.is_multiple_of(5) {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                } else {
-                    tokio::task::yield_now().await;
-                }
-                counts[seq].fetch_add(1, Ordering::AcqRel);
-                if handled.fetch_add(1, Ordering::AcqRel) + 1 == N {
-                    done.notify_one();
-                }
-                Outcome::Ack
-            }
-        })
-    };
-    let subscription = broker
-        .subscribe(
-            &topic,
-            SubscribeOptions::new().queue("workers").concurrency(16),
-            handler,
-        )
-        .await
-        .expect("subscribe");
-    let complete = done.notified();
-    tokio::pin!(complete);
-    complete.as_mut().enable();
-    let mut publishing = futures_util::stream::iter(0..N)
-        .map(|seq| broker.publish(&topic, Message::new(seq.to_string())))
-        .buffer_unordered(64);
-    while let Some(published) = publishing.next().await {
-        published.expect("publish");
-    }
-    tokio::time::timeout(Duration::from_secs(60), complete)
-        .await
-        .unwrap_or_else(|_| panic!("{} of {N} handled", handled.load(Ordering::Acquire)));
-    subscription.unsubscribe().await;
-    let once = counts
-        .iter()
-        .filter(|c| c.load(Ordering::Acquire) == 1)
-        .count();
-    assert_eq!(once, N, "every message handled exactly once");
-    assert_eq!(
-        redelivered.load(Ordering::Acquire),
-        0,
-        "no message redelivered"
-    );
+    testkit::settle_out_of_order(&broker, &topic, "workers", N, Duration::from_secs(60)).await;
 
     let js = async_nats::jetstream::new(common::raw_client().await);
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js

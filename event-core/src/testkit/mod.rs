@@ -115,7 +115,7 @@ macro_rules! conformance_suite {
             use super::*;
             $crate::conformance_suite!(@cases $factory;
                 publish_subscribe, concurrent_subscribe, many_topics, resend_on_error,
-                ack_after_handler, continue_after_errors, concurrent_publish, topic_isolation,
+                ack_after_handler, acks_out_of_order, continue_after_errors, concurrent_publish, topic_isolation,
                 unsubscribe_stops_delivery, consumer_groups, queue_group_splits, broadcast,
                 concurrent_close, typed_headers_roundtrip, context_propagates,
                 type_mismatch_dead_lettered, dead_letter_after_retries, panic_is_contained,

@@ -4,6 +4,7 @@
 mod delivery;
 mod failures;
 mod groups;
+mod settling;
 mod shutdown;
 mod typed;
 
@@ -16,6 +17,7 @@ pub use groups::{
     broadcast, concurrent_subscribe, consumer_groups, group_resumes, queue_group_splits,
     replays_from_earliest,
 };
+pub use settling::{acks_out_of_order, settle_out_of_order};
 pub use shutdown::{concurrent_close, drain_on_shutdown, unsubscribe_stops_delivery};
 pub use typed::{
     context_propagates, dead_letter_after_retries, proto_json_is_typed,
