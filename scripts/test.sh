@@ -26,5 +26,6 @@ for url in "kafka://$EVENT_TEST_KAFKA" "$EVENT_TEST_AMQP" "$EVENT_TEST_NATS"; do
     tail -n 1 "$STATE_DIR/tracing-${url%%:*}.out"
 done
 
+EVENT_GO_MICRO_PEER="$(interop/go-micro/build.sh)"; export EVENT_GO_MICRO_PEER  # the go-micro peer of the interop tests
 echo "== cargo test (workspace, all features: unit, integration, broker-backed, trybuild, doc tests)"
 cargo test --workspace --all-features --no-fail-fast

@@ -16,7 +16,9 @@
 //! | `traceparent`, `tracestate`, `baggage` | `Traceparent`, `Tracestate`, `Baggage` (go-micro's spelling) |
 //! | everything else (`ce_type`, `ce_source`, `ce_time`, correlation, user metadata) | the same name |
 //!
-//! A name with several values keeps its first: go-micro's header is a map of strings. A value
+//! A correlation id that only repeats the message id is left out, as on RabbitMQ (the reader's
+//! context takes the id for a missing one). A name with several values keeps its first:
+//! go-micro's header is a map of strings. A value
 //! that is not UTF-8 text cannot travel in JSON and is left out. The key is not in the
 //! envelope (go-micro has none); a backend keeps it where its transport has one.
 
@@ -48,12 +50,17 @@ fn go_micro_name(name: &str) -> Option<&'static str> {
 pub fn to_envelope(topic: &str, message: &Message) -> Bytes {
     let mut header = Map::new();
     let mut has_micro_id = false;
+    let id = message.headers.message_id();
     for (name, value) in message.headers.iter() {
         let Ok(value) = value.to_str() else {
             continue;
         };
         let name = name.as_str();
         if name.eq_ignore_ascii_case(names::MICRO_TOPIC) {
+            continue;
+        }
+        // a chain's first message: the reader's context takes the id for a missing one
+        if name.eq_ignore_ascii_case(names::CORRELATION_ID) && Some(value) == id {
             continue;
         }
         let wire = go_micro_name(name).unwrap_or(name);
@@ -126,6 +133,7 @@ mod tests {
             .with_header("ce_id", "0190d4b6-0000-7000-8000-000000000001")
             .with_header("ce_type", "users.v1.UserCreated")
             .with_header("content-type", "application/protobuf")
+            .with_header("correlation-id", "0190d4b6-0000-7000-8000-000000000001")
             .with_header(
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
