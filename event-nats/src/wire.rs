@@ -40,10 +40,22 @@ pub(crate) const ESCAPED_HEADER: &str = "x-event-escaped";
 /// JetStream's duplicate detection id.
 pub(crate) const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
+const KEY: async_nats::HeaderName = async_nats::HeaderName::from_static(KEY_HEADER);
+const ESCAPED: async_nats::HeaderName = async_nats::HeaderName::from_static(ESCAPED_HEADER);
+
 // --- percent encoding -------------------------------------------------------------------------
 
-/// Whether `value` can travel as a NATS header value as it is.
+/// Whether `value` can travel as a NATS header value as it is: UTF-8 without line breaks or
+/// other controls (a tab aside), not starting or ending with whitespace.
 fn travels_as_is(value: &[u8]) -> bool {
+    // printable ASCII (and tabs), the values the framework writes: one pass over the bytes
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+    {
+        let edge = |b: Option<&u8>| b.is_some_and(|&b| b == b' ' || b == b'\t');
+        return !edge(value.first()) && !edge(value.last());
+    }
     let Ok(text) = std::str::from_utf8(value) else {
         return false;
     };
@@ -115,8 +127,54 @@ pub(crate) fn percent_decode_str(value: &str) -> String {
 
 // --- headers ----------------------------------------------------------------------------------
 
-fn nats_name(name: &str) -> Result<async_nats::HeaderName, NatsBackendError> {
+/// The names the framework writes on every message, as NATS names that need no allocation
+/// (nor validation) per message.
+static KNOWN_NAMES: [(&str, async_nats::HeaderName); 17] = {
+    use async_nats::HeaderName as N;
+    [
+        (names::CE_SPECVERSION, N::from_static(names::CE_SPECVERSION)),
+        (names::CE_ID, N::from_static(names::CE_ID)),
+        (names::CE_SOURCE, N::from_static(names::CE_SOURCE)),
+        (names::CE_TYPE, N::from_static(names::CE_TYPE)),
+        (names::CE_TIME, N::from_static(names::CE_TIME)),
+        (names::CONTENT_TYPE, N::from_static(names::CONTENT_TYPE)),
+        (names::TRACEPARENT, N::from_static(names::TRACEPARENT)),
+        (names::TRACESTATE, N::from_static(names::TRACESTATE)),
+        (names::BAGGAGE, N::from_static(names::BAGGAGE)),
+        (names::CORRELATION_ID, N::from_static(names::CORRELATION_ID)),
+        (names::CAUSATION_ID, N::from_static(names::CAUSATION_ID)),
+        (names::X_EVENT_ERROR, N::from_static(names::X_EVENT_ERROR)),
+        (
+            names::X_EVENT_ERROR_KIND,
+            N::from_static(names::X_EVENT_ERROR_KIND),
+        ),
+        (
+            names::X_EVENT_ORIGINAL_TOPIC,
+            N::from_static(names::X_EVENT_ORIGINAL_TOPIC),
+        ),
+        (
+            names::X_EVENT_ORIGINAL_POSITION,
+            N::from_static(names::X_EVENT_ORIGINAL_POSITION),
+        ),
+        (
+            names::X_EVENT_HANDLER,
+            N::from_static(names::X_EVENT_HANDLER),
+        ),
+        (
+            names::X_EVENT_ATTEMPTS,
+            N::from_static(names::X_EVENT_ATTEMPTS),
+        ),
+    ]
+};
+
+/// `name` as a NATS name: one of [`KNOWN_NAMES`] (spelled exactly so, with its index), or
+/// parsed (validated and copied).
+fn nats_name(name: &str) -> Result<(async_nats::HeaderName, Option<usize>), NatsBackendError> {
+    if let Some(i) = KNOWN_NAMES.iter().position(|(known, _)| *known == name) {
+        return Ok((KNOWN_NAMES[i].1.clone(), Some(i)));
+    }
     name.parse::<async_nats::HeaderName>()
+        .map(|parsed| (parsed, None))
         .map_err(|_| NatsBackendError::HeaderName {
             name: name.chars().take(64).collect(),
             reason: "NATS header names are printable ASCII without ':' or spaces",
@@ -177,6 +235,8 @@ pub(crate) fn to_nats(
     }
     let mut map = async_nats::HeaderMap::new();
     let mut escaped: Vec<&str> = Vec::new();
+    // the known names written so far (bits of their index in KNOWN_NAMES)
+    let mut seen: u32 = 0;
     for (name, value) in message.headers.iter() {
         let name = name.as_str();
         if name.eq_ignore_ascii_case(KEY_HEADER)
@@ -186,28 +246,36 @@ pub(crate) fn to_nats(
             // written below from the key, the escapes and the id
             continue;
         }
-        let nats = nats_name(name)?;
-        if travels_as_is(value.as_bytes()) {
-            let text = value.to_str().expect("checked").to_owned();
-            map.append(nats, nats_value(text));
+        let (nats, known) = nats_name(name)?;
+        let as_is = travels_as_is(value.as_bytes());
+        let text = if as_is {
+            value.to_str().expect("checked").to_owned()
         } else {
-            map.append(nats, nats_value(percent_encode(value.as_bytes())));
-            if !escaped.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-                escaped.push(name);
+            percent_encode(value.as_bytes())
+        };
+        match known {
+            // the first of a known name: nothing to append to (one hash, not two)
+            Some(i) if seen & (1 << i) == 0 => {
+                seen |= 1 << i;
+                map.insert(nats, nats_value(text));
             }
+            _ => map.append(nats, nats_value(text)),
+        }
+        if !as_is && !escaped.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            escaped.push(name);
         }
     }
     if let Some(key) = &message.key {
         if travels_as_is(key) {
             let text = std::str::from_utf8(key).expect("checked").to_owned();
-            map.append(KEY_HEADER, nats_value(text));
+            map.insert(KEY, nats_value(text));
         } else {
-            map.append(KEY_HEADER, nats_value(percent_encode(key)));
+            map.insert(KEY, nats_value(percent_encode(key)));
             escaped.push(KEY_HEADER);
         }
     }
     for name in escaped {
-        map.append(ESCAPED_HEADER, nats_value(name.to_owned()));
+        map.append(ESCAPED, nats_value(name.to_owned()));
     }
     if let Some(id) = dedup {
         let id = if travels_as_is(id.as_bytes()) {
@@ -215,7 +283,7 @@ pub(crate) fn to_nats(
         } else {
             percent_encode(id.as_bytes())
         };
-        map.insert(MSG_ID_HEADER, nats_value(id));
+        map.insert(async_nats::header::NATS_MESSAGE_ID, nats_value(id));
     }
     Ok(Some(map))
 }
@@ -226,7 +294,7 @@ pub(crate) fn from_nats(headers: Option<&async_nats::HeaderMap>, payload: Bytes)
         return Message::new(payload);
     };
     let escaped: Vec<&str> = map
-        .get_all(ESCAPED_HEADER)
+        .get_all(ESCAPED)
         .map(async_nats::HeaderValue::as_str)
         .collect();
     let is_escaped = |name: &str| escaped.iter().any(|n| n.eq_ignore_ascii_case(name));
@@ -542,6 +610,49 @@ mod tests {
         assert_eq!(stream_position(9, 1).to_string(), "stream sequence 9");
         assert_eq!(core_position(3).to_string(), "core NATS delivery 3");
         assert_eq!(core_position(0).to_string(), "core NATS, flushed");
+    }
+
+    #[test]
+    fn travels_as_is_agrees_with_the_text_rules() {
+        let slow = |value: &[u8]| {
+            std::str::from_utf8(value).is_ok_and(|text| {
+                !text.contains(['\r', '\n'])
+                    && text.trim() == text
+                    && !text.chars().any(|c| c.is_control() && c != '\t')
+            })
+        };
+        let cases: [&[u8]; 16] = [
+            b"",
+            b"plain",
+            b"a b",
+            b" a",
+            b"a ",
+            b"\ta",
+            b"a\t",
+            b"a\tb",
+            b"a\nb",
+            b"a\rb",
+            b"a\x7fb",
+            b"a\x01b",
+            "caf\u{e9}".as_bytes(),
+            "a\u{a0}".as_bytes(),
+            "a\u{85}b".as_bytes(),
+            b"\xff",
+        ];
+        for case in cases {
+            assert_eq!(travels_as_is(case), slow(case), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn known_names_are_the_names_as_parsed() {
+        for (name, known) in &KNOWN_NAMES {
+            assert_eq!(*known, name.parse::<async_nats::HeaderName>().unwrap());
+            let (got, index) = nats_name(name).unwrap();
+            assert_eq!(&got, known);
+            assert!(index.is_some());
+        }
+        assert_eq!(nats_name("tenant").unwrap().1, None);
     }
 
     #[test]
