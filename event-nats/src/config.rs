@@ -40,13 +40,14 @@ const PARAMETERS: &[&str] = &[
     "tls_ca",
     "tls_cert",
     "tls_key",
+    "wire",
 ];
 
 const KNOWN_PARAMETERS: &str = "mode, servers, name, stream, stream_prefix, create_streams, \
     storage, retention, replicas, max_age_ms, max_bytes, max_messages, duplicate_window_ms, \
     ack_wait_ms, max_deliver, prefetch, group_inactive_threshold_ms, \
     broadcast_inactive_threshold_ms, connect_timeout_ms, publish_timeout_ms, request_timeout_ms, \
-    reconnect_min_ms, reconnect_max_ms, tls, tls_ca, tls_cert, tls_key";
+    reconnect_min_ms, reconnect_max_ms, tls, tls_ca, tls_cert, tls_key, wire";
 
 /// How the broker uses NATS.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,6 +184,7 @@ pub struct NatsBrokerBuilder {
     ack_wait: Option<Duration>,
     max_deliver: Option<i64>,
     prefetch: Option<usize>,
+    go_micro_envelope: Option<bool>,
     group_inactive_threshold: Option<Duration>,
     broadcast_inactive_threshold: Option<Duration>,
     connect_timeout: Option<Duration>,
@@ -215,6 +217,7 @@ impl NatsBrokerBuilder {
             ack_wait: None,
             max_deliver: None,
             prefetch: None,
+            go_micro_envelope: None,
             group_inactive_threshold: None,
             broadcast_inactive_threshold: None,
             connect_timeout: None,
@@ -343,6 +346,23 @@ impl NatsBrokerBuilder {
     /// dead-lettered. Leave it unlimited unless that is what you want.
     pub fn max_deliver(mut self, max_deliver: i64) -> Self {
         self.max_deliver = Some(max_deliver);
+        self
+    }
+
+    /// Speaks go-micro's NATS broker (default off; the URL form is `wire=go-micro`).
+    ///
+    /// go-micro's NATS broker does not use NATS headers: it publishes each message as a JSON
+    /// envelope, `{"Header":{"Content-Type":…,"Micro-ID":…},"Body":"<base64>"}`, and reads
+    /// only that. When on, publishing writes that envelope as the payload (the headers inside
+    /// it in go-micro's spelling; only `Nats-Msg-Id` stays a NATS header, for JetStream's
+    /// deduplication), so go-micro subscribers read our events; and consuming unwraps every
+    /// message that is such an envelope, so go-micro's messages arrive with their headers and
+    /// payload as typed events. Other messages are consumed as they are. The mapping is in
+    /// `event_core::backend::go_micro`. go-micro publishes on core NATS; a JetStream stream
+    /// that holds the subject keeps its messages all the same, and JetStream publishes reach
+    /// core NATS subscribers, so either [`Mode`] works.
+    pub fn go_micro_envelope(mut self, on: bool) -> Self {
+        self.go_micro_envelope = Some(on);
         self
     }
 
@@ -507,6 +527,7 @@ impl NatsBrokerBuilder {
             ack_wait,
             max_deliver,
             prefetch: self.prefetch.unwrap_or(0),
+            go_micro_envelope: self.go_micro_envelope.unwrap_or(false),
             group_inactive_threshold: self.group_inactive_threshold,
             broadcast_inactive_threshold: self
                 .broadcast_inactive_threshold
@@ -599,6 +620,21 @@ impl NatsBrokerBuilder {
             "prefetch" => {
                 let v = number::<usize>("prefetch", value, "a whole number of messages")?;
                 self.prefetch.get_or_insert(v);
+            }
+            "wire" => {
+                let v = match value {
+                    "cloudevents" => false,
+                    "go-micro" => true,
+                    _ => {
+                        return Err(invalid(
+                            "wire",
+                            value,
+                            "cloudevents (our headers in NATS headers, the default) or go-micro \
+                             (go-micro's JSON envelope as the payload)",
+                        ));
+                    }
+                };
+                self.go_micro_envelope.get_or_insert(v);
             }
             "group_inactive_threshold_ms" => {
                 let v = millis("group_inactive_threshold_ms", value)?;
@@ -849,6 +885,8 @@ pub(crate) struct Config {
     pub(crate) max_deliver: i64,
     /// 0: the subscription's concurrency.
     pub(crate) prefetch: usize,
+    /// Publish and read go-micro's JSON envelope.
+    pub(crate) go_micro_envelope: bool,
     pub(crate) group_inactive_threshold: Option<Duration>,
     pub(crate) broadcast_inactive_threshold: Duration,
     pub(crate) connect_timeout: Duration,
@@ -864,6 +902,24 @@ mod tests {
 
     fn config(url: &str) -> Result<Config, NatsConfigError> {
         NatsBrokerBuilder::new(url).into_config()
+    }
+
+    #[test]
+    fn the_wire_parameter_chooses_go_micro_s_envelope() {
+        assert!(!config("nats://h").unwrap().go_micro_envelope);
+        assert!(
+            !config("nats://h?wire=cloudevents")
+                .unwrap()
+                .go_micro_envelope
+        );
+        assert!(config("nats://h?wire=go-micro").unwrap().go_micro_envelope);
+        let builder = NatsBrokerBuilder::new("nats://h?wire=go-micro").go_micro_envelope(false);
+        assert!(
+            !builder.into_config().unwrap().go_micro_envelope,
+            "the builder wins"
+        );
+        let err = config("nats://h?wire=micro").unwrap_err().to_string();
+        assert!(err.contains("cloudevents (our headers"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,8 @@ struct Spec {
     durable: Option<String>,
     start: StartFrom,
     prefetch: usize,
+    /// Unwrap go-micro's JSON envelope.
+    go_micro_envelope: bool,
 }
 
 /// The consumer pulled from now: changes when a broadcast consumer is made again.
@@ -225,6 +227,7 @@ pub(crate) async fn open_jetstream(
             .map(|group| wire::consumer_name(topic, group)),
         start: options.start_position(),
         prefetch: config.prefetch.max(options.concurrency_limit()).max(1),
+        go_micro_envelope: config.go_micro_envelope,
     };
     let (consumer, after) = make_consumer(&inner, &session.js, &spec, &stream, None).await?;
     let inbox_subject = async_nats::Subject::from(session.client.new_inbox());
@@ -628,7 +631,12 @@ impl Puller {
         let key = self.sub.held.hold(reply.clone(), now);
         let delivery = Delivery::new(
             self.sub.spec.topic.clone(),
-            wire::from_nats(message.headers.as_ref(), message.payload),
+            wire::received(
+                &self.sub.spec.topic,
+                message.headers.as_ref(),
+                message.payload,
+                self.sub.spec.go_micro_envelope,
+            ),
             wire::stream_position(stream_sequence, delivered),
         )
         .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX));
@@ -862,6 +870,7 @@ pub(crate) async fn open_core(
         topic: Arc::from(topic),
         received: 0,
         client: session.client.clone(),
+        go_micro_envelope: inner.config.go_micro_envelope,
     })
 }
 
@@ -871,6 +880,8 @@ pub(crate) struct CoreSource {
     topic: Arc<str>,
     received: u64,
     client: async_nats::Client,
+    /// Unwrap go-micro's JSON envelope.
+    go_micro_envelope: bool,
 }
 
 impl DeliverySource for CoreSource {
@@ -882,7 +893,12 @@ impl DeliverySource for CoreSource {
         self.received += 1;
         let delivery = Delivery::new(
             self.topic.clone(),
-            wire::from_nats(message.headers.as_ref(), message.payload),
+            wire::received(
+                &self.topic,
+                message.headers.as_ref(),
+                message.payload,
+                self.go_micro_envelope,
+            ),
             wire::core_position(self.received),
         );
         Some(Incoming {

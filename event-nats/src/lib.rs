@@ -61,7 +61,9 @@
 //! (default unlimited), `prefetch`, `group_inactive_threshold_ms`,
 //! `broadcast_inactive_threshold_ms`, `connect_timeout_ms`, `publish_timeout_ms`,
 //! `request_timeout_ms`, `reconnect_min_ms`, `reconnect_max_ms`, `tls`, `tls_ca`, `tls_cert`,
-//! `tls_key`. An unknown parameter is an error that lists the known ones.
+//! `tls_key`, `wire` (`cloudevents`, the default, or `go-micro`: go-micro's JSON envelope as the
+//! payload, see [`NatsBrokerBuilder::go_micro_envelope`]). An unknown parameter is an error
+//! that lists the known ones.
 //!
 //! # The mapping (JetStream)
 //!

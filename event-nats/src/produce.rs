@@ -31,9 +31,15 @@ pub(crate) async fn publish(
     message: Message,
 ) -> Result<Receipt, PublishError> {
     let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
-    let mut headers = match wire::to_nats(topic, &message, true) {
-        Ok(headers) => Some(headers),
-        Err(error) => return fail(message, backend(error)),
+    let envelope = inner.config.go_micro_envelope;
+    let (payload, mut headers) = if envelope {
+        let (payload, headers) = wire::to_go_micro(topic, &message, true);
+        (payload, Some(headers))
+    } else {
+        match wire::to_nats(topic, &message, true) {
+            Ok(headers) => (message.payload.clone(), Some(headers)),
+            Err(error) => return fail(message, backend(error)),
+        }
     };
     let config = &inner.config;
     let started = Instant::now();
@@ -41,10 +47,11 @@ pub(crate) async fn publish(
     let mut backoff = Backoff::between(config.reconnect_min, config.reconnect_max);
     let mut provisioned = false;
     loop {
-        let mut publish = PublishMessage::build().payload(message.payload.clone());
+        let mut publish = PublishMessage::build().payload(payload.clone());
         // the first attempt takes the headers; a retry (rare) builds them again
         let attempt_headers = match headers.take() {
             Some(headers) => headers,
+            None if envelope => wire::to_go_micro(topic, &message, true).1,
             None => wire::to_nats(topic, &message, true).unwrap_or_default(),
         };
         if let Some(headers) = attempt_headers {
@@ -136,24 +143,23 @@ pub(crate) async fn publish_core(
     message: Message,
 ) -> Result<Receipt, PublishError> {
     let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
-    let headers = match wire::to_nats(topic, &message, false) {
-        Ok(headers) => headers,
-        Err(error) => return fail(message, backend(error)),
+    let (payload, headers) = if inner.config.go_micro_envelope {
+        wire::to_go_micro(topic, &message, false)
+    } else {
+        match wire::to_nats(topic, &message, false) {
+            Ok(headers) => (message.payload.clone(), headers),
+            Err(error) => return fail(message, backend(error)),
+        }
     };
     let subject = topic.to_owned();
     let sent = match headers {
         Some(headers) => {
             session
                 .client
-                .publish_with_headers(subject, headers, message.payload.clone())
+                .publish_with_headers(subject, headers, payload)
                 .await
         }
-        None => {
-            session
-                .client
-                .publish(subject, message.payload.clone())
-                .await
-        }
+        None => session.client.publish(subject, payload).await,
     };
     if let Err(error) = sent {
         return fail(message, client_error("publish", error));

@@ -27,7 +27,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use event_core::backend::{Position, PositionKind};
+use event_core::backend::{Position, PositionKind, go_micro};
 use event_core::broker::{BrokerError, Message};
 use event_core::headers::{HeaderName, HeaderValue, Headers, names};
 
@@ -212,6 +212,40 @@ pub(crate) fn dedup_id(topic: &str, message: &Message) -> Option<String> {
         ),
         None => format!("{id}@{topic}"),
     })
+}
+
+/// `message` as go-micro's NATS broker publishes it: go-micro's JSON envelope as the payload,
+/// and as the only NATS header the `Nats-Msg-Id` JetStream deduplicates by (`jetstream`).
+pub(crate) fn to_go_micro(
+    topic: &str,
+    message: &Message,
+    jetstream: bool,
+) -> (Bytes, Option<async_nats::HeaderMap>) {
+    let headers = dedup_id(topic, message).filter(|_| jetstream).map(|id| {
+        let id = if travels_as_is(id.as_bytes()) {
+            id
+        } else {
+            percent_encode(id.as_bytes())
+        };
+        let mut map = async_nats::HeaderMap::new();
+        map.insert(async_nats::header::NATS_MESSAGE_ID, nats_value(id));
+        map
+    });
+    (go_micro::to_envelope(topic, message), headers)
+}
+
+/// A consumed message: with `go_micro_envelope`, the message inside go-micro's envelope when
+/// the payload is one (go-micro writes no NATS headers); otherwise [`from_nats`].
+pub(crate) fn received(
+    topic: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+    go_micro_envelope: bool,
+) -> Message {
+    if go_micro_envelope && let Some(message) = go_micro::from_envelope(topic, &payload) {
+        return message;
+    }
+    from_nats(headers, payload)
 }
 
 /// The NATS headers `message` is published to `topic` with (see the module documentation);
@@ -495,6 +529,28 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    #[test]
+    fn go_micro_s_envelope_is_the_payload_and_read_back() {
+        let message = typed_message();
+        let (payload, headers) = to_go_micro("orders.placed", &message, true);
+        let headers = headers.expect("the dedup id");
+        assert_eq!(headers.iter().count(), 1, "only Nats-Msg-Id: {headers:?}");
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
+            message.headers.message_id().map(str::to_owned)
+        );
+        assert!(to_go_micro("orders.placed", &message, false).1.is_none());
+        let envelope: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(envelope["Header"]["Micro-Topic"], "orders.placed");
+        let back = received("orders.placed", Some(&headers), payload.clone(), true);
+        assert_eq!(back.headers.message_id(), message.headers.message_id());
+        assert_eq!(back.headers.message_type(), Some("shop.v1.OrderPlaced"));
+        assert_eq!(back.payload, message.payload);
+        // without the setting the envelope is a payload like any other
+        let raw = received("orders.placed", None, payload.clone(), false);
+        assert_eq!(raw.payload, payload);
     }
 
     #[test]
