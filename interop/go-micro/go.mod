@@ -6,6 +6,7 @@ require (
 	github.com/Shopify/sarama v1.30.1
 	github.com/bufbuild/protocompile v0.14.1
 	github.com/go-micro/plugins/v4/broker/kafka v1.2.0
+	github.com/nats-io/nats.go v1.42.0
 	github.com/rabbitmq/amqp091-go v1.10.0
 	go-micro.dev/v4 v4.9.0
 	go-micro.dev/v5 v5.30.0
@@ -66,7 +67,6 @@ require (
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
 	github.com/mitchellh/hashstructure v1.1.0 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
-	github.com/nats-io/nats.go v1.42.0 // indirect
 	github.com/nats-io/nkeys v0.4.11 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/nxadm/tail v1.4.8 // indirect

@@ -3,16 +3,16 @@
 // own headers: Micro-ID, Micro-Topic, Content-Type and the context metadata) and subscribes
 // with go-micro's server (`micro.RegisterSubscriber`).
 //
-// RabbitMQ is served here, on go-micro v5 and its built-in RabbitMQ broker. Kafka is served
-// by go-micro-peer-kafka (./kafka, go-micro v4 and its Kafka broker plugin), which this
-// program runs in its place for `--broker kafka`: it must sit in the same directory
-// (build.sh puts it there).
+// RabbitMQ and NATS are served here, on go-micro v5 and its built-in brokers (rabbitmq.go,
+// nats.go). Kafka is served by go-micro-peer-kafka (./kafka, go-micro v4 and its Kafka
+// broker plugin), which this program runs in its place for `--broker kafka`: it must sit in
+// the same directory (build.sh puts it there).
 //
-//	go-micro-peer publish   --broker rabbitmq|kafka --topic T --count N
+//	go-micro-peer publish   --broker rabbitmq|kafka|nats --topic T --count N
 //	                        [--content-type application/json|application/protobuf]
 //	                        [--type users.v1.UserCreated|shop.v1.OrderPlaced]
 //	                        [--meta k=v]... [--id-prefix P]
-//	go-micro-peer subscribe --broker rabbitmq|kafka --topic T --queue Q --count N
+//	go-micro-peer subscribe --broker rabbitmq|kafka|nats --topic T --queue Q --count N
 //	                        [--timeout 60s]
 //
 // Standard output carries one JSON object a line and nothing else (go-micro logs to
@@ -43,6 +43,10 @@ func main() {
 	switch {
 	case o.Broker == "kafka":
 		err = execKafka()
+	case o.Broker == "nats" && o.Command == "publish":
+		err = publishNATS(o)
+	case o.Broker == "nats":
+		err = subscribeNATS(o)
 	case o.Command == "publish":
 		err = publishRabbitMQ(o)
 	default:

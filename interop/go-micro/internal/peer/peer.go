@@ -1,6 +1,6 @@
 // Package peer is what the two go-micro peers share: the command line, the messages they
-// publish and the JSON lines they print. The RabbitMQ peer is built on go-micro v5, the
-// Kafka peer on go-micro v4 (the only version the Kafka broker plugin is published for);
+// publish and the JSON lines they print. The RabbitMQ and NATS peer is built on go-micro v5,
+// the Kafka peer on go-micro v4 (the only version the Kafka broker plugin is published for);
 // both versions register the same protobuf types (protorpc.Request...) in the global
 // registry, so they cannot be linked into one binary.
 package peer
@@ -26,15 +26,25 @@ import (
 const (
 	RabbitURL = "amqp://guest:guest@127.0.0.1:5672/"
 	KafkaAddr = "127.0.0.1:9092"
+	NatsAddr  = "nats://127.0.0.1:4222"
 )
+
+// NatsURL is the NATS server: EVENT_TEST_NATS (the variable the Rust tests read) when set,
+// else NatsAddr.
+func NatsURL() string {
+	if url := os.Getenv("EVENT_TEST_NATS"); url != "" {
+		return url
+	}
+	return NatsAddr
+}
 
 // Usage is the command line.
 const Usage = `usage:
-  go-micro-peer publish   --broker rabbitmq|kafka --topic T [--count N]
+  go-micro-peer publish   --broker rabbitmq|kafka|nats --topic T [--count N]
                           [--content-type application/json|application/protobuf]
                           [--type users.v1.UserCreated|shop.v1.OrderPlaced]
                           [--meta k=v]... [--id-prefix P] [--address A]
-  go-micro-peer subscribe --broker rabbitmq|kafka --topic T --queue Q [--count N]
+  go-micro-peer subscribe --broker rabbitmq|kafka|nats --topic T --queue Q [--count N]
                           [--timeout 60s] [--address A]`
 
 type metaFlag map[string]string
@@ -73,7 +83,7 @@ func Parse(args []string) Options {
 	meta := metaFlag{}
 	o := Options{Command: args[0], Meta: meta}
 	flags := flag.NewFlagSet(o.Command, flag.ExitOnError)
-	flags.StringVar(&o.Broker, "broker", "rabbitmq", "rabbitmq or kafka")
+	flags.StringVar(&o.Broker, "broker", "rabbitmq", "rabbitmq, kafka or nats")
 	flags.StringVar(&o.Topic, "topic", "", "the topic")
 	flags.StringVar(&o.Queue, "queue", "", "subscribe: the queue (consumer group)")
 	flags.IntVar(&o.Count, "count", 1, "messages to publish, or to receive before exiting")
@@ -82,7 +92,7 @@ func Parse(args []string) Options {
 	flags.StringVar(&o.IDPrefix, "id-prefix", "go", "publish: the prefix of the user ids")
 	flags.Var(meta, "meta", "publish: context metadata k=v (repeatable)")
 	flags.DurationVar(&o.Timeout, "timeout", 60*time.Second, "subscribe: give up after this long")
-	flags.StringVar(&o.Address, "address", "", "the broker's address (default: RabbitMQ "+RabbitURL+", Kafka "+KafkaAddr+")")
+	flags.StringVar(&o.Address, "address", "", "the broker's address (default: RabbitMQ "+RabbitURL+", Kafka "+KafkaAddr+", NATS $EVENT_TEST_NATS or "+NatsAddr+")")
 	_ = flags.Parse(args[1:])
 	if o.Topic == "" {
 		Fail("--topic is required\n" + Usage)
@@ -90,8 +100,8 @@ func Parse(args []string) Options {
 	if o.Command == "subscribe" && o.Queue == "" {
 		Fail("--queue is required\n" + Usage)
 	}
-	if o.Broker != "rabbitmq" && o.Broker != "kafka" {
-		Fail("--broker: rabbitmq or kafka, not " + o.Broker)
+	if o.Broker != "rabbitmq" && o.Broker != "kafka" && o.Broker != "nats" {
+		Fail("--broker: rabbitmq, kafka or nats, not " + o.Broker)
 	}
 	return o
 }
