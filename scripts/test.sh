@@ -27,5 +27,6 @@ for url in "kafka://$EVENT_TEST_KAFKA" "$EVENT_TEST_AMQP" "$EVENT_TEST_NATS"; do
 done
 
 EVENT_GO_MICRO_PEER="$(interop/go-micro/build.sh)"; export EVENT_GO_MICRO_PEER  # the go-micro peer of the interop tests
+EVENT_GO_REDIS_CLIENT="$(interop/go-redis/build.sh)"; export EVENT_GO_REDIS_CLIENT  # go-redis, for event-gateway's tests
 echo "== cargo test (workspace, all features: unit, integration, broker-backed, trybuild, doc tests)"
 cargo test --workspace --all-features --no-fail-fast

@@ -83,7 +83,7 @@ pub fn is_registered(full_name: &str) -> bool {
 }
 
 /// The registered descriptor of `full_name`.
-fn lookup(full_name: &str) -> Option<MessageDescriptor> {
+pub(super) fn lookup(full_name: &str) -> Option<MessageDescriptor> {
     DescriptorPool::global().get_message_by_name(full_name)
 }
 
@@ -237,6 +237,20 @@ pub(crate) fn from_json<T: prost::Message + Default>(
     };
     let message = T::decode(dynamic.encode_to_vec().as_slice()).map_err(JsonFailure::Mismatch)?;
     Ok((message, unknown))
+}
+
+/// Whether `payload` is proto3 JSON of `descriptor`'s type; a key that is not a field of the
+/// type is refused unless `unknown_allowed` (a type header vouches for the type).
+pub(super) fn check_json(
+    descriptor: &MessageDescriptor,
+    payload: &[u8],
+    unknown_allowed: bool,
+) -> Result<(), JsonFailure> {
+    let options = DeserializeOptions::new().deny_unknown_fields(!unknown_allowed);
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &options)
+        .and_then(|_| deserializer.end())
+        .map_err(JsonFailure::Invalid)
 }
 
 /// Encodes `message` as proto3 JSON of `descriptor`'s type.

@@ -45,12 +45,14 @@ use std::fmt;
 
 use bytes::Bytes;
 
+mod check;
 mod classify;
 mod decode;
 mod diagnosis;
 pub mod json;
 mod protobuf;
 
+pub use check::check;
 pub use classify::{PayloadKind, classify};
 pub use diagnosis::{CodecChoice, DecodeError, Diagnosis};
 pub use json::ProtoJson;

@@ -1,0 +1,299 @@
+//! The gateway driven by `redis-cli`, the Redis reference client, over the in-memory broker:
+//! connection commands, authentication, pub/sub, the stream commands with acknowledgements,
+//! and the error replies of unknown commands and wrong arity.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Running, TestGateway, blocking, config, redis_cli, redis_cli_with};
+use event_core::memory::MemoryBroker;
+use event_gateway::GatewayConfig;
+
+async fn gateway(config: GatewayConfig) -> TestGateway {
+    TestGateway::start(Arc::new(MemoryBroker::new()), config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_commands_answer_as_redis_does() {
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    blocking(move || {
+        assert_eq!(redis_cli(addr, &["PING"]).trim(), "PONG");
+        assert_eq!(redis_cli(addr, &["PING", "hi there"]).trim(), "\"hi there\"");
+        assert_eq!(redis_cli(addr, &["ECHO", "x y"]).trim(), "\"x y\"");
+        assert_eq!(redis_cli(addr, &["SELECT", "0"]).trim(), "OK");
+        assert_eq!(
+            redis_cli(addr, &["SELECT", "1"]).trim(),
+            "(error) ERR DB index is out of range"
+        );
+        let hello = redis_cli_with(addr, &["-3"], &["HELLO", "3"]);
+        assert!(hello.contains("\"proto\" => (integer) 3"), "{hello}");
+        assert!(hello.contains("\"server\" => \"event-gateway\""), "{hello}");
+        let id: i64 = redis_cli(addr, &["CLIENT", "ID"])
+            .trim()
+            .trim_start_matches("(integer) ")
+            .parse()
+            .expect("an integer id");
+        assert!(id > 0);
+        assert_eq!(redis_cli(addr, &["CLIENT", "GETNAME"]).trim(), "(nil)");
+        let unknown = redis_cli(addr, &["FROB", "a", "b"]);
+        assert_eq!(
+            unknown.trim(),
+            "(error) ERR unknown command 'FROB', with args beginning with: 'a' 'b'"
+        );
+        assert_eq!(
+            redis_cli(addr, &["PUBLISH", "only-topic"]).trim(),
+            "(error) ERR wrong number of arguments for 'publish' command"
+        );
+        assert_eq!(
+            redis_cli(addr, &["XADD", "t", "5-1", "payload", "x"]).trim(),
+            "(error) ERR event-gateway assigns the ids: use * (an explicit id is not kept by the broker; the message id travels as the ce_id field)"
+        );
+        let count = redis_cli(addr, &["COMMAND", "COUNT"]);
+        assert!(count.starts_with("(integer) "), "{count}");
+    })
+    .await;
+    // a session of several commands on one connection, names and all
+    let session = blocking(move || {
+        let mut command = std::process::Command::new("redis-cli");
+        command
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("redis-cli runs");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"CLIENT SETNAME worker-1\nCLIENT GETNAME\nCLIENT GETNAME\n")
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    })
+    .await;
+    assert_eq!(
+        session.lines().collect::<Vec<_>>(),
+        ["OK", "worker-1", "worker-1"],
+        "{session}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_is_required_before_anything_else() {
+    let gw = gateway(config().password("s3cret")).await;
+    let addr = gw.addr;
+    blocking(move || {
+        assert_eq!(
+            redis_cli(addr, &["PING"]).trim(),
+            "(error) NOAUTH Authentication required."
+        );
+        assert_eq!(
+            redis_cli(addr, &["PUBLISH", "t", "x"]).trim(),
+            "(error) NOAUTH Authentication required."
+        );
+        // redis-cli reports the failed AUTH on stderr and goes on unauthenticated
+        let wrong = redis_cli_with(addr, &["-a", "nope", "--no-auth-warning"], &["PING"]);
+        assert_eq!(wrong.trim(), "(error) NOAUTH Authentication required.");
+        assert_eq!(
+            redis_cli(addr, &["AUTH", "nope"]).trim(),
+            "(error) WRONGPASS invalid username-password pair or user is disabled."
+        );
+        assert_eq!(
+            redis_cli_with(addr, &["-a", "s3cret", "--no-auth-warning"], &["PING"]).trim(),
+            "PONG"
+        );
+        assert_eq!(
+            redis_cli_with(
+                addr,
+                &["--user", "default", "--pass", "s3cret", "--no-auth-warning"],
+                &["PING"]
+            )
+            .trim(),
+            "PONG"
+        );
+        // HELLO with AUTH authenticates and switches protocol at once
+        let hello = redis_cli(addr, &["HELLO", "3", "AUTH", "default", "s3cret"]);
+        assert!(hello.contains("proto"), "{hello}");
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_a_subscribed_redis_cli() {
+    let gw = gateway(config()).await;
+    let port = gw.port();
+    let mut subscriber = Running::spawn(
+        "redis-cli",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--no-raw",
+            "SUBSCRIBE",
+            "news",
+            "alerts",
+        ],
+        "redis-cli SUBSCRIBE",
+    );
+    let confirmations = blocking(move || {
+        let mut first = subscriber.line();
+        while first.starts_with("Reading messages") {
+            first = subscriber.line();
+        }
+        let lines: Vec<String> = std::iter::once(first)
+            .chain((0..5).map(|_| subscriber.line()))
+            .collect();
+        (subscriber, lines)
+    })
+    .await;
+    let (mut subscriber, lines) = confirmations;
+    assert_eq!(
+        lines,
+        [
+            "1) \"subscribe\"",
+            "2) \"news\"",
+            "3) (integer) 1",
+            "1) \"subscribe\"",
+            "2) \"alerts\"",
+            "3) (integer) 2"
+        ]
+    );
+    let addr = gw.addr;
+    let (subscriber, published) = blocking(move || {
+        let published = redis_cli(addr, &["PUBLISH", "news", "hello world"]);
+        let lines: Vec<String> = (0..3).map(|_| subscriber.line()).collect();
+        assert_eq!(
+            lines,
+            ["1) \"message\"", "2) \"news\"", "3) \"hello world\""]
+        );
+        (subscriber, published)
+    })
+    .await;
+    assert_eq!(published.trim(), "(integer) 1");
+    drop(subscriber);
+    gw.stop().await;
+}
+
+/// What one `XREADGROUP` printed: the ids and payloads, in order.
+fn entries(output: &str) -> Vec<(String, String)> {
+    // redis-cli prints `1) 1) "topic"  2) 1) 1) "<id>"  2) 1) "payload"  2) "<bytes>" ...`
+    let quoted: Vec<&str> = output
+        .lines()
+        .filter_map(|line| {
+            line.split_once('"')
+                .map(|(_, rest)| rest.trim_end_matches('"'))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, word) in quoted.iter().enumerate() {
+        if *word == "payload" && i >= 1 {
+            out.push((quoted[i - 1].to_owned(), quoted[i + 1].to_owned()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xadd_xreadgroup_xack_with_two_consumers() {
+    // one command per connection, as redis-cli is used from scripts: what a consumer read
+    // stays its own after its connection ended (the reclaim delay), so a later XACK counts
+    let gw = gateway(config().reclaim_after(std::time::Duration::from_secs(30))).await;
+    let addr = gw.addr;
+    blocking(move || {
+        assert_eq!(redis_cli(addr, &["XGROUP", "CREATE", "orders", "billing", "$", "MKSTREAM"]).trim(), "OK");
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "CREATE", "orders", "billing", "$"]).trim(),
+            "(error) BUSYGROUP Consumer Group name already exists"
+        );
+        for n in 0..3 {
+            let id = redis_cli(addr, &["XADD", "orders", "*", "payload", &format!("order-{n}"), "tenant", "acme"]);
+            assert!(id.trim().trim_matches('"').split_once('-').is_some(), "an id: {id}");
+        }
+        let first = redis_cli(addr, &["XREADGROUP", "GROUP", "billing", "alice", "COUNT", "2", "STREAMS", "orders", ">"]);
+        let read = entries(&first);
+        assert_eq!(read.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(), ["order-0", "order-1"], "{first}");
+        assert!(first.contains("\"tenant\"") && first.contains("\"acme\""), "fields come back: {first}");
+        assert!(first.contains("\"ce_id\""), "headers come back as fields: {first}");
+        let pending = redis_cli(addr, &["XPENDING", "orders", "billing"]);
+        assert!(pending.starts_with("1) (integer) 2"), "{pending}");
+        assert!(pending.contains("\"alice\"") && pending.contains("\"2\""), "{pending}");
+        let second = redis_cli(addr, &["XREADGROUP", "GROUP", "billing", "bob", "STREAMS", "orders", ">"]);
+        let read_by_bob = entries(&second);
+        assert_eq!(read_by_bob.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(), ["order-2"], "{second}");
+        // alice's own history, on a new connection
+        let history = redis_cli(addr, &["XREADGROUP", "GROUP", "billing", "alice", "STREAMS", "orders", "0"]);
+        assert_eq!(entries(&history), read, "{history}");
+        let mut ids: Vec<&str> = read.iter().chain(&read_by_bob).map(|(id, _)| id.as_str()).collect();
+        ids.push("1-1"); // not pending: not counted
+        let mut ack = vec!["XACK", "orders", "billing"];
+        ack.extend(ids);
+        assert_eq!(redis_cli(addr, &ack).trim(), "(integer) 3");
+        let pending = redis_cli(addr, &["XPENDING", "orders", "billing"]);
+        assert!(pending.starts_with("1) (integer) 0"), "{pending}");
+        // nothing is left for anyone
+        assert_eq!(
+            redis_cli(addr, &["XREADGROUP", "GROUP", "billing", "carol", "STREAMS", "orders", ">"]).trim(),
+            "(nil)"
+        );
+        assert_eq!(
+            redis_cli(addr, &["XPENDING", "orders", "nogroup"]).trim(),
+            "(error) NOGROUP No such key 'orders' or consumer group 'nogroup' (create it with XGROUP CREATE, or read from it with XREADGROUP)"
+        );
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_xreadgroup_wakes_up_on_xadd() {
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    let port = gw.port();
+    blocking(move || {
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "CREATE", "jobs", "w", "$"]).trim(),
+            "OK"
+        );
+    })
+    .await;
+    let mut reader = Running::spawn(
+        "redis-cli",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--no-raw",
+            "XREADGROUP",
+            "GROUP",
+            "w",
+            "c",
+            "BLOCK",
+            "0",
+            "STREAMS",
+            "jobs",
+            ">",
+        ],
+        "redis-cli XREADGROUP BLOCK 0",
+    );
+    blocking(move || {
+        // INFO counts the connections waiting in a blocking command, as Redis does
+        while !redis_cli(addr, &["INFO"]).contains("blocked_clients:1") {
+            std::thread::yield_now();
+        }
+        redis_cli(addr, &["XADD", "jobs", "*", "payload", "job-1"]);
+        let output: Vec<String> = (0..6).map(|_| reader.line()).collect();
+        let text = output.join("\n");
+        assert!(
+            text.contains("\"jobs\"") && text.contains("\"job-1\""),
+            "{text}"
+        );
+        reader.finish();
+    })
+    .await;
+    gw.stop().await;
+}
