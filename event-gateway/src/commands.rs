@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use event_core::broker::{
-    Message, Outcome, StartFrom, SubscribeOptions, handler_fn, validate_topic,
+    Message, Outcome, PublishError, StartFrom, SubscribeOptions, TryPublish, handler_fn,
+    validate_topic,
 };
 use event_core::headers::{HeaderName, names};
 use futures_util::FutureExt;
@@ -105,13 +106,16 @@ impl Connection {
                     metrics::counter!("event_gateway_command_errors_total", "command" => label)
                         .increment(1);
                 }
-                self.settle_in_flight().await;
+                if !self.settle_in_flight().await {
+                    return Flow::Close;
+                }
                 self.reply(reply);
                 Flow::Continue
             }
             Some(Err(Close(reply))) => {
-                self.settle_in_flight().await;
-                if let Some(reply) = reply {
+                if self.settle_in_flight().await
+                    && let Some(reply) = reply
+                {
                     self.reply(reply);
                 }
                 Flow::Close
@@ -160,16 +164,24 @@ impl Connection {
         // the publishes answer later; everything else sees what came before it
         match *name {
             "publish" | "xadd" => {
-                return match self.publish(name, args) {
-                    // in request order: the ordered queue polls them in the order pushed
-                    Ok(reply) => {
-                        self.reply_later(reply).await;
-                        None
-                    }
-                    Err(reply) => Some(Ok(reply)),
+                let later = match self.publish(name, args) {
+                    Ok(Published::Now(reply)) if self.nothing_owed() => return Some(Ok(reply)),
+                    Ok(Published::Now(reply)) => std::future::ready(reply).boxed(),
+                    Ok(Published::Later(reply)) => reply,
+                    Err(reply) => return Some(Ok(reply)),
+                };
+                // in request order: the ordered queue polls them in the order pushed
+                return if self.reply_later(later).await {
+                    None
+                } else {
+                    Some(Err(Close(None)))
                 };
             }
-            _ => self.settle_in_flight().await,
+            _ => {
+                if !self.settle_in_flight().await {
+                    return Some(Err(Close(None)));
+                }
+            }
         }
         let reply = match *name {
             "ping" => self.ping(&args),
@@ -366,11 +378,7 @@ impl Connection {
 
     /// `PUBLISH topic payload` and `XADD topic * payload <bytes> field value ...`: checked and
     /// handed to the broker now, answered when the broker has answered.
-    fn publish(
-        &mut self,
-        name: &str,
-        args: Vec<Bytes>,
-    ) -> Result<BoxFuture<'static, Reply>, Reply> {
+    fn publish(&mut self, name: &str, args: Vec<Bytes>) -> Result<Published, Reply> {
         let topic = text(&args[1]);
         validate_topic(&topic).map_err(|error| Reply::err(describe(&error)))?;
         let (mut message, id) = if name == "publish" {
@@ -378,28 +386,39 @@ impl Connection {
         } else {
             (xadd_message(&args)?, Some(self.shared.next_id()))
         };
-        stamp(&mut message, &self.shared.config.source);
         self.shared
             .config
             .typed
             .admit(&topic, &mut message)
             .map_err(|error| {
                 metrics::counter!("event_gateway_refused_total").increment(1);
-                Reply::err(format!("refused, nothing published: {error}"))
+                Reply::err(format!(
+                    "refused, nothing published: {}",
+                    crate::typed::explain(&error)
+                ))
             })?;
+        stamp(&mut message, &self.shared.config.source);
+        let answer = move |topic: &str, result: Result<_, PublishError>| match result {
+            Ok(_) => match id {
+                Some(id) => Reply::text(id.to_string()),
+                None => Reply::Int(1),
+            },
+            Err(error) => Reply::err(format!("publish to {topic} failed: {}", describe(&error))),
+        };
+        // a broker that takes the message without waiting (the memory broker with room)
+        // answers now, without a future to keep
+        let message = match self.shared.broker.try_publish(&topic, message) {
+            TryPublish::Done(result) => return Ok(Published::Now(answer(&topic, result))),
+            TryPublish::WouldWait(message) => message,
+        };
         let broker = self.shared.broker.clone();
-        Ok(async move {
-            match broker.publish(&topic, message).await {
-                Ok(_) => match id {
-                    Some(id) => Reply::text(id.to_string()),
-                    None => Reply::Int(1),
-                },
-                Err(error) => {
-                    Reply::err(format!("publish to {topic} failed: {}", describe(&error)))
-                }
+        Ok(Published::Later(
+            async move {
+                let result = broker.publish(&topic, message).await;
+                answer(&topic, result)
             }
-        }
-        .boxed())
+            .boxed(),
+        ))
     }
 
     async fn subscribe(&mut self, args: &[Bytes]) -> Option<Reply> {
@@ -723,6 +742,12 @@ impl Connection {
                 .collect(),
         )
     }
+}
+
+/// A publish's reply: now, or once the broker answers.
+pub(crate) enum Published {
+    Now(Reply),
+    Later(BoxFuture<'static, Reply>),
 }
 
 /// The connection ends after this reply, if any.

@@ -7,18 +7,15 @@
 //! command sees the effects of the ones before it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use event_core::broker::Subscription;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -42,9 +39,9 @@ pub(crate) enum Flow {
 pub(crate) struct Connection {
     pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
-    peer: SocketAddr,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    peer: String,
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     pub(crate) input: BytesMut,
     output: BytesMut,
     pub(crate) protocol: Protocol,
@@ -58,6 +55,8 @@ pub(crate) struct Connection {
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) stop: CancellationToken,
     limits: Limits,
+    /// The client closed its sending side.
+    eof: bool,
 }
 
 /// What ends the wait of a blocking command.
@@ -69,14 +68,16 @@ pub(crate) enum Interrupted {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
+    pub(crate) fn new<S>(
+        stream: S,
+        peer: String,
         shared: Arc<Shared>,
         stop: CancellationToken,
-    ) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+    ) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
         let (push_sender, pushes) = mpsc::channel(shared.config.subscriber_buffer);
         let id = shared
             .next_client
@@ -90,8 +91,8 @@ impl Connection {
             authenticated: shared.config.password.is_none(),
             shared,
             peer,
-            reader,
-            writer,
+            reader: Box::new(reader),
+            writer: Box::new(writer),
             input: BytesMut::with_capacity(16 * 1024),
             output: BytesMut::with_capacity(16 * 1024),
             protocol: Protocol::Resp2,
@@ -103,6 +104,7 @@ impl Connection {
             groups: Vec::new(),
             stop,
             limits,
+            eof: false,
         }
     }
 
@@ -131,7 +133,6 @@ impl Connection {
                     Ok(Some(args)) if args.is_empty() => {}
                     Ok(Some(args)) => {
                         if let Flow::Close = self.execute(args).await {
-                            self.settle_in_flight().await;
                             return self.flush().await;
                         }
                     }
@@ -140,9 +141,12 @@ impl Connection {
                         // the rest of the stream cannot be read: answer, then close
                         tracing::debug!(%error, "protocol error");
                         metrics::counter!("event_gateway_protocol_errors_total").increment(1);
-                        self.settle_in_flight().await;
-                        self.reply(Reply::err(error));
-                        return self.flush().await;
+                        if self.settle_in_flight().await {
+                            self.reply(Reply::err(error));
+                        }
+                        self.flush().await?;
+                        self.linger().await;
+                        return Ok(());
                     }
                 }
                 if self.output.len() >= WRITE_AT {
@@ -157,7 +161,13 @@ impl Connection {
                     self.settle_in_flight().await;
                     return self.flush().await;
                 }
-                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => self.reply(reply),
+                Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.reply(reply);
+                    // and every other one that is ready: one write for all of them
+                    while let Some(Some(reply)) = self.in_flight.next().now_or_never() {
+                        self.reply(reply);
+                    }
+                }
                 Some((topic, payload)) = self.pushes.recv() => self.reply(Reply::Push(vec![
                     Reply::bulk_static("message"),
                     Reply::Bulk(topic),
@@ -165,11 +175,20 @@ impl Connection {
                 ])),
                 read = self.reader.read_buf(&mut self.input) => {
                     if read? == 0 {
-                        return Ok(());
+                        // a client that closed only its sending side still reads: the replies
+                        // it is owed go out, unless the broker takes too long
+                        self.eof = true;
+                        self.settle_in_flight().await;
+                        return self.flush().await;
                     }
                 }
             }
         }
+    }
+
+    /// Whether no reply waits for the broker.
+    pub(crate) fn nothing_owed(&self) -> bool {
+        self.in_flight.is_empty()
     }
 
     /// Queues a reply behind those owed.
@@ -185,21 +204,61 @@ impl Connection {
         Ok(())
     }
 
-    /// Waits for every pipelined publish and writes their replies.
-    pub(crate) async fn settle_in_flight(&mut self) {
-        while let Some(reply) = self.in_flight.next().await {
-            self.reply(reply);
-        }
+    /// Closes after a protocol error so that the client reads the error: the sending side
+    /// first, then what the client still sends is read and dropped for a moment. (Closing
+    /// with unread bytes makes the kernel reset the connection, and a reset can overtake the
+    /// error reply.)
+    async fn linger(&mut self) {
+        let _ = self.writer.shutdown().await;
+        let mut sink = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let mut dropped = 0usize;
+            while dropped < self.limits.max_request {
+                match self.reader.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => dropped += n,
+                }
+            }
+        })
+        .await;
     }
 
-    /// Queues a reply that waits for the broker, after the replies owed before it.
-    pub(crate) async fn reply_later(&mut self, reply: BoxFuture<'static, Reply>) {
+    /// Waits for every pipelined publish and writes their replies, reading what the client
+    /// sends meanwhile. `false` when the client closed its side and the broker has not
+    /// answered within the drain timeout after that: nobody waits for those replies.
+    pub(crate) async fn settle_in_flight(&mut self) -> bool {
+        let drain = self.shared.config.drain_timeout;
+        let mut deadline = self.eof.then(|| tokio::time::Instant::now() + drain);
+        while !self.in_flight.is_empty() {
+            let room = !self.eof && self.input.len() < self.limits.max_request;
+            if room {
+                self.input.reserve(16 * 1024);
+            }
+            tokio::select! {
+                biased;
+                Some(reply) = self.in_flight.next() => self.reply(reply),
+                read = self.reader.read_buf(&mut self.input), if room => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        self.eof = true;
+                        deadline = Some(tokio::time::Instant::now() + drain);
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() => return false,
+            }
+        }
+        true
+    }
+
+    /// Queues a reply that waits for the broker, after the replies owed before it; `false` as
+    /// [`Connection::settle_in_flight`].
+    pub(crate) async fn reply_later(&mut self, reply: BoxFuture<'static, Reply>) -> bool {
         if self.in_flight.len() >= self.shared.config.max_in_flight
-            && let Some(first) = self.in_flight.next().await
+            && !self.settle_in_flight().await
         {
-            self.reply(first);
+            return false;
         }
         self.in_flight.push_back(reply);
+        true
     }
 
     /// Waits for `wake` while watching the connection: bytes that arrive meanwhile are kept
@@ -216,6 +275,9 @@ impl Connection {
         let _blocked = Blocked(&shared.blocked);
         tokio::pin!(wake);
         loop {
+            if self.eof {
+                return Err(Interrupted::Closed);
+            }
             let room = self.input.len() < self.limits.max_request;
             if room {
                 self.input.reserve(16 * 1024);
@@ -225,7 +287,10 @@ impl Connection {
                 () = self.stop.cancelled() => return Err(Interrupted::Stopping),
                 output = &mut wake => return Ok(output),
                 read = self.reader.read_buf(&mut self.input), if room => match read {
-                    Ok(0) | Err(_) => return Err(Interrupted::Closed),
+                    Ok(0) | Err(_) => {
+                        self.eof = true;
+                        return Err(Interrupted::Closed);
+                    }
                     Ok(_) => {}
                 },
             }
@@ -251,6 +316,13 @@ impl Connection {
                 );
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -26,7 +26,6 @@
 //! published.
 //!
 //! ```no_run
-//! use std::sync::Arc;
 //! use event_gateway::{Gateway, GatewayConfig};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +35,11 @@
 //! gateway.serve(listener, async { tokio::signal::ctrl_c().await.ok(); }).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! `kafka`, `amqp` and `nats` (all on by default) link the backends that `EVENT_BROKER` can
+//! name; `memory://` is always there.
 
 mod commands;
 mod config;
@@ -51,6 +55,9 @@ pub use serve::{Gateway, ServeError};
 pub use typed::{TypedTopics, TypedTopicsError};
 
 // the backends, linked so that `EVENT_BROKER` can name any of them
+#[cfg(feature = "amqp")]
 use event_amqp as _;
+#[cfg(feature = "kafka")]
 use event_kafka as _;
+#[cfg(feature = "nats")]
 use event_nats as _;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_core::broker::{Broker, BrokerError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +66,23 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
+    /// Serves one connection that was accepted elsewhere (a TLS stream, a Unix socket, an
+    /// in-memory pipe), until the client closes it or sends `QUIT`; `peer` names it in logs.
+    /// The broker must be connected ([`Broker::connect`]); [`Gateway::serve`] does that.
+    pub async fn serve_connection<S>(&self, stream: S, peer: impl std::fmt::Display)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Connection::new(
+            stream,
+            peer.to_string(),
+            self.shared.clone(),
+            CancellationToken::new(),
+        )
+        .run()
+        .await;
+    }
+
     /// A gateway in front of `broker`.
     pub fn new(broker: Arc<dyn Broker>, config: GatewayConfig) -> Self {
         Gateway {
@@ -114,7 +132,8 @@ impl Gateway {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let connection = Connection::new(stream, peer, shared.clone(), stop.child_token());
+                        let _ = stream.set_nodelay(true);
+                        let connection = Connection::new(stream, peer.to_string(), shared.clone(), stop.child_token());
                         connections.spawn(connection.run());
                     }
                     Err(error) => {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use event_core::broker::{Delivery, Message, Position};
-use event_core::codec::{self, DecodeError};
+use event_core::codec::{self, DecodeError, PayloadKind};
 use event_core::headers::names;
 use prost_reflect::DescriptorPool;
 
@@ -162,4 +162,54 @@ impl TypedTopics {
         }
         Ok(())
     }
+}
+
+/// The reply text of a refused payload: what is wrong, what the bytes look like, and a hint in
+/// the client's terms (fields and commands, not the Rust API).
+pub(crate) fn explain(error: &DecodeError) -> String {
+    let d = error.diagnosis();
+    let full = error.to_string();
+    let mut what = full.split(" (").next().unwrap_or(&full).to_owned();
+    // the decoder's own words: where, and which key or value does not fit
+    if let Some(source) = std::error::Error::source(error) {
+        what.push_str(&format!(" ({source})"));
+    }
+    let mut text = format!(
+        "{what}: topic {:?} takes {}; the payload is {} ({} bytes: {})",
+        d.topic,
+        d.expected_type,
+        d.payload_kind,
+        d.payload_len,
+        if d.payload_preview.is_empty() {
+            "-"
+        } else {
+            &d.payload_preview
+        }
+    );
+    if let Some(content_type) = &d.content_type {
+        text.push_str(&format!(", content type {content_type}"));
+    }
+    let json_content = d.content_type.as_deref().is_some_and(codec::is_json);
+    let hint = match error {
+        DecodeError::TypeMismatch { .. } => format!(
+            "the ce_type field says {}: send {} on this topic, or leave ce_type out",
+            d.found_type.as_deref().unwrap_or("?"),
+            d.expected_type
+        ),
+        _ if matches!(d.payload_kind, PayloadKind::Json { .. }) && !json_content => format!(
+            "if it is the proto3 JSON of {0}, send it with XADD and the field content-type \
+             application/json; otherwise send the protobuf encoding of {0}",
+            d.expected_type
+        ),
+        _ => {
+            let hint = d.hint();
+            hint.split(" (the message has no type header")
+                .next()
+                .unwrap_or(&hint)
+                .to_owned()
+        }
+    };
+    text.push_str("; hint: ");
+    text.push_str(&hint);
+    text
 }

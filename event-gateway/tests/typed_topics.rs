@@ -59,13 +59,16 @@ async fn payloads_of_another_shape_are_refused_with_the_diagnosis() {
             "{text}"
         );
         assert!(
-            text.contains("expected type users.v1.UserCreated"),
+            text.contains("topic \"users\" takes users.v1.UserCreated"),
             "{text}"
         );
-        assert!(text.contains("topic \"users\""), "{text}");
         assert!(
-            text.contains("text"),
+            text.contains("the payload is text \"hello world\""),
             "says what the bytes look like: {text}"
+        );
+        assert!(
+            text.contains("hint: the producer sent plain text, not protobuf"),
+            "{text}"
         );
 
         let json = redis_cli(
@@ -73,7 +76,32 @@ async fn payloads_of_another_shape_are_refused_with_the_diagnosis() {
             &["XADD", "users", "*", "payload", "{\"userId\":\"u-2\"}"],
         );
         assert!(json.contains("refused, nothing published"), "{json}");
-        assert!(json.contains("JSON"), "{json}");
+        assert!(
+            json.contains("the payload is JSON object with keys [\"userId\"]"),
+            "{json}"
+        );
+        assert!(
+            json.contains("send it with XADD and the field content-type application/json"),
+            "{json}"
+        );
+        let unknown_key = redis_cli(
+            addr,
+            &[
+                "XADD",
+                "users",
+                "*",
+                "payload",
+                "{\"userId\":\"u-2\",\"nick\":1}",
+                "content-type",
+                "application/json",
+            ],
+        );
+        assert!(
+            unknown_key.contains(
+                "payload is not the proto3 JSON of users.v1.UserCreated (unrecognized field name 'nick'"
+            ),
+            "{unknown_key}"
+        );
 
         let wrong_type = redis_cli(
             addr,
@@ -91,6 +119,10 @@ async fn payloads_of_another_shape_are_refused_with_the_diagnosis() {
             wrong_type.contains(
                 "type mismatch: expected users.v1.UserCreated, the message is shop.v1.OrderPlaced"
             ),
+            "{wrong_type}"
+        );
+        assert!(
+            wrong_type.contains("hint: the ce_type field says shop.v1.OrderPlaced"),
             "{wrong_type}"
         );
 
