@@ -251,6 +251,37 @@ def amqp_seeds():
     ]
 
 
+def resp(*args):
+    """A request as clients send it: an array of bulk strings."""
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        arg = arg if isinstance(arg, bytes) else arg.encode()
+        out += b"$%d\r\n%s\r\n" % (len(arg), arg)
+    return out
+
+
+def gateway_seeds():
+    """Client sides of event-gateway connections; 0xFF splits an input into separate writes."""
+    return [
+        ("connection", resp("PING") + resp("ECHO", "hi") + b"PING\r\n"),
+        ("pubsub-resp3", resp("HELLO", "3") + resp("SUBSCRIBE", "news")
+         + resp("PUBLISH", "news", "hi") + resp("UNSUBSCRIBE")),
+        ("streams", b"XGROUP CREATE jobs g $\r\n"
+         b"XADD jobs * payload one tenant acme\r\n"
+         b"XADD jobs MAXLEN ~ 10 * payload two\r\n"
+         b"XREADGROUP GROUP g c COUNT 5 STREAMS jobs >\r\n"
+         b"XPENDING jobs g\r\nXPENDING jobs g - + 10 c\r\n"
+         b"XREADGROUP GROUP g c STREAMS jobs 0\r\nXACK jobs g 0-1 1-0\r\n"
+         b"XREADGROUP GROUP g c BLOCK 0 STREAMS jobs >\r\n"),
+        ("typed", b"PUBLISH users hello\r\n"
+         + resp("XADD", "users", "*", "payload", user_created(), "tenant", "acme")
+         + resp("XADD", "users", "*", "payload", '{"userId":"u"}', "content-type", "application/json")
+         + b"XADD users * payload x ce_type shop.v1.OrderPlaced\r\n"),
+        ("cut-and-too-large", b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nt\r\n$9\xff9999\r\n"),
+        ("split-quit", b"*1\r\n$4\r\nPI\xffNG\r\n*1\xff\r\n$4\r\nQUIT\r\nPING\r\n"),
+    ]
+
+
 def write(target, seed, data):
     directory = os.path.join("corpus", target)
     os.makedirs(directory, exist_ok=True)
@@ -268,6 +299,8 @@ def main():
                   + headers(pairs) + payload)
     for seed, data in amqp_seeds():
         write("amqp_wire", seed, data)
+    for seed, data in gateway_seeds():
+        write("gateway", seed, data)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 4] = [
     ("classify", event_fuzz::classify::run),
     ("decode", event_fuzz::decode::run),
     ("amqp_wire", event_fuzz::amqp_wire::run),
+    ("gateway", event_fuzz::gateway::run),
 ];
 
 /// Runs every file of `dir` (whose name starts with `prefix`) through `target`; the names of
