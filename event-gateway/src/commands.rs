@@ -8,7 +8,7 @@ use event_core::broker::{
     Message, Outcome, PublishError, StartFrom, SubscribeOptions, TryPublish, handler_fn,
     validate_topic,
 };
-use event_core::headers::{HeaderName, names};
+use event_core::headers::{HeaderName, HeaderValue, names};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
@@ -94,12 +94,18 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 impl Connection {
     /// Runs one request.
     pub(crate) async fn execute(&mut self, args: Vec<Bytes>) -> Flow {
-        let lower = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let known = COMMANDS.iter().find(|(name, _, _)| *name == lower);
+        let known = COMMANDS
+            .iter()
+            .find(|(name, _, _)| args[0].eq_ignore_ascii_case(name.as_bytes()));
         let label = known.map_or("unknown", |(name, _, _)| *name);
         metrics::counter!("event_gateway_commands_total", "command" => label).increment(1);
         let span = tracing::debug_span!("gateway.command", client = self.id, command = label);
-        let reply = self.dispatch(&lower, known, args).instrument(span).await;
+        // entered for each poll only when someone listens: the wrapper costs on every command
+        let reply = if span.is_disabled() {
+            self.dispatch(known, args).await
+        } else {
+            self.dispatch(known, args).instrument(span).await
+        };
         match reply {
             Some(Ok(reply)) => {
                 if reply.is_error() {
@@ -127,7 +133,6 @@ impl Connection {
 
     async fn dispatch(
         &mut self,
-        lower: &str,
         known: Option<&(&str, i64, &[&str])>,
         args: Vec<Bytes>,
     ) -> Option<Result<Reply, Close>> {
@@ -139,6 +144,7 @@ impl Connection {
             for arg in args.iter().skip(1).take(8) {
                 text.push_str(&format!(" '{}'", self::text(arg)));
             }
+            let lower = self::text(&args[0]).to_ascii_lowercase();
             if lower.starts_with('x') || lower.ends_with("subscribe") {
                 text.push_str(" (event-gateway serves PUBLISH, SUBSCRIBE, UNSUBSCRIBE, XADD, XGROUP, XREADGROUP, XACK and XPENDING)");
             }
@@ -397,7 +403,7 @@ impl Connection {
                     crate::typed::explain(&error)
                 ))
             })?;
-        stamp(&mut message, &self.shared.config.source);
+        stamp(&mut message, &self.shared.source);
         let answer = move |topic: &str, result: Result<_, PublishError>| match result {
             Ok(_) => match id {
                 Some(id) => Reply::text(id.to_string()),
@@ -845,19 +851,23 @@ fn xadd_message(args: &[Bytes]) -> Result<Message, Reply> {
 }
 
 /// Writes the id, time and source a message published without them needs.
-fn stamp(message: &mut Message, source: &str) {
+fn stamp(message: &mut Message, source: &HeaderValue) {
     let headers = &mut message.headers;
-    if !headers.contains(names::CE_ID) {
-        headers.insert(names::CE_ID, uuid::Uuid::now_v7().to_string());
-    }
-    if !headers.contains(names::CE_TIME) {
-        headers.insert(
-            names::CE_TIME,
-            humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        );
+    let (has_id, has_time) = (
+        headers.contains(names::CE_ID),
+        headers.contains(names::CE_TIME),
+    );
+    if !(has_id && has_time) {
+        let (id, time) = event_core::publish::message_id_and_time();
+        if !has_id {
+            headers.append(names::CE_ID, id);
+        }
+        if !has_time {
+            headers.append(names::CE_TIME, time);
+        }
     }
     if !headers.contains(names::CE_SOURCE) {
-        headers.insert(names::CE_SOURCE, source.to_owned());
+        headers.append(names::CE_SOURCE, source.clone());
     }
 }
 

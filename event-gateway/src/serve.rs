@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_core::broker::{Broker, BrokerError};
+use event_core::headers::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -33,6 +34,8 @@ pub enum ServeError {
 pub(crate) struct Shared {
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) config: GatewayConfig,
+    /// The configured `ce_source`, made once.
+    pub(crate) source: HeaderValue,
     pub(crate) groups: Groups,
     pub(crate) next_client: AtomicU64,
     /// Open connections, for `INFO`.
@@ -88,6 +91,7 @@ impl Gateway {
         Gateway {
             shared: Arc::new(Shared {
                 broker,
+                source: HeaderValue::from(config.source.clone()),
                 config,
                 groups: Groups::default(),
                 next_client: AtomicU64::new(1),

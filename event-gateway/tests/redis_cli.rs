@@ -297,3 +297,76 @@ async fn a_blocked_xreadgroup_wakes_up_on_xadd() {
     .await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_killed_redis_cli_session_held_goes_to_the_next_reader() {
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    let port = gw.port();
+    blocking(move || {
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "CREATE", "tasks", "g", "$"]).trim(),
+            "OK"
+        );
+        for n in 0..6 {
+            redis_cli(
+                addr,
+                &["XADD", "tasks", "*", "payload", &format!("task-{n}")],
+            );
+        }
+        // an interactive session reads four and is killed before it acknowledges them
+        let mut session = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        use std::io::{BufRead as _, Write as _};
+        let mut stdin = session.stdin.take().unwrap();
+        stdin
+            .write_all(b"XREADGROUP GROUP g victim COUNT 4 STREAMS tasks >\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut lines = std::io::BufReader::new(session.stdout.take().unwrap()).lines();
+        let mut held = Vec::new();
+        while held.len() < 4 {
+            let line = lines.next().expect("output").expect("text");
+            if line.starts_with("task-") {
+                held.push(line);
+            }
+        }
+        let pending = redis_cli(addr, &["XPENDING", "tasks", "g"]);
+        assert!(pending.starts_with("1) (integer) 4"), "{pending}");
+        session.kill().unwrap();
+        session.wait().unwrap();
+        // the next reader gets what the session held, then the rest: all six
+        let mut read = Vec::new();
+        while read.len() < 6 {
+            let out = redis_cli(
+                addr,
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "next",
+                    "BLOCK",
+                    "5000",
+                    "STREAMS",
+                    "tasks",
+                    ">",
+                ],
+            );
+            read.extend(entries(&out).into_iter().map(|(_, payload)| payload));
+        }
+        read.sort();
+        assert_eq!(
+            read,
+            (0..6).map(|n| format!("task-{n}")).collect::<Vec<_>>()
+        );
+        for task in held {
+            assert!(read.contains(&task));
+        }
+    })
+    .await;
+    gw.stop().await;
+}

@@ -19,6 +19,27 @@ mod id;
 
 use id::new_id_and_time;
 
+/// A new message id and the current time, as a [`Publisher`] writes them into `ce_id` and
+/// `ce_time`: a UUID v7 (hyphenated, lower case) and RFC 3339 in UTC with milliseconds, from
+/// one clock reading. Ids made by one thread increase strictly.
+///
+/// For programs that publish raw [`Message`]s with the framework's headers (a gateway, a
+/// bridge); both values are stored inline, without allocating.
+///
+/// ```
+/// let (id, time) = event_core::publish::message_id_and_time();
+/// assert_eq!(id.to_str()?.len(), 36);
+/// assert!(time.to_str()?.ends_with('Z'));
+/// # Ok::<(), std::str::Utf8Error>(())
+/// ```
+pub fn message_id_and_time() -> (HeaderValue, HeaderValue) {
+    let (id, time) = new_id_and_time();
+    (
+        HeaderValue::copy_from_slice(&id),
+        HeaderValue::copy_from_slice(&time),
+    )
+}
+
 /// A topic bound to its message type at compile time.
 ///
 /// Declare it once and use it on both sides, so that publisher and subscriber of a topic
