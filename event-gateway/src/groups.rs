@@ -533,9 +533,13 @@ impl Groups {
             .concurrency(settings.window)
             .start_from(start)
             .drain_timeout(settings.drain_timeout)
-            // the handler retries only to give a message back while the subscription stops;
-            // the backoff is never waited for
-            .retry(RetryPolicy::exponential(2, Duration::from_secs(1)));
+            // the handler retries only to give a message back while the subscription stops, and
+            // the backoff is never waited for; no attempt limit, since a message the broker
+            // redelivered (attempt 2, 3, ...) must go back too, not to the dead-letter topic
+            .retry(
+                RetryPolicy::exponential(u32::MAX, Duration::from_secs(1))
+                    .with_max_backoff(Duration::from_secs(1)),
+            );
         let subscription = broker.subscribe(topic, options, handler).await?;
         // two joins of one group may race: the first one in keeps its subscription
         let raced = {

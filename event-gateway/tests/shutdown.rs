@@ -129,3 +129,50 @@ fn sigterm_gives_back_what_was_unacknowledged() {
         );
     }
 }
+
+/// A message the broker already redelivered (attempt 2, 3, ...) goes back again when a gateway
+/// stops, not to the dead-letter topic: three gateways in turn on RabbitMQ, each stopped while
+/// a consumer holds the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_goes_back_again_not_to_the_dead_letters() {
+    use common::{TestGateway, blocking, config};
+
+    let url = std::env::var("EVENT_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let topic = format!(
+        "gateway.redelivered.{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let start = || async {
+        let broker = event_core::broker::connect(&url).expect("an amqp:// URL");
+        TestGateway::start(broker, config()).await
+    };
+    let mut gateway = start().await;
+    let (addr, t) = (gateway.addr, topic.clone());
+    blocking(move || {
+        go_redis(addr, &["xgroup-create", &t, "g", "$"]);
+        py(addr, 2, &["xadd", &t, "1", "chore-"]);
+    })
+    .await;
+    for round in 1..=3 {
+        let (addr, t) = (gateway.addr, topic.clone());
+        let mut holder = blocking(move || {
+            let mut holder = go_running(addr, &["xconsume", &t, "g", "holder", "1", "--no-ack"]);
+            let line = holder.json();
+            assert_eq!(line["fields"]["payload"], "chore-0", "round {round}");
+            holder
+        })
+        .await;
+        gateway.stop().await;
+        holder.kill();
+        gateway = start().await;
+    }
+    // and it is still there, for a consumer that acknowledges it
+    let (addr, t) = (gateway.addr, topic.clone());
+    let read = blocking(move || go_redis(addr, &["xconsume", &t, "g", "last", "1"])).await;
+    assert_eq!(read[0]["fields"]["payload"], "chore-0");
+    gateway.stop().await;
+}

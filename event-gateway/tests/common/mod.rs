@@ -163,9 +163,12 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
 /// A client process that keeps running while the test reads its output line by line.
 pub struct Running {
     pub child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
+    lines: std::sync::mpsc::Receiver<String>,
     what: String,
 }
+
+/// How long a test waits for a client's next line before it fails.
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Running {
     /// Starts `program args...` with stdout piped.
@@ -176,7 +179,16 @@ impl Running {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {what} ({e})"));
-        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let stdout: ChildStdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         Running {
             child,
             lines,
@@ -184,11 +196,11 @@ impl Running {
         }
     }
 
-    /// The next line it prints (blocking; the clients print as they go).
+    /// The next line it prints; fails the test if none comes within a minute.
     pub fn line(&mut self) -> String {
-        match self.lines.next() {
-            Some(Ok(line)) => line,
-            other => panic!("{} ended without a line: {other:?}", self.what),
+        match self.lines.recv_timeout(LINE_TIMEOUT) {
+            Ok(line) => line,
+            Err(error) => panic!("{}: no line ({error})", self.what),
         }
     }
 
