@@ -23,7 +23,14 @@
 //! Raw and typed alternate `ROUNDS` times (raw first in odd rounds, typed first in even ones);
 //! each row prints the median rate of each side and the median of the rounds' typed/raw
 //! ratios. Consume rates are measured from the first record to the last, so the group join is
-//! not counted.
+//! not counted. Each consume size prints two rows: `consume` against the faster raw loop
+//! (which reads no headers), and `vs hdr` against the raw loop that reads them, the least a
+//! consumer that learns a record's type or trace context from its headers must do. A line
+//! above them gives the CPU time per record (every thread of the process, librdkafka's
+//! included, from the first record to the last, read from `/proc/self/task/*/schedstat`) of
+//! the raw loops and of the typed run, and of the typed run's poller thread alone: on a
+//! machine whose cores the broker and others share, rates swing with what they run, the
+//! CPU a record costs less.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,24 +272,24 @@ fn raw_consumer_config() -> rdkafka::ClientConfig {
 }
 
 /// A `StreamConsumer` awaited on the runtime.
-async fn consume_raw_stream(topic: &str, n: u64) -> f64 {
+async fn consume_raw_stream(topic: &str, n: u64) -> Measured {
     let consumer: StreamConsumer = raw_consumer_config().create().expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut first = None;
     for _ in 0..n {
         let record = consumer.recv().await.expect("record");
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(Started::now);
         // the no-op handler, then the offset store a careful consumer does after it
         std::hint::black_box(record.payload());
         consumer.store_offset_from_message(&record).expect("store");
     }
-    n as f64 / first.expect("records").elapsed().as_secs_f64()
+    first.expect("records").finish(n)
 }
 
 /// A `BaseConsumer` polled on a thread of its own; with `headers`, the loop also reads each
 /// record's headers (which makes librdkafka parse them), as a consumer that looks at a
 /// record's type or trace context does.
-async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> f64 {
+async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> Measured {
     let consumer: BaseConsumer = raw_consumer_config().create().expect("raw consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     tokio::task::spawn_blocking(move || {
@@ -293,7 +300,7 @@ async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> f64 {
                 continue;
             };
             let record = record.expect("record");
-            first.get_or_insert_with(Instant::now);
+            first.get_or_insert_with(Started::now);
             std::hint::black_box(record.payload());
             if headers && let Some(headers) = record.headers() {
                 for header in headers.iter() {
@@ -303,25 +310,37 @@ async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> f64 {
             consumer.store_offset_from_message(&record).expect("store");
             seen += 1;
         }
-        n as f64 / first.expect("records").elapsed().as_secs_f64()
+        first.expect("records").finish(n)
     })
     .await
     .expect("raw consumer thread")
 }
 
-async fn consume_typed(topic: &str, n: u64) -> f64 {
+async fn consume_typed(topic: &str, n: u64) -> Measured {
     let broker = broker().await;
     let handled = Arc::new(AtomicU64::new(0));
-    let first = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let first = Arc::new(std::sync::OnceLock::<Started>::new());
+    let measured = Arc::new(std::sync::OnceLock::<Measured>::new());
     let done = Arc::new(Notify::new());
     let handler = {
-        let (handled, first, done) = (handled.clone(), first.clone(), done.clone());
+        let (handled, first, measured, done) = (
+            handled.clone(),
+            first.clone(),
+            measured.clone(),
+            done.clone(),
+        );
         move |t: Tick| {
-            let (handled, first, done) = (handled.clone(), first.clone(), done.clone());
+            let (handled, first, measured, done) = (
+                handled.clone(),
+                first.clone(),
+                measured.clone(),
+                done.clone(),
+            );
             async move {
-                first.get_or_init(Instant::now);
+                let started = first.get_or_init(Started::now);
                 std::hint::black_box(t);
                 if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    let _ = measured.set(started.finish(n));
                     done.notify_one();
                 }
             }
@@ -342,9 +361,72 @@ async fn consume_typed(topic: &str, n: u64) -> f64 {
         .await
         .expect("start");
     done.notified().await;
-    let rate = n as f64 / first.get().expect("records").elapsed().as_secs_f64();
     running.shutdown().await;
-    rate
+    *measured.get().expect("records")
+}
+
+/// The CPU time the live threads of this process have used: in all, and in the threads
+/// named `event-kafka …` (a typed subscription's poller), from each thread's
+/// `/proc/self/task/<tid>/schedstat` (nanoseconds on a CPU); `None` where that is not
+/// readable. A run's consumer threads all live from its first record to its last, so the
+/// difference of two readings is what they spent in between.
+fn cpu_time() -> Option<[Duration; 2]> {
+    let (mut total, mut poller) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        // a thread that ended meanwhile has no files any more
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        total += ns;
+        if std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|c| c.starts_with("event-kafka"))
+        {
+            poller += ns;
+        }
+    }
+    Some([Duration::from_nanos(total), Duration::from_nanos(poller)])
+}
+
+/// The moment a consumer received its first record, and the process CPU time then.
+struct Started {
+    at: Instant,
+    cpu: Option<[Duration; 2]>,
+}
+
+/// One consume run: its rate, from the first record to the last, and the process CPU time
+/// (every thread, librdkafka's included) per record over the same span, in µs. A 2-core
+/// machine shared with the broker and others makes rates swing; the CPU a record costs
+/// swings less.
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    /// All threads, and the `event-kafka` poller thread alone.
+    cpu: Option<[f64; 2]>,
+}
+
+impl Started {
+    fn now() -> Self {
+        // the CPU reading first: reading /proc is not part of the timed span
+        let cpu = cpu_time();
+        Started {
+            at: Instant::now(),
+            cpu,
+        }
+    }
+
+    /// The run of `n` records that started here and ended now.
+    fn finish(&self, n: u64) -> Measured {
+        let elapsed = self.at.elapsed();
+        let cpu = self.cpu.zip(cpu_time()).map(|(before, after)| {
+            [0, 1].map(|i| (after[i] - before[i]).as_secs_f64() * 1e6 / n as f64)
+        });
+        Measured {
+            rate: n as f64 / elapsed.as_secs_f64(),
+            cpu,
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -418,18 +500,33 @@ fn main() {
             let topic = filled_topic(n, size).await;
             let (mut raw, mut typed) = (Vec::new(), Vec::new());
             let (mut stream, mut base, mut with_headers) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut base_cpu, mut headers_cpu) = (Vec::new(), Vec::new());
+            let (mut typed_cpu, mut poller_cpu) = (Vec::new(), Vec::new());
             for round in 0..rounds {
+                let typed_run = || async {
+                    let run = consume_typed(&topic, n).await;
+                    (run.rate, run.cpu)
+                };
                 if round % 2 == 1 {
-                    typed.push(consume_typed(&topic, n).await);
+                    let (rate, cpu) = typed_run().await;
+                    typed.push(rate);
+                    typed_cpu.extend(cpu.map(|c| c[0]));
+                    poller_cpu.extend(cpu.map(|c| c[1]));
                 }
-                let s = consume_raw_stream(&topic, n).await;
+                let s = consume_raw_stream(&topic, n).await.rate;
                 let b = consume_raw_base(&topic, n, false).await;
-                with_headers.push(consume_raw_base(&topic, n, true).await);
+                base_cpu.extend(b.cpu.map(|c| c[0]));
+                let h = consume_raw_base(&topic, n, true).await;
+                with_headers.push(h.rate);
+                headers_cpu.extend(h.cpu.map(|c| c[0]));
                 stream.push(s);
-                base.push(b);
-                raw.push(s.max(b));
+                base.push(b.rate);
+                raw.push(s.max(b.rate));
                 if round % 2 == 0 {
-                    typed.push(consume_typed(&topic, n).await);
+                    let (rate, cpu) = typed_run().await;
+                    typed.push(rate);
+                    typed_cpu.extend(cpu.map(|c| c[0]));
+                    poller_cpu.extend(cpu.map(|c| c[1]));
                 }
             }
             println!(
@@ -437,9 +534,20 @@ fn main() {
                  BaseConsumer thread reading headers {:.0} rec/s",
                 median(stream),
                 median(base),
-                median(with_headers)
+                median(with_headers.clone())
             );
+            if !typed_cpu.is_empty() {
+                println!(
+                    "  CPU per record, first record to last, medians: raw BaseConsumer thread {:.2} µs, \
+                     reading headers {:.2} µs, typed {:.2} µs (of which its poller thread {:.2} µs)",
+                    median(base_cpu),
+                    median(headers_cpu),
+                    median(typed_cpu),
+                    median(poller_cpu)
+                );
+            }
             row("consume", size, &raw, &typed);
+            row("  vs hdr", size, &with_headers, &typed);
         }
         delete_created().await;
     });

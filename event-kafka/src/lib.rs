@@ -62,6 +62,11 @@
 //! cooperative one a rebalance revokes only the partitions that move, and the others keep
 //! their place (their new records wait while the revoked partitions' handlers finish).
 //!
+//! Payloads and keys of up to 2 KiB are copied out of librdkafka into shared buffers of
+//! 16 KiB (one allocation for many records); a buffer is freed when the last payload in it
+//! is dropped, so a payload (or a decoded message that borrows its bytes) kept after its
+//! handler returned keeps at most 16 KiB alive.
+//!
 //! # The wire
 //!
 //! A record's value is the encoded message, and its headers are CloudEvents binary-mode

@@ -4,11 +4,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use event_core::backend::{Position, PositionKind, go_micro};
 use event_core::broker::{Delivery, Message};
-use event_core::headers::{HeaderName, HeaderValue, Headers};
+use event_core::headers::{HeaderName, Headers};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 
 fn render_offset(position: &Position, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -34,45 +35,103 @@ pub(crate) fn position(partition: i32, offset: i64) -> Position {
 /// dead-letters it with a diagnosis instead of decoding it blind.
 pub(crate) const INVALID_HEADERS_CONTENT_TYPE: &str = "application/x-kafka-invalid-headers";
 
-/// The delivery of `record`; with `go_micro_envelope`, a record whose value is go-micro's
-/// envelope is unwrapped (its headers, then the record's own that it does not name).
-pub(crate) fn to_delivery(
-    topic: &Arc<str>,
-    record: &BorrowedMessage<'_>,
-    go_micro_envelope: bool,
-) -> Delivery {
-    let value = record.payload().unwrap_or_default();
-    let unwrapped = if go_micro_envelope {
-        go_micro::from_envelope(topic, value)
-    } else {
-        None
-    };
-    let enveloped = unwrapped.is_some();
-    let mut message = unwrapped.unwrap_or_else(|| Message::new(Bytes::copy_from_slice(value)));
-    message.key = record.key().map(Bytes::copy_from_slice);
-    if enveloped {
-        if let Some(headers) = record.headers() {
-            let own = read_headers(topic, record, headers);
-            for (name, value) in own.iter() {
-                if !message.headers.contains(name.as_str()) {
-                    message.headers.append(name.clone(), value.clone());
+/// What the deliveries of one batch of records read from librdkafka share: the topic name,
+/// the time they were received, and a buffer their payloads and keys are copied into.
+pub(crate) struct Batch {
+    /// A reference of the batch's own: a clone per record from one shared `Arc` would move
+    /// its count between the thread that reads records and the one that drops them.
+    topic: Arc<str>,
+    received_at: SystemTime,
+    copies: Copies,
+}
+
+impl Batch {
+    /// A batch of records of `topic`, received now.
+    pub(crate) fn new(topic: &str, copies: Copies) -> Self {
+        Batch {
+            topic: Arc::from(topic),
+            received_at: SystemTime::now(),
+            copies,
+        }
+    }
+
+    /// The buffer the batch copied into, for the next batch.
+    pub(crate) fn into_copies(self) -> Copies {
+        self.copies
+    }
+
+    /// The delivery of `record`; with `go_micro_envelope`, a record whose value is go-micro's
+    /// envelope is unwrapped (its headers, then the record's own that it does not name).
+    pub(crate) fn delivery(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+        go_micro_envelope: bool,
+    ) -> Delivery {
+        let topic = &self.topic;
+        let value = record.payload().unwrap_or_default();
+        let unwrapped = if go_micro_envelope {
+            go_micro::from_envelope(topic, value)
+        } else {
+            None
+        };
+        let enveloped = unwrapped.is_some();
+        let mut message = unwrapped.unwrap_or_else(|| Message::new(self.copies.copy(value)));
+        message.key = record.key().map(|key| self.copies.copy(key));
+        if enveloped {
+            if let Some(headers) = record.headers() {
+                let own = read_headers(topic, record, headers);
+                for (name, value) in own.iter() {
+                    if !message.headers.contains(name.as_str()) {
+                        message.headers.append(name.clone(), value.clone());
+                    }
                 }
             }
+        } else if let Some(headers) = record.headers() {
+            message.headers = read_headers(topic, record, headers);
         }
-        return Delivery::new(
+        Delivery::received(
             topic.clone(),
             message,
             position(record.partition(), record.offset()),
-        );
+            self.received_at,
+        )
     }
-    if let Some(headers) = record.headers() {
-        message.headers = read_headers(topic, record, headers);
+}
+
+/// The size of the buffers [`Copies`] copies payloads and keys into.
+const COPIES_CHUNK: usize = 16 * 1024;
+
+/// The longest payload or key copied into a shared buffer; a longer one gets its own.
+const COPIES_LARGEST: usize = 2 * 1024;
+
+/// Copies of records' payloads and keys, out of librdkafka's memory: the short ones into
+/// shared buffers of [`COPIES_CHUNK`] bytes, so that one allocation (and, on the thread that
+/// drops the last of them, one free) serves many records rather than one each; glibc's
+/// allocator serializes a free of memory another thread allocated on that thread's arena
+/// lock. A buffer is freed when the last copy in it is dropped, so a payload kept after its
+/// handler returned (or a decoded message that borrows from it) keeps up to
+/// [`COPIES_CHUNK`] bytes alive, never more.
+#[derive(Default)]
+pub(crate) struct Copies {
+    chunk: BytesMut,
+}
+
+impl Copies {
+    /// A copy of `bytes`.
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.is_empty() {
+            return Bytes::new();
+        }
+        if bytes.len() > COPIES_LARGEST {
+            return Bytes::copy_from_slice(bytes);
+        }
+        if self.chunk.capacity() - self.chunk.len() < bytes.len() {
+            // the full buffer stays with the copies made in it
+            self.chunk = BytesMut::with_capacity(COPIES_CHUNK);
+        }
+        self.chunk.extend_from_slice(bytes);
+        self.chunk.split().freeze()
     }
-    Delivery::new(
-        topic.clone(),
-        message,
-        position(record.partition(), record.offset()),
-    )
 }
 
 /// A record's headers; a record whose headers cannot be read is marked
@@ -89,9 +148,9 @@ fn read_headers(
         // framework writes shared, short values inline
         let mut out = Headers::pooled(headers.count());
         for header in headers.iter() {
-            out.append(
+            out.append_copied(
                 HeaderName::from_wire(header.key),
-                HeaderValue::copy_from_slice(header.value.unwrap_or_default()),
+                header.value.unwrap_or_default(),
             );
         }
         out
@@ -127,6 +186,57 @@ pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
 
 #[cfg(test)]
 mod tests {
+    use super::{COPIES_CHUNK, COPIES_LARGEST, Copies};
+
+    #[test]
+    fn short_copies_share_a_buffer_until_it_is_full() {
+        let mut copies = Copies::default();
+        let a = copies.copy(b"first payload");
+        let b = copies.copy(b"second");
+        assert_eq!((&a[..], &b[..]), (&b"first payload"[..], &b"second"[..]));
+        assert_eq!(
+            b.as_ptr(),
+            a.as_ptr().wrapping_add(a.len()),
+            "one buffer, one copy after the other"
+        );
+        // fill the buffer: the copy that does not fit starts a new one, the old copies stay
+        let filler = vec![7u8; COPIES_LARGEST];
+        let mut kept = Vec::new();
+        let mut previous = b.clone();
+        let mut buffers = 1;
+        for _ in 0..COPIES_CHUNK / COPIES_LARGEST {
+            let copy = copies.copy(&filler);
+            if copy.as_ptr() != previous.as_ptr().wrapping_add(previous.len()) {
+                buffers += 1;
+            }
+            previous = copy.clone();
+            kept.push(copy);
+        }
+        assert_eq!(
+            buffers, 2,
+            "the copy that did not fit started a second buffer"
+        );
+        assert_eq!(&a[..], b"first payload");
+        assert_eq!(&b[..], b"second");
+        assert!(kept.iter().all(|copy| copy[..] == filler[..]));
+    }
+
+    #[test]
+    fn long_and_empty_copies_get_no_share_of_a_buffer() {
+        let mut copies = Copies::default();
+        let small = copies.copy(b"small");
+        let long = vec![1u8; COPIES_LARGEST + 1];
+        let copy = copies.copy(&long);
+        assert_eq!(copy[..], long[..]);
+        let after = copies.copy(b"after");
+        assert_eq!(
+            after.as_ptr(),
+            small.as_ptr().wrapping_add(small.len()),
+            "the long copy took nothing of the shared buffer"
+        );
+        assert!(copies.copy(b"").is_empty());
+    }
+
     #[test]
     fn a_record_position_names_partition_and_offset() {
         let position = super::position(2, 17);

