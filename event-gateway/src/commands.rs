@@ -404,24 +404,24 @@ impl Connection {
                 ))
             })?;
         stamp(&mut message, &self.shared.source);
-        let answer = move |topic: &str, result: Result<_, PublishError>| match result {
+        let answer = move |result: Result<_, PublishError>| match result {
             Ok(_) => match id {
                 Some(id) => Reply::text(id.to_string()),
                 None => Reply::Int(1),
             },
-            Err(error) => Reply::err(format!("publish to {topic} failed: {}", describe(&error))),
+            Err(error) => Reply::err(describe(&error)),
         };
         // a broker that takes the message without waiting (the memory broker with room)
         // answers now, without a future to keep
         let message = match self.shared.broker.try_publish(&topic, message) {
-            TryPublish::Done(result) => return Ok(Published::Now(answer(&topic, result))),
+            TryPublish::Done(result) => return Ok(Published::Now(answer(result))),
             TryPublish::WouldWait(message) => message,
         };
         let broker = self.shared.broker.clone();
         Ok(Published::Later(
             async move {
                 let result = broker.publish(&topic, message).await;
-                answer(&topic, result)
+                answer(result)
             }
             .boxed(),
         ))

@@ -212,3 +212,36 @@ async fn typed_both_ways_over_nats() {
     });
     both_ways(broker, &format!("gateway.out.{}", run_id())).await;
 }
+
+/// A publish the broker refuses gets an error reply with the broker's reason, not silence:
+/// RabbitMQ returns a mandatory message that no queue is bound for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_gets_an_error_reply_with_the_reason() {
+    let url = std::env::var("EVENT_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let broker = event_core::broker::connect(&url).expect("an amqp:// URL");
+    let gw = TestGateway::start(broker, config()).await;
+    let addr = gw.addr;
+    let topic = format!("gateway.nobody-listens.{}", run_id());
+    let replies = blocking(move || {
+        let published = py(addr, 2, &["publish-hex", &topic, "00"]);
+        let added = py(addr, 2, &["xadd-hex", &topic, "00"]);
+        (topic, published, added)
+    })
+    .await;
+    let (topic, published, added) = replies;
+    for reply in [&published[0], &added[0]] {
+        let error = reply["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error reply: {reply}"));
+        assert!(
+            error.contains(&format!("publishing to \"{topic}\" failed")),
+            "{error}"
+        );
+        assert!(
+            error.contains("no queue is bound to this routing key"),
+            "the broker's reason: {error}"
+        );
+    }
+    gw.stop().await;
+}
