@@ -45,6 +45,8 @@ fn go_micro() -> GoMicro<'static> {
     GoMicro {
         broker: "rabbitmq",
         address: common::url(),
+        // its OpenTelemetry wrapper (go-micro v5)
+        traced: true,
     }
 }
 
@@ -82,9 +84,17 @@ async fn go_micro_subscribes_to_what_we_publish() {
         let names: Vec<&str> = metadata.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["Content-Type", "Micro-ID", "Micro-Topic", "tenant"],
-            "what go-micro's context holds: our headers; the type, source and time are AMQP \
-             properties, which go-micro does not read ({line})"
+            [
+                "Content-Type",
+                "Micro-ID",
+                "Micro-Topic",
+                "Traceparent",
+                "tenant",
+                "traceparent"
+            ],
+            "what go-micro's context holds: our headers (the type, source and time are AMQP \
+             properties, which go-micro does not read), and the Traceparent of the span \
+             go-micro's tracing wrapper starts in our trace ({line})"
         );
     }
     broker.disconnect().await.expect("disconnect");

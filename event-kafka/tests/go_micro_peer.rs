@@ -38,6 +38,8 @@ fn go_micro() -> GoMicro<'static> {
     GoMicro {
         broker: "kafka",
         address: common::bootstrap(),
+        // the v4 peer has no tracing wrapper
+        traced: false,
     }
 }
 
@@ -92,8 +94,16 @@ async fn go_micro_subscribes_to_what_we_publish() {
                 "Micro-ID",
                 "Micro-Topic",
                 "Tenant",
+                "Traceparent",
             ],
             "what go-micro's context holds: every name of the envelope's header ({line})"
+        );
+        // our trace context reaches go-micro v4's context as it is (title-cased): a
+        // go-micro service with a tracing wrapper continues it
+        assert_eq!(
+            value("Traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            "{line}"
         );
     }
     broker.disconnect().await.expect("disconnect");

@@ -44,6 +44,8 @@ fn go_micro() -> GoMicro<'static> {
     GoMicro {
         broker: "nats",
         address: common::url(),
+        // its OpenTelemetry wrapper (go-micro v5)
+        traced: true,
     }
 }
 
@@ -86,15 +88,18 @@ async fn go_micro_subscribes_to_what_we_publish() {
                 "Content-Type",
                 "Micro-ID",
                 "Micro-Topic",
+                "Traceparent",
                 "ce_source",
                 "ce_specversion",
                 "ce_time",
                 "ce_type",
                 "tenant",
+                "traceparent",
             ],
             "what go-micro's context holds: every name of the envelope's header, as we spell \
              it (go-micro v5 keeps names as they are; the JetStream Nats-Msg-Id is a NATS \
-             header, which go-micro does not read) ({line})"
+             header, which go-micro does not read), and the Traceparent of the span \
+             go-micro's tracing wrapper starts in our trace ({line})"
         );
     }
     broker.disconnect().await.expect("disconnect");

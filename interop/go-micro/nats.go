@@ -74,7 +74,7 @@ func publishNATS(o peer.Options) error {
 	}
 	var current map[string]any
 	recorder := &recordingBroker{Broker: b}
-	clientOptions := []client.Option{client.Broker(recorder), client.Registry(registry.NewMemoryRegistry())}
+	clientOptions := []client.Option{client.Broker(recorder), client.Registry(registry.NewMemoryRegistry()), tracedClient()}
 	if o.ContentType != "" {
 		clientOptions = append(clientOptions, client.ContentType(o.ContentType))
 	}
@@ -126,10 +126,13 @@ func subscribeNATS(o peer.Options) error {
 		server.Address("127.0.0.1:0"),
 		server.Broker(sb),
 		server.Registry(registry.NewMemoryRegistry()),
+		tracedSubscriber(),
 	)
 	handler := func(ctx context.Context, user *usersv1.UserCreated) error {
 		md, _ := metadata.FromContext(ctx)
-		peer.Emit(peer.Received(peer.Lookup(md, "Micro-Topic"), user, md, peer.Lookup(md, "Micro-ID")))
+		line := peer.Received(peer.Lookup(md, "Micro-Topic"), user, md, peer.Lookup(md, "Micro-ID"))
+		line["trace_id"] = traceID(ctx)
+		peer.Emit(line)
 		received.Add()
 		return nil
 	}

@@ -47,7 +47,7 @@ func publishRabbitMQ(o peer.Options) error {
 	defer b.Disconnect()
 	var current map[string]any
 	recorder := &recordingBroker{Broker: b}
-	clientOptions := []client.Option{client.Broker(recorder), client.Registry(registry.NewMemoryRegistry())}
+	clientOptions := []client.Option{client.Broker(recorder), client.Registry(registry.NewMemoryRegistry()), tracedClient()}
 	if o.ContentType != "" {
 		clientOptions = append(clientOptions, client.ContentType(o.ContentType))
 	}
@@ -91,10 +91,13 @@ func subscribeRabbitMQ(o peer.Options) error {
 		server.Address("127.0.0.1:0"),
 		server.Broker(b),
 		server.Registry(registry.NewMemoryRegistry()),
+		tracedSubscriber(),
 	)
 	handler := func(ctx context.Context, user *usersv1.UserCreated) error {
 		md, _ := metadata.FromContext(ctx)
-		peer.Emit(peer.Received(peer.Lookup(md, "Micro-Topic"), user, md, peer.Lookup(md, "Micro-ID")))
+		line := peer.Received(peer.Lookup(md, "Micro-Topic"), user, md, peer.Lookup(md, "Micro-ID"))
+		line["trace_id"] = traceID(ctx)
+		peer.Emit(line)
 		received.Add()
 		return nil
 	}

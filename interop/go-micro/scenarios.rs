@@ -28,6 +28,10 @@ pub struct GoMicro<'a> {
     pub broker: &'a str,
     /// `--address`.
     pub address: String,
+    /// Whether this go-micro traces: publishes carry a W3C `Traceparent`, and its subscriber
+    /// continues the trace a message carries (the v5 peer uses go-micro's OpenTelemetry
+    /// wrapper; go-micro without it carries no trace context).
+    pub traced: bool,
 }
 
 impl GoMicro<'_> {
@@ -60,11 +64,18 @@ pub fn user_of(line: &Value) -> UserCreated {
     }
 }
 
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| id.len() == 32)
+}
+
 /// What the typed handler saw.
 #[derive(Debug)]
 struct Seen {
     user: UserCreated,
     id: Option<String>,
+    /// The trace its `Context` continues.
+    trace_id: Option<String>,
     content_type: Option<String>,
     metadata: BTreeMap<String, String>,
 }
@@ -83,8 +94,16 @@ async fn on_user_created(event: Event<UserCreated>, ctx: Context, State(calls): 
             )
         })
         .collect();
+    let trace_id = ctx
+        .trace()
+        .traceparent
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id_of)
+        .map(str::to_owned);
     let seen = Seen {
         id: event.id().map(str::to_owned),
+        trace_id,
         content_type: event.headers().content_type().map(str::to_owned),
         metadata,
         user: event.into_message(),
@@ -180,6 +199,19 @@ pub async fn go_micro_publishes_typed_events_we_consume(
             call.metadata, expected,
             "go-micro's metadata in the Context ({line})"
         );
+        // one trace across the Go and the Rust service
+        let traceparent = header.get("Traceparent");
+        if go_micro.traced {
+            let traceparent = traceparent.unwrap_or_else(|| panic!("a Traceparent: {line}"));
+            let go_trace = trace_id_of(traceparent).expect("a W3C traceparent");
+            assert_eq!(
+                call.trace_id.as_deref(),
+                Some(go_trace),
+                "the Rust handler continues go-micro's trace ({line})"
+            );
+        } else {
+            assert_eq!(traceparent, None, "{line}");
+        }
     }
 
     // another type, in go-micro's default codec: diagnosed, dead-lettered once
@@ -234,9 +266,13 @@ pub async fn go_micro_subscribes_to_what_we_publish(
     peer.event("ready").await;
 
     let publisher = Publisher::<UserCreated>::new(broker, "signup", topic);
-    let ctx = Context::new()
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut ctx = Context::new()
         .with_metadata("tenant", "acme")
         .expect("metadata");
+    let mut trace = event_core::context::TraceContext::default();
+    trace.traceparent = Some(format!("00-{TRACE}-00f067aa0ba902b7-01").into());
+    ctx.set_trace(trace);
     let mut sent = BTreeMap::new();
     for i in 0..N {
         let user = UserCreated {
@@ -268,6 +304,13 @@ pub async fn go_micro_subscribes_to_what_we_publish(
             Some(topic),
             "{line}"
         );
+        if go_micro.traced {
+            assert_eq!(
+                str_field(&line, "trace_id"),
+                TRACE,
+                "go-micro's handler continues our trace ({line})"
+            );
+        }
         received.push((line, metadata));
     }
     peer.exit().await;
