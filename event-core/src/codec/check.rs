@@ -3,9 +3,9 @@
 
 use prost_reflect::DynamicMessage;
 
-use super::classify::{self, PayloadKind};
+use super::decode::vouches_for_nothing;
 use super::diagnosis::{DecodeError, Diagnosis};
-use super::json::{JsonFailure, lookup};
+use super::json::lookup;
 use super::{Selected, select};
 use crate::broker::Delivery;
 
@@ -61,29 +61,21 @@ pub fn check(delivery: &Delivery, expected_type: &str) -> Result<(), DecodeError
             }
             // as in the subscriber: without a type header nothing vouches for an empty
             // payload or a JSON document that happens to parse as protobuf
-            let looks_like_json = payload.first().is_some_and(|b| matches!(b, b'{' | b'['))
-                && matches!(
-                    classify::classify(headers, payload),
-                    PayloadKind::Json { .. } | PayloadKind::GoMicroEnvelope { .. }
-                );
-            if !type_verified && (payload.is_empty() || looks_like_json) {
+            if !type_verified && vouches_for_nothing(delivery) {
                 return Err(DecodeError::NotProtobuf {
                     diagnosis: diagnose(),
                 });
             }
             Ok(())
         }
-        Selected::Json => match super::json::check_json(&descriptor, payload, type_verified) {
-            Ok(()) => Ok(()),
-            Err(JsonFailure::Invalid(source)) => Err(DecodeError::InvalidJson {
-                diagnosis: diagnose(),
-                source,
-            }),
-            Err(JsonFailure::Mismatch(source)) => Err(DecodeError::DescriptorMismatch {
-                diagnosis: diagnose(),
-                source,
-            }),
-        },
+        Selected::Json => {
+            super::json::check_json(&descriptor, payload, type_verified).map_err(|source| {
+                DecodeError::InvalidJson {
+                    diagnosis: diagnose(),
+                    source,
+                }
+            })
+        }
         Selected::Unsupported => Err(DecodeError::UnsupportedContentType {
             diagnosis: diagnose(),
         }),

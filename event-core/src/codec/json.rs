@@ -245,12 +245,11 @@ pub(super) fn check_json(
     descriptor: &MessageDescriptor,
     payload: &[u8],
     unknown_allowed: bool,
-) -> Result<(), JsonFailure> {
+) -> Result<(), serde_json::Error> {
     let options = DeserializeOptions::new().deny_unknown_fields(!unknown_allowed);
     let mut deserializer = serde_json::Deserializer::from_slice(payload);
     DynamicMessage::deserialize_with_options(descriptor.clone(), &mut deserializer, &options)
         .and_then(|_| deserializer.end())
-        .map_err(JsonFailure::Invalid)
 }
 
 /// Encodes `message` as proto3 JSON of `descriptor`'s type.

@@ -85,30 +85,15 @@ fn output_of(mut command: Command, what: &str) -> String {
 /// `redis-cli -p <port> args...` on its own connection; its output (`--no-raw` form, as a
 /// terminal shows it).
 pub fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
-    let mut command = Command::new("redis-cli");
-    command
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "--no-raw",
-        ])
-        .args(args);
-    output_of(command, "redis-cli (Debian's redis-tools)")
+    redis_cli_with(addr, &[], args)
 }
 
 /// `redis-cli` with extra options first (`-a`, `-3`, ...).
 pub fn redis_cli_with(addr: SocketAddr, options: &[&str], args: &[&str]) -> String {
+    let port = addr.port().to_string();
     let mut command = Command::new("redis-cli");
     command
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &addr.port().to_string(),
-            "--no-raw",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port, "--no-raw"])
         .args(options)
         .args(args);
     output_of(command, "redis-cli (Debian's redis-tools)")

@@ -157,23 +157,10 @@ fn decode_protobuf<T: prost::Message + Default>(
     // tombstone, a producer that sent nothing) or a JSON document that happens to parse as
     // protobuf is refused rather than handed over as a default-valued message. A Confluent
     // frame says what follows is protobuf, even when it is empty.
-    if !type_verified && !framed {
-        if payload.is_empty() {
-            return Err(DecodeError::NotProtobuf {
-                diagnosis: diagnose(),
-            });
-        }
-        if payload.first().is_some_and(|b| matches!(b, b'{' | b'[')) {
-            let kind = classify::classify(delivery.headers(), payload);
-            if matches!(
-                kind,
-                PayloadKind::Json { .. } | PayloadKind::GoMicroEnvelope { .. }
-            ) {
-                return Err(DecodeError::NotProtobuf {
-                    diagnosis: diagnose(),
-                });
-            }
-        }
+    if !type_verified && !framed && vouches_for_nothing(delivery) {
+        return Err(DecodeError::NotProtobuf {
+            diagnosis: diagnose(),
+        });
     }
     let body = &payload[start..];
     let drift = if message.encoded_len() != body.len() {
@@ -186,6 +173,19 @@ fn decode_protobuf<T: prost::Message + Default>(
         type_verified,
         drift: drift.map(Drift::Fields),
     })
+}
+
+/// Whether the bytes of a delivery without a type header, which decoded as protobuf, are not
+/// to be taken as such: empty (a Kafka tombstone, a producer that sent nothing), or a JSON
+/// document (or go-micro envelope) that happens to parse as protobuf.
+pub(super) fn vouches_for_nothing(delivery: &Delivery) -> bool {
+    let payload = delivery.payload();
+    payload.is_empty()
+        || (payload.first().is_some_and(|b| matches!(b, b'{' | b'['))
+            && matches!(
+                classify::classify(delivery.headers(), payload),
+                PayloadKind::Json { .. } | PayloadKind::GoMicroEnvelope { .. }
+            ))
 }
 
 #[cfg(test)]
