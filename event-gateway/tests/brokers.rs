@@ -185,31 +185,32 @@ async fn typed_both_ways_over_kafka() {
     both_ways(Arc::new(kafka), &out).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_both_ways_over_rabbitmq() {
-    let url = std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let broker = event_core::broker::connect(&url).expect("an amqp:// URL");
+/// The broker `env` names (else `default`), connected; fails the test with the reason when it
+/// is not there.
+async fn connected(env: &str, default: &str) -> Arc<dyn Broker> {
+    let url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    let broker = event_core::broker::connect(&url).expect("a broker URL");
     broker.connect().await.unwrap_or_else(|e| {
         panic!(
-            "no RabbitMQ at {url} (scripts/brokers.sh start runs one): {}",
+            "no broker at {url} (scripts/brokers.sh start runs one): {}",
             event_core::error_chain(&e)
         )
     });
+    broker
+}
+
+const AMQP: (&str, &str) = ("EVENT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f");
+const NATS: (&str, &str) = ("EVENT_TEST_NATS", "nats://127.0.0.1:4222");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_both_ways_over_rabbitmq() {
+    let broker = connected(AMQP.0, AMQP.1).await;
     both_ways(broker, &format!("gateway.out.{}", run_id())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_both_ways_over_nats() {
-    let url =
-        std::env::var("EVENT_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let broker = event_core::broker::connect(&url).expect("a nats:// URL");
-    broker.connect().await.unwrap_or_else(|e| {
-        panic!(
-            "no NATS at {url} (scripts/brokers.sh start runs one): {}",
-            event_core::error_chain(&e)
-        )
-    });
+    let broker = connected(NATS.0, NATS.1).await;
     both_ways(broker, &format!("gateway.out.{}", run_id())).await;
 }
 
@@ -217,9 +218,7 @@ async fn typed_both_ways_over_nats() {
 /// RabbitMQ returns a mandatory message that no queue is bound for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_publish_gets_an_error_reply_with_the_reason() {
-    let url = std::env::var("EVENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let broker = event_core::broker::connect(&url).expect("an amqp:// URL");
+    let broker = connected(AMQP.0, AMQP.1).await;
     let gw = TestGateway::start(broker, config()).await;
     let addr = gw.addr;
     let topic = format!("gateway.nobody-listens.{}", run_id());
