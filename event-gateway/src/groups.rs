@@ -291,15 +291,18 @@ impl Group {
             }
         }
         if released > 0 {
-            if delay.is_zero() {
-                self.reclaim(&mut state, at);
+            // called from a connection's destructor, which may run outside the runtime (at
+            // process exit): then there is no timer, and the messages go on at once
+            let runtime = tokio::runtime::Handle::try_current();
+            if delay.is_zero() || runtime.is_err() {
+                self.reclaim(&mut state, at.max(Instant::now()));
                 drop(state);
                 self.ready.notify_waiters();
-            } else {
+            } else if let Ok(runtime) = runtime {
                 drop(state);
                 // wakes the blocked readers when the delay is over
                 let group = Arc::downgrade(self);
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     tokio::time::sleep_until(at.into()).await;
                     if let Some(group) = group.upgrade() {
                         let mut state = group.state();
