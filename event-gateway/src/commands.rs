@@ -170,6 +170,7 @@ impl Connection {
         // the publishes answer later; everything else sees what came before it
         match *name {
             "publish" | "xadd" => {
+                let bytes = args.iter().map(Bytes::len).sum();
                 let later = match self.publish(name, args) {
                     Ok(Published::Now(reply)) if self.nothing_owed() => return Some(Ok(reply)),
                     Ok(Published::Now(reply)) => std::future::ready(reply).boxed(),
@@ -177,7 +178,7 @@ impl Connection {
                     Err(reply) => return Some(Ok(reply)),
                 };
                 // in request order: the ordered queue polls them in the order pushed
-                return if self.reply_later(later).await {
+                return if self.reply_later(later, bytes).await {
                     None
                 } else {
                     Some(Err(Close(None)))
@@ -235,9 +236,14 @@ impl Connection {
 
     fn check_password(&mut self, user: Option<&Bytes>, password: &Bytes) -> Result<(), Reply> {
         let Some(expected) = &self.shared.config.password else {
-            return Err(Reply::err(
-                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ));
+            // as Redis' default user without a password: any password passes, except that
+            // `AUTH <password>` alone is taken for a configuration mistake
+            return match user {
+                Some(_) => Ok(()),
+                None => Err(Reply::err(
+                    "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                )),
+            };
         };
         let user_ok = user.is_none_or(|u| is(u, "default"));
         if user_ok && password.as_ref() == expected.as_bytes() {
@@ -437,6 +443,8 @@ impl Connection {
                 }
                 let sender = self.push_sender.clone();
                 let key = topic.clone();
+                let generation = self.next_generation;
+                self.next_generation += 1;
                 let handler = handler_fn(
                     format!("event-gateway:subscribe:{}", self.id),
                     move |delivery| {
@@ -445,7 +453,9 @@ impl Connection {
                         async move {
                             // a full buffer slows this subscription down, nothing else; a closed
                             // connection no longer wants anything (at most once while connected)
-                            let _ = sender.send((key, delivery.payload().clone())).await;
+                            let _ = sender
+                                .send((generation, key, delivery.payload().clone()))
+                                .await;
                             Outcome::Ack
                         }
                     },
@@ -453,7 +463,8 @@ impl Connection {
                 let options = SubscribeOptions::new().start_from(StartFrom::Latest);
                 match self.shared.broker.subscribe(&name, options, handler).await {
                     Ok(subscription) => {
-                        self.subscriptions.insert(topic.clone(), subscription);
+                        self.subscriptions
+                            .insert(topic.clone(), (generation, subscription));
                     }
                     Err(error) => {
                         self.reply(Reply::err(format!(
@@ -616,6 +627,17 @@ impl Connection {
         loop {
             // made before looking, so that a message offered after the look wakes the wait
             let offered: Vec<_> = groups.iter().map(|g| Box::pin(g.offered())).collect();
+            // destroyed meanwhile (XGROUP DESTROY): as Redis answers a blocked reader
+            if let Some((topic, _)) = groups
+                .iter()
+                .zip(&parsed.streams)
+                .find_map(|(g, (topic, _))| g.is_closed().then_some((topic, ())))
+            {
+                return Some(Ok(Reply::Error(format!(
+                    "NOGROUP the consumer group {} of {topic} was destroyed while this reader waited",
+                    parsed.group
+                ))));
+            }
             let mut found = Vec::new();
             for (group, (topic, after)) in groups.iter().zip(&parsed.streams) {
                 let reads = match after {

@@ -6,7 +6,7 @@
 //! command first waits for those replies, so every reply leaves in request order and every
 //! command sees the effects of the ones before it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -27,8 +27,10 @@ use crate::serve::Shared;
 /// Output is written once this much has gathered, even mid-pipeline.
 const WRITE_AT: usize = 64 * 1024;
 
-/// A message for a `SUBSCRIBE` connection: topic and payload.
-pub(crate) type Push = (Bytes, Bytes);
+/// A message for a `SUBSCRIBE` connection: the subscription it came from (its generation, so
+/// that what a subscription ended by `UNSUBSCRIBE` still sends is dropped, not written after
+/// the `unsubscribe` reply), the topic and the payload.
+pub(crate) type Push = (u64, Bytes, Bytes);
 
 /// Whether the connection goes on after a command.
 pub(crate) enum Flow {
@@ -47,16 +49,24 @@ pub(crate) struct Connection {
     pub(crate) protocol: Protocol,
     pub(crate) authenticated: bool,
     pub(crate) name: Option<Bytes>,
-    pub(crate) subscriptions: HashMap<Bytes, Subscription>,
+    /// The broadcast subscriptions by topic, with their generation.
+    pub(crate) subscriptions: HashMap<Bytes, (u64, Subscription)>,
+    /// The generation of the next subscription.
+    pub(crate) next_generation: u64,
     pub(crate) push_sender: mpsc::Sender<Push>,
     pushes: mpsc::Receiver<Push>,
     in_flight: FuturesOrdered<BoxFuture<'static, Reply>>,
+    /// The request size of each publish in flight, in order, and their sum.
+    in_flight_sizes: VecDeque<usize>,
+    in_flight_bytes: usize,
     /// The groups this connection read from: what it holds there is released when it ends.
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) stop: CancellationToken,
     limits: Limits,
     /// The client closed its sending side.
     eof: bool,
+    /// What was checked of the request not complete yet.
+    scan: frame::Scan,
 }
 
 /// What ends the wait of a blocking command.
@@ -98,13 +108,17 @@ impl Connection {
             protocol: Protocol::Resp2,
             name: None,
             subscriptions: HashMap::new(),
+            next_generation: 0,
             push_sender,
             pushes,
             in_flight: FuturesOrdered::new(),
+            in_flight_sizes: VecDeque::new(),
+            in_flight_bytes: 0,
             groups: Vec::new(),
             stop,
             limits,
             eof: false,
+            scan: frame::Scan::default(),
         }
     }
 
@@ -129,7 +143,7 @@ impl Connection {
     async fn serve(&mut self) -> std::io::Result<()> {
         loop {
             loop {
-                match frame::next_request(&mut self.input, self.limits) {
+                match frame::next_request(&mut self.input, self.limits, &mut self.scan) {
                     Ok(Some(args)) if args.is_empty() => {}
                     Ok(Some(args)) => {
                         if let Flow::Close = self.execute(args).await {
@@ -162,17 +176,21 @@ impl Connection {
                     return self.flush().await;
                 }
                 Some(reply) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.reply(reply);
+                    self.reply_owed(reply);
                     // and every other one that is ready: one write for all of them
                     while let Some(Some(reply)) = self.in_flight.next().now_or_never() {
-                        self.reply(reply);
+                        self.reply_owed(reply);
                     }
                 }
-                Some((topic, payload)) = self.pushes.recv() => self.reply(Reply::Push(vec![
-                    Reply::bulk_static("message"),
-                    Reply::Bulk(topic),
-                    Reply::Bulk(payload),
-                ])),
+                Some((generation, topic, payload)) = self.pushes.recv() => {
+                    if self.subscriptions.get(&topic).is_some_and(|(g, _)| *g == generation) {
+                        self.reply(Reply::Push(vec![
+                            Reply::bulk_static("message"),
+                            Reply::Bulk(topic),
+                            Reply::Bulk(payload),
+                        ]));
+                    }
+                }
                 read = self.reader.read_buf(&mut self.input) => {
                     if read? == 0 {
                         // a client that closed only its sending side still reads: the replies
@@ -189,6 +207,13 @@ impl Connection {
     /// Whether no reply waits for the broker.
     pub(crate) fn nothing_owed(&self) -> bool {
         self.in_flight.is_empty()
+    }
+
+    /// Queues the reply of the oldest pipelined publish, which no longer holds its request.
+    fn reply_owed(&mut self, reply: Reply) {
+        let bytes = self.in_flight_sizes.pop_front().unwrap_or(0);
+        self.in_flight_bytes -= bytes;
+        self.reply(reply);
     }
 
     /// Queues a reply behind those owed.
@@ -236,7 +261,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                Some(reply) = self.in_flight.next() => self.reply(reply),
+                Some(reply) = self.in_flight.next() => self.reply_owed(reply),
                 read = self.reader.read_buf(&mut self.input), if room => {
                     if !matches!(read, Ok(n) if n > 0) {
                         self.eof = true;
@@ -249,15 +274,24 @@ impl Connection {
         true
     }
 
-    /// Queues a reply that waits for the broker, after the replies owed before it; `false` as
+    /// Queues a reply that waits for the broker, after the replies owed before it; `bytes` is
+    /// the size of the request it holds. The publishes in flight are bounded in number
+    /// (`max_in_flight`) and in the bytes they hold (those of one largest request): past
+    /// either, the replies owed are waited for first. `false` as
     /// [`Connection::settle_in_flight`].
-    pub(crate) async fn reply_later(&mut self, reply: BoxFuture<'static, Reply>) -> bool {
-        if self.in_flight.len() >= self.shared.config.max_in_flight
-            && !self.settle_in_flight().await
-        {
+    pub(crate) async fn reply_later(
+        &mut self,
+        reply: BoxFuture<'static, Reply>,
+        bytes: usize,
+    ) -> bool {
+        let full = self.in_flight.len() >= self.shared.config.max_in_flight
+            || self.in_flight_bytes + bytes > self.limits.max_request;
+        if full && !self.in_flight.is_empty() && !self.settle_in_flight().await {
             return false;
         }
         self.in_flight.push_back(reply);
+        self.in_flight_sizes.push_back(bytes);
+        self.in_flight_bytes += bytes;
         true
     }
 

@@ -74,17 +74,34 @@ pub(crate) struct Limits {
     pub(crate) max_request: usize,
 }
 
+/// How far the checks of an incomplete request got: they go on from there when more bytes
+/// arrive, instead of reading the request from its start again (which, for a request of a
+/// million small arguments arriving in pieces, would take seconds).
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Arguments checked.
+    seen: usize,
+    /// Where the next one starts (0: nothing checked yet).
+    at: usize,
+}
+
 /// Takes the next complete request off `buf`: `Ok(None)` while more bytes are needed. An
-/// empty request (`*0`, a blank line) comes out as an empty vector.
+/// empty request (`*0`, a blank line) comes out as an empty vector. `scan` carries what was
+/// checked of an incomplete request from one call to the next, for the same `buf`.
 pub(crate) fn next_request(
     buf: &mut BytesMut,
     limits: Limits,
+    scan: &mut Scan,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    match buf.first() {
+    let result = match buf.first() {
         None => Ok(None),
-        Some(b'*') => multibulk(buf, limits),
+        Some(b'*') => multibulk(buf, limits, scan),
         Some(_) => inline(buf),
+    };
+    if !matches!(result, Ok(None)) {
+        *scan = Scan::default();
     }
+    result
 }
 
 /// Reads a `<marker><number>\r\n` prefix at `at`: `Ok(None)` while incomplete; the number and
@@ -115,9 +132,18 @@ fn prefix(
     Ok(Some((number, at + cr + 2)))
 }
 
-fn multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some((count, mut at)) = prefix(buf, 0, "multibulk")? else {
+fn multibulk(
+    buf: &mut BytesMut,
+    limits: Limits,
+    scan: &mut Scan,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some((count, header_end)) = prefix(buf, 0, "multibulk")? else {
         return Ok(None);
+    };
+    let (mut seen, mut at) = if scan.at == 0 {
+        (0, header_end)
+    } else {
+        (scan.seen, scan.at)
     };
     if count <= 0 {
         buf.advance(at);
@@ -129,8 +155,9 @@ fn multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Vec<Bytes>>, P
             limit: MAX_ARGS,
         });
     }
-    for _ in 0..count {
+    while seen < count as usize {
         let Some(&marker) = buf.get(at) else {
+            *scan = Scan { seen, at };
             return Ok(None);
         };
         if marker != b'$' {
@@ -139,6 +166,7 @@ fn multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Vec<Bytes>>, P
             });
         }
         let Some((len, data)) = prefix(buf, at, "bulk")? else {
+            *scan = Scan { seen, at };
             return Ok(None);
         };
         let len = u64::try_from(len).map_err(|_| ProtocolError::InvalidLength { what: "bulk" })?;
@@ -149,21 +177,28 @@ fn multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Vec<Bytes>>, P
             });
         }
         let end = data + len as usize;
-        at = end + 2;
-        if at > limits.max_request {
+        let next = end + 2;
+        if next > limits.max_request {
             return Err(ProtocolError::RequestTooLarge {
                 limit: limits.max_request,
             });
         }
         // the decoder skips the two bytes after a bulk string without looking at them
-        match buf.get(end..at) {
-            Some(b"\r\n") | None => {}
+        match buf.get(end..next) {
+            Some(b"\r\n") => {}
+            None => {
+                // its bytes have not all arrived: go on from this argument next time
+                *scan = Scan { seen, at };
+                return Ok(None);
+            }
             Some(_) => {
                 return Err(ProtocolError::Malformed {
                     reason: "a bulk string must end with CRLF".to_owned(),
                 });
             }
         }
+        at = next;
+        seen += 1;
     }
     if buf.len() < at {
         return Ok(None);
@@ -243,6 +278,16 @@ impl Reply {
         Reply::Error(format!("ERR {text}"))
     }
 
+    /// An error reply's text as it may go on the wire: a simple error ends at the first CR or
+    /// LF, and many errors quote what the client sent, so those become spaces (as Redis does).
+    fn error_line(text: String) -> String {
+        if text.contains(['\r', '\n']) {
+            text.replace(['\r', '\n'], " ")
+        } else {
+            text
+        }
+    }
+
     /// A bulk string of `text`.
     pub(crate) fn text(text: impl Into<String>) -> Reply {
         Reply::Bulk(Bytes::from(text.into()))
@@ -277,7 +322,7 @@ impl Reply {
     fn into_resp2(self) -> Frame2 {
         match self {
             Reply::Simple(text) => Frame2::SimpleString(Bytes::from_static(text.as_bytes())),
-            Reply::Error(text) => Frame2::Error(text.into()),
+            Reply::Error(text) => Frame2::Error(Reply::error_line(text).into()),
             Reply::Int(n) => Frame2::Integer(n),
             Reply::Bulk(bytes) => Frame2::BulkString(bytes),
             Reply::Null => Frame2::Null,
@@ -300,7 +345,7 @@ impl Reply {
                 attributes: None,
             },
             Reply::Error(text) => Frame3::SimpleError {
-                data: text.into(),
+                data: Reply::error_line(text).into(),
                 attributes: None,
             },
             Reply::Int(n) => Frame3::Number {
@@ -342,7 +387,7 @@ mod tests {
 
     fn read(bytes: &[u8]) -> (Result<Option<Vec<Bytes>>, ProtocolError>, usize) {
         let mut buf = BytesMut::from(bytes);
-        let result = next_request(&mut buf, LIMITS);
+        let result = next_request(&mut buf, LIMITS, &mut Scan::default());
         (result, buf.len())
     }
 
@@ -363,19 +408,20 @@ mod tests {
     #[test]
     fn pipelined_requests_come_out_one_by_one() {
         let mut buf = BytesMut::from(&b"*1\r\n$4\r\nPING\r\nECHO a\r\n*0\r\n"[..]);
+        let scan = &mut Scan::default();
         assert_eq!(
-            next_request(&mut buf, LIMITS).unwrap().unwrap(),
+            next_request(&mut buf, LIMITS, scan).unwrap().unwrap(),
             vec![Bytes::from("PING")]
         );
         assert_eq!(
-            next_request(&mut buf, LIMITS).unwrap().unwrap(),
+            next_request(&mut buf, LIMITS, scan).unwrap().unwrap(),
             vec![Bytes::from("ECHO"), Bytes::from("a")]
         );
         assert_eq!(
-            next_request(&mut buf, LIMITS).unwrap().unwrap(),
+            next_request(&mut buf, LIMITS, scan).unwrap().unwrap(),
             Vec::<Bytes>::new()
         );
-        assert_eq!(next_request(&mut buf, LIMITS).unwrap(), None);
+        assert_eq!(next_request(&mut buf, LIMITS, scan).unwrap(), None);
     }
 
     #[test]
@@ -417,6 +463,34 @@ mod tests {
             read(b"*1\r\n$2\r\nhiXX").0,
             Err(ProtocolError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_request_arriving_in_pieces_is_checked_once() {
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$5\r\nhello\r\n";
+        let mut buf = BytesMut::new();
+        let mut scan = Scan::default();
+        for (i, byte) in full.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            let result = next_request(&mut buf, LIMITS, &mut scan).unwrap();
+            if i + 1 < full.len() {
+                assert_eq!(result, None, "after {} bytes", i + 1);
+            } else {
+                assert_eq!(
+                    result.unwrap(),
+                    vec![Bytes::from("SET"), Bytes::from("a"), Bytes::from("hello")]
+                );
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!((scan.seen, scan.at), (0, 0), "reset for the next request");
+    }
+
+    #[test]
+    fn error_replies_stay_on_one_line() {
+        let mut out = BytesMut::new();
+        Reply::err("no group 'g\r\n:1'").write(Protocol::Resp2, &mut out);
+        assert_eq!(&out[..], b"-ERR no group 'g  :1'\r\n");
     }
 
     #[test]

@@ -165,6 +165,17 @@ impl Group {
         &self.topic
     }
 
+    /// Forgets held messages whose broker handler is gone (a Kafka revoke deadline, a drain
+    /// timeout): the broker has them again, and an `XACK` of them would acknowledge nothing.
+    fn prune(state: &mut State) {
+        state.held.retain(|_, held| !held.entry.settle.is_closed());
+    }
+
+    /// Whether the group was closed (`XGROUP DESTROY`, shutdown).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().closing
+    }
+
     /// A delivery from the broker: waits for a consumer.
     fn offer(&self, delivery: Delivery, settle: oneshot::Sender<Settle>) {
         let mut state = self.state();
@@ -195,6 +206,7 @@ impl Group {
     ) -> Vec<Read> {
         let mut state = self.state();
         let now = Instant::now();
+        Group::prune(&mut state);
         self.reclaim(&mut state, now);
         state.consumers.insert(consumer.clone(), now);
         let mut out = Vec::new();
@@ -240,6 +252,7 @@ impl Group {
     ) -> Vec<Read> {
         let mut state = self.state();
         let now = Instant::now();
+        Group::prune(&mut state);
         let consumer: Arc<str> = Arc::from(consumer);
         state.consumers.insert(consumer.clone(), now);
         state
@@ -266,14 +279,15 @@ impl Group {
         self.ready.notified()
     }
 
-    /// Acknowledges held messages; how many were held.
+    /// Acknowledges held messages; how many were acknowledged (held, and their broker
+    /// handler still waiting: one that is gone took its message back to the broker).
     pub(crate) fn ack(&self, ids: &[StreamId]) -> usize {
         let mut state = self.state();
         ids.iter()
             .filter_map(|id| state.held.remove(id))
-            .map(|held| {
-                let _ = held.entry.settle.send(Settle::Ack);
-            })
+            .filter(|held| !held.entry.settle.is_closed())
+            .map(|held| held.entry.settle.send(Settle::Ack).is_ok())
+            .filter(|acknowledged| *acknowledged)
             .count()
     }
 
@@ -363,7 +377,8 @@ impl Group {
 
     /// `XPENDING` summary.
     pub(crate) fn pending_summary(&self) -> PendingSummary {
-        let state = self.state();
+        let mut state = self.state();
+        Group::prune(&mut state);
         let range = state
             .held
             .keys()
@@ -390,7 +405,11 @@ impl Group {
         consumer: Option<&str>,
         min_idle: Duration,
     ) -> Vec<PendingEntry> {
-        let state = self.state();
+        if from > to {
+            return Vec::new();
+        }
+        let mut state = self.state();
+        Group::prune(&mut state);
         let now = Instant::now();
         state
             .held
@@ -435,6 +454,8 @@ impl Group {
                 let _ = held.entry.settle.send(Settle::GiveBack);
             }
         }
+        // readers blocked on this group learn that it is gone
+        self.ready.notify_waiters();
         if let Some(subscription) = subscription {
             let report = subscription.unsubscribe().await;
             tracing::debug!(topic = %self.topic, group = %self.name, ?report, "group stopped");
@@ -560,7 +581,10 @@ impl Groups {
         match raced {
             Ok(()) => Ok((new, true)),
             Err((existing, subscription)) => {
-                subscription.unsubscribe().await;
+                // what the second subscription already took goes back to the broker before
+                // it stops, instead of waiting out the drain timeout
+                *new.subscription.lock().unwrap_or_else(|e| e.into_inner()) = Some(subscription);
+                new.close().await;
                 Ok((existing, false))
             }
         }

@@ -16,8 +16,9 @@
 //! | `XPENDING topic group [...]` | what each consumer holds |
 //!
 //! At least once through the stream commands: the broker's message is acknowledged only when a
-//! client sent `XACK` for it. What a client holds when its connection ends is handed to the
-//! next reader of the group; what nobody acknowledged when the gateway stops goes back to the
+//! client sent `XACK` for it. What a client holds when its connection ends stays its
+//! consumer's for the reclaim delay ([`GatewayConfig::reclaim_after`]), then goes to the next
+//! reader of the group; what nobody acknowledged when the gateway stops goes back to the
 //! broker. Read messages carry their headers as fields next to `payload` (`ce_type`, `ce_id`,
 //! `traceparent`, ...).
 //!

@@ -370,3 +370,57 @@ async fn what_a_killed_redis_cli_session_held_goes_to_the_next_reader() {
     .await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_cases_of_the_stream_commands() {
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    let port = gw.port();
+    blocking(move || {
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "CREATE", "q", "g", "$"]).trim(),
+            "OK"
+        );
+        // a range the wrong way round holds nothing
+        assert_eq!(
+            redis_cli(addr, &["XPENDING", "q", "g", "+", "-", "10"]).trim(),
+            "(empty array)"
+        );
+        // without a password configured, HELLO ... AUTH passes, as with Redis' default user
+        let hello = redis_cli(addr, &["HELLO", "3", "AUTH", "default", "anything"]);
+        assert!(hello.contains("proto"), "{hello}");
+        // a reader blocked on a group that is destroyed learns it
+        let mut reader = Running::spawn(
+            "redis-cli",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--no-raw",
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "0",
+                "STREAMS",
+                "q",
+                ">",
+            ],
+            "redis-cli XREADGROUP BLOCK 0",
+        );
+        while !redis_cli(addr, &["INFO"]).contains("blocked_clients:1") {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "DESTROY", "q", "g"]).trim(),
+            "(integer) 1"
+        );
+        let line = reader.line();
+        assert!(line.contains("NOGROUP"), "{line}");
+        reader.finish();
+    })
+    .await;
+    gw.stop().await;
+}
