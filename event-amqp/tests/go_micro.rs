@@ -81,20 +81,18 @@ async fn go_micro_subscribes_to_what_we_publish() {
             Some("acme"),
             "{line}"
         );
-        let names: Vec<&str> = metadata.keys().map(String::as_str).collect();
+        // the trace context is checked by the scenario (go-micro's wrapper writes its own
+        // span's `Traceparent` beside or over ours)
+        let names: Vec<&str> = metadata
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.eq_ignore_ascii_case("traceparent"))
+            .collect();
         assert_eq!(
             names,
-            [
-                "Content-Type",
-                "Micro-ID",
-                "Micro-Topic",
-                "Traceparent",
-                "tenant",
-                "traceparent"
-            ],
+            ["Content-Type", "Micro-ID", "Micro-Topic", "tenant"],
             "what go-micro's context holds: our headers (the type, source and time are AMQP \
-             properties, which go-micro does not read), and the Traceparent of the span \
-             go-micro's tracing wrapper starts in our trace ({line})"
+             properties, which go-micro does not read) ({line})"
         );
     }
     broker.disconnect().await.expect("disconnect");

@@ -81,25 +81,28 @@ async fn go_micro_subscribes_to_what_we_publish() {
         assert_eq!(value("ce_source"), Some("signup"), "{line}");
         // a chain's first message: the correlation id would only repeat Micro-ID
         assert_eq!(value("Correlation-Id"), None, "{line}");
-        let names: Vec<&str> = metadata.keys().map(String::as_str).collect();
+        // the trace context is checked by the scenario (go-micro's wrapper writes its own
+        // span's `Traceparent` beside or over ours)
+        let names: Vec<&str> = metadata
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.eq_ignore_ascii_case("traceparent"))
+            .collect();
         assert_eq!(
             names,
             [
                 "Content-Type",
                 "Micro-ID",
                 "Micro-Topic",
-                "Traceparent",
                 "ce_source",
                 "ce_specversion",
                 "ce_time",
                 "ce_type",
                 "tenant",
-                "traceparent",
             ],
             "what go-micro's context holds: every name of the envelope's header, as we spell \
              it (go-micro v5 keeps names as they are; the JetStream Nats-Msg-Id is a NATS \
-             header, which go-micro does not read), and the Traceparent of the span \
-             go-micro's tracing wrapper starts in our trace ({line})"
+             header, which go-micro does not read) ({line})"
         );
     }
     broker.disconnect().await.expect("disconnect");
