@@ -16,10 +16,8 @@ import (
 	"go-micro.dev/v5/client"
 	"go-micro.dev/v5/metadata"
 	"go-micro.dev/v5/registry"
-	"go-micro.dev/v5/server"
 
 	"event-interop/go-micro-peer/internal/peer"
-	"event-interop/go-micro-peer/pb/usersv1"
 )
 
 // How long the peer waits for the server's round trips.
@@ -121,25 +119,8 @@ func subscribeNATS(o peer.Options) error {
 	b, conns := natsBroker(o)
 	sb := &subscribingBroker{Broker: b, topic: o.Topic, subscribed: make(chan struct{})}
 	received := peer.NewCounter(o.Count)
-	srv := server.NewServer(
-		server.Name("go-micro-peer"),
-		server.Address("127.0.0.1:0"),
-		server.Broker(sb),
-		server.Registry(registry.NewMemoryRegistry()),
-		tracedSubscriber(),
-	)
-	handler := func(ctx context.Context, user *usersv1.UserCreated) error {
-		md, _ := metadata.FromContext(ctx)
-		line := peer.Received(peer.Lookup(md, "Micro-Topic"), user, md, peer.Lookup(md, "Micro-ID"))
-		line["trace_id"] = traceID(ctx)
-		peer.Emit(line)
-		received.Add()
-		return nil
-	}
-	if err := micro.RegisterSubscriber(o.Topic, srv, handler, server.SubscriberQueue(o.Queue)); err != nil {
-		return err
-	}
-	if err := srv.Start(); err != nil {
+	srv, err := startSubscriber(o, sb, received)
+	if err != nil {
 		return err
 	}
 	defer srv.Stop()
