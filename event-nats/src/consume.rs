@@ -15,9 +15,10 @@
 //! outgoing buffer: it is done once handed to the client, which is bounded, and closing the
 //! subscription flushes the buffer.
 //!
-//! The pull request expires after 30 s and asks for a heartbeat every 5 s. When the client
-//! reconnects, or nothing (message, heartbeat or status) came for two heartbeats, the request
-//! is sent again; a consumer the server no longer has (deleted, or lost with a memory stream)
+//! The pull request expires after 1 s (an idle subscription asks again every second), so
+//! that a subscription that closes can wait for its request to end before it lets the inbox
+//! go (see `Puller::finish`). When the client reconnects, or nothing (message or status) came
+//! for 3 s, the request is sent again; a consumer the server no longer has (deleted, or lost with a memory stream)
 //! is made again: a queue group's with its configuration, a broadcast subscriber's from the
 //! message after the last one it received.
 //!
@@ -43,12 +44,15 @@ use crate::broker::{Inner, Session, client_error};
 use crate::error::NatsBackendError;
 use crate::wire;
 
-/// How long the server keeps one pull request.
-const EXPIRES: Duration = Duration::from_secs(30);
-/// How often the server says a waiting pull request is alive.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Silence after which a pull request counts as lost.
-const SILENCE: Duration = Duration::from_secs(11);
+/// How long the server keeps one pull request: an idle subscription asks again this often,
+/// and closing it waits at most this long for its request to end.
+const EXPIRES: Duration = Duration::from_secs(1);
+/// Silence after which a pull request counts as lost (the server ends each one by
+/// [`EXPIRES`], with a message or a status).
+const SILENCE: Duration = Duration::from_secs(3);
+/// A subscription that had no message for this long closes without waiting for its pull
+/// request to end (see `Puller::finish`).
+const QUIET: Duration = Duration::from_millis(250);
 /// How long closing a subscription waits for the client's buffer and the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -264,6 +268,7 @@ pub(crate) async fn open_jetstream(
             retry_at: None,
             backoff: Backoff::between(config.reconnect_min, config.reconnect_max),
             remake: false,
+            last_message: None,
         }
         .run(),
     );
@@ -422,6 +427,8 @@ struct Puller {
     backoff: Backoff,
     /// The consumer is gone: make it again before the next request.
     remake: bool,
+    /// When the last message arrived.
+    last_message: Option<Instant>,
 }
 
 impl Puller {
@@ -516,11 +523,7 @@ impl Puller {
             (current.stream.clone(), current.consumer.clone())
         };
         let subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}");
-        let body = format!(
-            r#"{{"batch":{n},"expires":{},"idle_heartbeat":{}}}"#,
-            EXPIRES.as_nanos(),
-            HEARTBEAT.as_nanos()
-        );
+        let body = format!(r#"{{"batch":{n},"expires":{}}}"#, EXPIRES.as_nanos());
         match self
             .sub
             .client
@@ -614,6 +617,7 @@ impl Puller {
             _ => self.sub.credit.take_one(),
         }
         self.backoff.reset();
+        self.last_message = Some(now);
         let Some(reply) = message.reply.clone() else {
             tracing::warn!(topic = %self.sub.spec.topic, "a pulled message without a reply subject; skipped");
             self.sub.give_back(1);
@@ -676,21 +680,144 @@ impl Puller {
         Ok(())
     }
 
-    /// Stops: unsubscribes the inbox (the server then drops the request), gives back what
-    /// arrived and was not handed out.
+    /// Stops, giving back what came after the stop (the delivery loop gives back what it was
+    /// handed).
+    ///
+    /// Unsubscribing the inbox makes the server drop the open pull request, but a message the
+    /// server sent before it read the unsubscribe (one this client published just before, say)
+    /// would reach a client that no longer knows the inbox and drops it: the server would send
+    /// it again only after `AckWait`. So while messages are coming, the inbox stays subscribed
+    /// until the open request is over: filled, or ended by the server (within [`EXPIRES`]).
+    /// What arrives meanwhile is held, not given back: given back while the request is open,
+    /// it could come to this inbox again. Then the inbox is unsubscribed and everything held
+    /// goes back (`-NAK`), to the other members at once.
+    ///
+    /// A subscription that has had no message for [`QUIET`] asks the consumer instead whether
+    /// anything is on the way, with a one-message request that must not wait (`no_wait`), on
+    /// an inbox of its own: the consumer answers in order with what it sends to the open
+    /// request, so "no messages" means none is on the way, and the subscription closes at
+    /// once. Only a message published in the moment between that answer and the server
+    /// reading the unsubscribe can then go to the dropped inbox; it comes back after
+    /// `AckWait`.
     async fn finish(mut self) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.inbox.unsubscribe()).await;
-        while let Some(Some(message)) = self.inbox.next().now_or_never() {
-            if message.status.is_none()
-                && let Some(reply) = message.reply
-            {
-                let _ = self
-                    .sub
-                    .client
-                    .publish(reply, Bytes::from_static(NAK))
-                    .await;
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let mut late: Vec<async_nats::Subject> = Vec::new();
+        let mut outstanding = self.request.take().map_or(0, |r| r.outstanding);
+        let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
+        if outstanding > 0 && quiet {
+            match self.nothing_on_the_way(&mut late, deadline).await {
+                Ok(true) => outstanding = 0,
+                Ok(false) => {}
+                Err(error) => tracing::debug!(
+                    topic = %self.sub.spec.topic,
+                    %error,
+                    "could not ask the consumer what is on the way; waiting for the request"
+                ),
             }
         }
+        // the server ends the request by EXPIRES after it got it
+        let over_by = deadline.min(Instant::now() + EXPIRES + Duration::from_millis(500));
+        while outstanding > 0 {
+            match tokio::time::timeout_at(over_by, self.inbox.next()).await {
+                Ok(Some(message)) => match message.status {
+                    None => {
+                        outstanding -= 1;
+                        late.extend(message.reply);
+                    }
+                    Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
+                    // the request is over (it expired, or the consumer went away)
+                    Some(_) => break,
+                },
+                Ok(None) => break,
+                Err(_elapsed) => {
+                    tracing::debug!(
+                        topic = %self.sub.spec.topic,
+                        outstanding,
+                        "the pull request did not end; unsubscribing"
+                    );
+                    break;
+                }
+            }
+        }
+        // the inbox ends once the client has dropped the subscription: what came before that
+        // is read here, not dropped with the subscriber
+        let unsubscribed = tokio::time::timeout_at(deadline, self.inbox.unsubscribe()).await;
+        if matches!(unsubscribed, Ok(Ok(()))) {
+            while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.inbox.next()).await
+            {
+                if message.status.is_none() {
+                    late.extend(message.reply);
+                }
+            }
+        }
+        for reply in late {
+            let _ = self
+                .sub
+                .client
+                .publish(reply, Bytes::from_static(NAK))
+                .await;
+        }
+    }
+
+    /// Asks the consumer, with a `no_wait` request for one message on an inbox of its own,
+    /// whether it has anything for this subscription; holds what reaches either inbox in
+    /// `late`. `Ok(true)`: nothing is on the way.
+    async fn nothing_on_the_way(
+        &mut self,
+        late: &mut Vec<async_nats::Subject>,
+        deadline: Instant,
+    ) -> Result<bool, String> {
+        let client = &self.sub.client;
+        let subject = async_nats::Subject::from(client.new_inbox());
+        let mut answers = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stream, consumer) = {
+            let current = self.sub.current();
+            (current.stream.clone(), current.consumer.clone())
+        };
+        let asked = client
+            .publish_with_reply(
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                subject,
+                Bytes::from_static(br#"{"batch":1,"no_wait":true}"#),
+            )
+            .await;
+        let result = match asked {
+            Err(error) => Err(error.to_string()),
+            Ok(()) => tokio::select! {
+                    biased;
+                    // a message to the open request: something is coming
+                    message = self.inbox.next() => match message {
+                        Some(message) => {
+                            if message.status.is_none() {
+                                late.extend(message.reply);
+                            }
+                            Ok(false)
+                        }
+                        None => Ok(true),
+                    },
+                    answer = answers.next() => match answer {
+                        Some(message) if message.status.is_none() => {
+                            late.extend(message.reply);
+                            Ok(false)
+                        }
+                        Some(message) => Ok(message.status == Some(async_nats::StatusCode::NOT_FOUND)),
+                        None => Err("the client closed".to_owned()),
+                    },
+                    () = tokio::time::sleep_until(deadline) => {
+                        Err(format!("no answer within {CLOSE_TIMEOUT:?}"))
+                    }
+            },
+        };
+        let _ = answers.unsubscribe().await;
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            if message.status.is_none() {
+                late.extend(message.reply);
+            }
+        }
+        result
     }
 }
 

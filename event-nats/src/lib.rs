@@ -140,6 +140,11 @@
 //!   in-flight handlers finish (each subscription's drain timeout) and acknowledges what
 //!   finished, gives back (`-NAK`) what was fetched and not handled, waits for outstanding
 //!   PubAcks, flushes and closes the connection. Nothing is dead-lettered because of shutdown.
+//!   What was given back goes to the other members of the group at once: a subscription that
+//!   closes while messages are coming lets its inbox go only once its pull request is over
+//!   (filled, or expired: a request lasts 1 s), so that nothing the server sent is dropped
+//!   on the way and left to `AckWait`. Closing an idle subscription asks the consumer whether
+//!   anything is on the way and does not wait.
 //!
 //! What is not: a broadcast subscriber is a consumer of its own that lives as long as the
 //! subscription; it sees what is published while it exists (or from the start of the stream,
