@@ -6,7 +6,11 @@
 //!
 //! - a run of acknowledged tags with nothing unsettled below it becomes one `basic.ack` with
 //!   `multiple = true` (delivery tags count up from 1 on each channel, so "everything up to
-//!   tag n is settled" is known exactly);
+//!   tag n is settled" is known exactly), sent once the run covers half the prefetch, or
+//!   when no outcome came for 1 ms, or when the channel closes: one acknowledgement per half
+//!   prefetch of a busy channel instead of one per message or two, which is RabbitMQ's own
+//!   work saved (every `basic.ack` is a frame its channel process reads), while the broker
+//!   still has the other half of the prefetch to deliver into;
 //! - an acknowledgement above an unsettled tag (a slower handler at concurrency > 1) is sent on
 //!   its own at once, so it never waits for that handler;
 //! - a message given back (`basic.nack`, requeue) is sent on its own, before the batch's
@@ -19,6 +23,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -142,11 +147,41 @@ fn plan(ledger: &mut Ledger, batch: &[Settle]) -> Plan {
     plan
 }
 
+/// How long an acknowledgement of a settled run waits for more of the run when the channel
+/// goes quiet.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
 async fn run(mut outcomes: mpsc::Receiver<Settle>, reporter: Reporter) {
     let limit = outcomes.max_capacity();
+    // a run is acknowledged once it covers half the prefetch, so that the broker always has
+    // room to deliver while the worker gathers it
+    let enough = u64::try_from(limit / 2).unwrap_or(u64::MAX).max(1);
     let mut batch = Vec::with_capacity(limit);
     let mut ledger = Ledger::default();
-    while outcomes.recv_many(&mut batch, limit).await > 0 {
+    // the highest tag of the settled run not acknowledged yet, and where the last
+    // acknowledgement of a run reached
+    let mut pending: Option<Acker> = None;
+    let mut acked_through = 0;
+    loop {
+        let received = if pending.is_some() {
+            match tokio::time::timeout(FLUSH_AFTER, outcomes.recv_many(&mut batch, limit)).await {
+                Ok(received) => received,
+                Err(_quiet) => {
+                    if let Some(acker) = pending.take() {
+                        acked_through = ledger.through;
+                        reporter
+                            .sent("ack", acker.ack(BasicAckOptions { multiple: true }))
+                            .await;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            outcomes.recv_many(&mut batch, limit).await
+        };
+        if received == 0 {
+            break;
+        }
         let plan = plan(&mut ledger, &batch);
         for &index in &plan.requeue {
             let requeue = BasicNackOptions {
@@ -157,26 +192,29 @@ async fn run(mut outcomes: mpsc::Receiver<Settle>, reporter: Reporter) {
                 .sent("nack", batch[index].acker.nack(requeue))
                 .await;
         }
-        let multiple = plan.multiple.map(|index| {
-            reporter.sent(
-                "ack",
-                batch[index].acker.ack(BasicAckOptions { multiple: true }),
-            )
-        });
         let singles = plan
             .single
             .iter()
             .map(|&index| reporter.sent("ack", batch[index].acker.ack(BasicAckOptions::default())));
-        futures_util::future::join(
-            async {
-                if let Some(multiple) = multiple {
-                    multiple.await;
-                }
-            },
-            futures_util::future::join_all(singles),
-        )
-        .await;
+        futures_util::future::join_all(singles).await;
+        if let Some(index) = plan.multiple {
+            pending = Some(batch.swap_remove(index).acker);
+        }
+        if ledger.through - acked_through >= enough
+            && let Some(acker) = pending.take()
+        {
+            acked_through = ledger.through;
+            reporter
+                .sent("ack", acker.ack(BasicAckOptions { multiple: true }))
+                .await;
+        }
         batch.clear();
+    }
+    // the channel is closing: what is settled goes now
+    if let Some(acker) = pending.take() {
+        reporter
+            .sent("ack", acker.ack(BasicAckOptions { multiple: true }))
+            .await;
     }
 }
 
