@@ -112,7 +112,7 @@
 //! - **Consume**: manual acks, after the handler's outcome (the delivery loop of
 //!   `event-core`), sent by a settle worker per channel so that the loop never waits for one:
 //!   a run of settled delivery tags goes out as one `basic.ack` with `multiple` (once it
-//!   covers half the prefetch, or after 1 ms without another outcome), an ack above a
+//!   covers half the prefetch, or 1 ms after it began), an ack above a
 //!   message still in a handler on its own, and closing a subscription sends what is queued
 //!   before the channel closes. `basic.qos` prefetch = [`AmqpBrokerBuilder::prefetch`]
 //!   ([`DEFAULT_PREFETCH`] unless set), or the subscription's concurrency if larger. A failing handler is retried in place with

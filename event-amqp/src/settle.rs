@@ -7,7 +7,7 @@
 //! - a run of acknowledged tags with nothing unsettled below it becomes one `basic.ack` with
 //!   `multiple = true` (delivery tags count up from 1 on each channel, so "everything up to
 //!   tag n is settled" is known exactly), sent once the run covers half the prefetch, or
-//!   when no outcome came for 1 ms, or when the channel closes: one acknowledgement per half
+//!   1 ms after the run began, or when the channel closes: one acknowledgement per half
 //!   prefetch of a busy channel instead of one per message or two, which is RabbitMQ's own
 //!   work saved (every `basic.ack` is a frame its channel process reads), while the broker
 //!   still has the other half of the prefetch to deliver into;
@@ -147,8 +147,7 @@ fn plan(ledger: &mut Ledger, batch: &[Settle]) -> Plan {
     plan
 }
 
-/// How long an acknowledgement of a settled run waits for more of the run when the channel
-/// goes quiet.
+/// How long an acknowledgement of a settled run waits, at most, for more of the run.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 async fn run(mut outcomes: mpsc::Receiver<Settle>, reporter: Reporter) {
@@ -162,9 +161,13 @@ async fn run(mut outcomes: mpsc::Receiver<Settle>, reporter: Reporter) {
     // acknowledgement of a run reached
     let mut pending: Option<Acker> = None;
     let mut acked_through = 0;
+    // when the run not acknowledged yet began: it goes out FLUSH_AFTER later at the latest,
+    // however often other outcomes (acknowledgements above a slow handler's tag) come
+    let mut pending_since = tokio::time::Instant::now();
     loop {
         let received = if pending.is_some() {
-            match tokio::time::timeout(FLUSH_AFTER, outcomes.recv_many(&mut batch, limit)).await {
+            let flush_at = pending_since + FLUSH_AFTER;
+            match tokio::time::timeout_at(flush_at, outcomes.recv_many(&mut batch, limit)).await {
                 Ok(received) => received,
                 Err(_quiet) => {
                     if let Some(acker) = pending.take() {
@@ -198,6 +201,9 @@ async fn run(mut outcomes: mpsc::Receiver<Settle>, reporter: Reporter) {
             .map(|&index| reporter.sent("ack", batch[index].acker.ack(BasicAckOptions::default())));
         futures_util::future::join_all(singles).await;
         if let Some(index) = plan.multiple {
+            if pending.is_none() {
+                pending_since = tokio::time::Instant::now();
+            }
             pending = Some(batch.swap_remove(index).acker);
         }
         if ledger.through - acked_through >= enough

@@ -705,7 +705,10 @@ impl Puller {
         let mut outstanding = self.request.take().map_or(0, |r| r.outstanding);
         let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
         if outstanding > 0 && quiet {
-            match self.nothing_on_the_way(&mut late, deadline).await {
+            match self
+                .nothing_on_the_way(&mut outstanding, &mut late, deadline)
+                .await
+            {
                 Ok(true) => outstanding = 0,
                 Ok(false) => {}
                 Err(error) => tracing::debug!(
@@ -739,8 +742,8 @@ impl Puller {
                 }
             }
         }
-        // the inbox ends once the client has dropped the subscription: what came before that
-        // is read here, not dropped with the subscriber
+        // what the client had already handed to the inbox is read here, not dropped with it
+        // (nothing else can come: the request is over, or the server had nothing for it)
         let unsubscribed = tokio::time::timeout_at(deadline, self.inbox.unsubscribe()).await;
         if matches!(unsubscribed, Ok(Ok(()))) {
             while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.inbox.next()).await
@@ -760,10 +763,13 @@ impl Puller {
     }
 
     /// Asks the consumer, with a `no_wait` request for one message on an inbox of its own,
-    /// whether it has anything for this subscription; holds what reaches either inbox in
-    /// `late`. `Ok(true)`: nothing is on the way.
+    /// whether it has anything for this subscription, and waits for its answer; holds what
+    /// reaches either inbox in `late` (counting what the open request brought against
+    /// `outstanding`, which a status on the inbox, the request's end, sets to 0). `Ok(true)`:
+    /// nothing is on the way.
     async fn nothing_on_the_way(
         &mut self,
+        outstanding: &mut usize,
         late: &mut Vec<async_nats::Subject>,
         deadline: Instant,
     ) -> Result<bool, String> {
@@ -784,31 +790,41 @@ impl Puller {
                 Bytes::from_static(br#"{"batch":1,"no_wait":true}"#),
             )
             .await;
+        // the answer is a message, 404 "No Messages" or 408 "Requests Pending", soon: the
+        // request does not wait; until then the open request's messages are held as well
+        let mut busy = false;
         let result = match asked {
             Err(error) => Err(error.to_string()),
-            Ok(()) => tokio::select! {
-                    biased;
-                    // a message to the open request: something is coming
-                    message = self.inbox.next() => match message {
-                        Some(message) => {
-                            if message.status.is_none() {
+            Ok(()) => loop {
+                tokio::select! {
+                    message = self.inbox.next(), if *outstanding > 0 => match message {
+                        Some(message) => match message.status {
+                            None => {
+                                *outstanding -= 1;
+                                busy = true;
                                 late.extend(message.reply);
                             }
-                            Ok(false)
-                        }
-                        None => Ok(true),
+                            Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
+                            // the open request is over
+                            Some(_) => *outstanding = 0,
+                        },
+                        None => *outstanding = 0,
                     },
                     answer = answers.next() => match answer {
                         Some(message) if message.status.is_none() => {
                             late.extend(message.reply);
-                            Ok(false)
+                            break Ok(false);
                         }
-                        Some(message) => Ok(message.status == Some(async_nats::StatusCode::NOT_FOUND)),
-                        None => Err("the client closed".to_owned()),
+                        Some(message) => {
+                            let none = message.status == Some(async_nats::StatusCode::NOT_FOUND);
+                            break Ok(none && !busy);
+                        }
+                        None => break Err("the client closed".to_owned()),
                     },
                     () = tokio::time::sleep_until(deadline) => {
-                        Err(format!("no answer within {CLOSE_TIMEOUT:?}"))
+                        break Err(format!("no answer within {CLOSE_TIMEOUT:?}"));
                     }
+                }
             },
         };
         let _ = answers.unsubscribe().await;
