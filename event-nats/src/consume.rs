@@ -4,7 +4,9 @@
 //! **JetStream.** A queue group is a durable pull consumer (shared by every member), a
 //! broadcast subscriber an ephemeral one of its own. A task per subscription (the *puller*)
 //! asks the server for as many messages as the subscription has room for (its prefetch, at
-//! least its concurrency) with one pull request at a time on an inbox of its own, and hands
+//! least its concurrency) with one pull request at a time on an inbox of its own (each
+//! request answered on a subject of its own under it, so that the status ending a request given
+//! up on after a reconnect is not taken for the current one's), and hands
 //! what arrives to the loop through a channel. Every message counts against the room from the
 //! moment it arrives until it is settled, so a member never holds more than its prefetch.
 //!
@@ -234,10 +236,12 @@ pub(crate) async fn open_jetstream(
         go_micro_envelope: config.go_micro_envelope,
     };
     let (consumer, after) = make_consumer(&inner, &session.js, &spec, &stream, None).await?;
-    let inbox_subject = async_nats::Subject::from(session.client.new_inbox());
+    // each pull request gets a reply subject of its own under the inbox, so that a status
+    // (the 408 that ends an expired request) is known to be for the current one
+    let inbox_prefix = session.client.new_inbox();
     let inbox = session
         .client
-        .subscribe(inbox_subject.clone())
+        .subscribe(format!("{inbox_prefix}.*"))
         .await
         .map_err(|e| client_error("subscribe to the pull inbox", e))?;
     let sub = Arc::new(Sub {
@@ -260,7 +264,8 @@ pub(crate) async fn open_jetstream(
         Puller {
             sub: sub.clone(),
             inbox,
-            inbox_subject,
+            inbox_prefix,
+            requests: 0,
             tx,
             stop: stop.clone(),
             reconnects: inner.reconnects.subscribe(),
@@ -407,9 +412,11 @@ impl Held {
 
 /// The pull request under way.
 struct Request {
+    /// Its number: it is answered on `<inbox_prefix>.<number>`.
+    number: u64,
     /// Messages asked for and not come yet.
     outstanding: usize,
-    /// When the server last said anything to the inbox.
+    /// When it was sent, or last brought a message.
     heard: Instant,
 }
 
@@ -417,7 +424,10 @@ struct Request {
 struct Puller {
     sub: Arc<Sub>,
     inbox: async_nats::Subscriber,
-    inbox_subject: async_nats::Subject,
+    /// The inbox's subject; request `n` is answered on `<inbox_prefix>.<n>`.
+    inbox_prefix: String,
+    /// Requests sent so far: the number of the last one.
+    requests: u64,
     tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
     stop: CancellationToken,
     reconnects: tokio::sync::watch::Receiver<u64>,
@@ -527,11 +537,17 @@ impl Puller {
         match self
             .sub
             .client
-            .publish_with_reply(subject, self.inbox_subject.clone(), body.into())
+            .publish_with_reply(
+                subject,
+                format!("{}.{}", self.inbox_prefix, self.requests + 1),
+                body.into(),
+            )
             .await
         {
             Ok(()) => {
+                self.requests += 1;
                 self.request = Some(Request {
+                    number: self.requests,
                     outstanding: n,
                     heard: Instant::now(),
                 });
@@ -564,16 +580,31 @@ impl Puller {
         }
     }
 
+    /// Whether a status arrived for the request under way (not for one given up on, which
+    /// the server may have kept after a reconnect).
+    fn for_current_request(&self, status: &async_nats::Message) -> bool {
+        let number = request_number(&self.inbox_prefix, status.subject.as_str());
+        self.request
+            .as_ref()
+            .is_some_and(|request| Some(request.number) == number)
+    }
+
     fn received(&mut self, message: async_nats::Message, now: Instant) {
-        if let Some(request) = self.request.as_mut() {
-            request.heard = now;
-        }
-        let status = message.status.unwrap_or(async_nats::StatusCode::OK);
-        if status == async_nats::StatusCode::OK {
+        if message.status.is_none() {
+            if let Some(request) = self.request.as_mut() {
+                request.heard = now;
+            }
             self.message(message, now);
             return;
         }
-        if status == async_nats::StatusCode::IDLE_HEARTBEAT {
+        let status = message.status.unwrap_or(async_nats::StatusCode::OK);
+        if !self.for_current_request(&message) {
+            tracing::debug!(
+                topic = %self.sub.spec.topic,
+                status = %status,
+                subject = %message.subject,
+                "a status for a pull request given up on; ignored"
+            );
             return;
         }
         let description = message.description.as_deref().unwrap_or("");
@@ -680,6 +711,26 @@ impl Puller {
         Ok(())
     }
 
+    /// Takes an arrival on the inbox while the subscription closes: a message is held in
+    /// `late` and counted against the request (returns true); a status for the request under
+    /// way ends it.
+    fn closing_arrival(
+        &self,
+        message: async_nats::Message,
+        outstanding: &mut usize,
+        late: &mut Vec<async_nats::Subject>,
+    ) -> bool {
+        if message.status.is_none() {
+            *outstanding = outstanding.saturating_sub(1);
+            late.extend(message.reply);
+            return true;
+        }
+        if self.for_current_request(&message) {
+            *outstanding = 0;
+        }
+        false
+    }
+
     /// Stops, giving back what came after the stop (the delivery loop gives back what it was
     /// handed).
     ///
@@ -702,7 +753,8 @@ impl Puller {
     async fn finish(mut self) {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         let mut late: Vec<async_nats::Subject> = Vec::new();
-        let mut outstanding = self.request.take().map_or(0, |r| r.outstanding);
+        // the request stays in place for `for_current_request` until the inbox is let go
+        let mut outstanding = self.request.as_ref().map_or(0, |r| r.outstanding);
         let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
         if outstanding > 0 && quiet {
             match self
@@ -722,15 +774,10 @@ impl Puller {
         let over_by = deadline.min(Instant::now() + EXPIRES + Duration::from_millis(500));
         while outstanding > 0 {
             match tokio::time::timeout_at(over_by, self.inbox.next()).await {
-                Ok(Some(message)) => match message.status {
-                    None => {
-                        outstanding -= 1;
-                        late.extend(message.reply);
-                    }
-                    Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
-                    // the request is over (it expired, or the consumer went away)
-                    Some(_) => break,
-                },
+                // a status for the request: it is over (expired, or the consumer went away)
+                Ok(Some(message)) => {
+                    self.closing_arrival(message, &mut outstanding, &mut late);
+                }
                 Ok(None) => break,
                 Err(_elapsed) => {
                     tracing::debug!(
@@ -798,16 +845,7 @@ impl Puller {
             Ok(()) => loop {
                 tokio::select! {
                     message = self.inbox.next(), if *outstanding > 0 => match message {
-                        Some(message) => match message.status {
-                            None => {
-                                *outstanding -= 1;
-                                busy = true;
-                                late.extend(message.reply);
-                            }
-                            Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
-                            // the open request is over
-                            Some(_) => *outstanding = 0,
-                        },
+                        Some(message) => busy |= self.closing_arrival(message, outstanding, late),
                         None => *outstanding = 0,
                     },
                     answer = answers.next() => match answer {
@@ -835,6 +873,16 @@ impl Puller {
         }
         result
     }
+}
+
+/// The number of the pull request a status on `subject` answers, when it is one of those
+/// under `inbox_prefix`.
+fn request_number(inbox_prefix: &str, subject: &str) -> Option<u64> {
+    subject
+        .strip_prefix(inbox_prefix)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -1078,6 +1126,18 @@ impl Acknowledge for CoreAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_names_the_request_it_answers() {
+        let prefix = "_INBOX.abc";
+        assert_eq!(request_number(prefix, "_INBOX.abc.7"), Some(7));
+        assert_eq!(request_number(prefix, "_INBOX.abc.12"), Some(12));
+        // another inbox, or not a request's subject
+        assert_eq!(request_number(prefix, "_INBOX.abcd.7"), None);
+        assert_eq!(request_number(prefix, "_INBOX.abc"), None);
+        assert_eq!(request_number(prefix, "_INBOX.abc.x"), None);
+        assert_eq!(request_number(prefix, "orders.placed"), None);
+    }
 
     #[test]
     fn reply_subjects_of_both_formats() {
