@@ -13,6 +13,9 @@
 //! under `perf`). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for
 //! the run and deleted after it.
 //!
+//! Each row also counts the allocations the whole process made while its clock ran (the
+//! counting allocator of `bench-alloc`), per message.
+//!
 //! Every row runs once per round, for 64-byte and 1 KiB `Tick`s, the rows of a round in a
 //! rotating order; the tables at the end give each row's median over the rounds and its ratio
 //! to the raw row, as markdown.
@@ -47,6 +50,9 @@ use event_proto::bench::v1::Tick;
 use futures_util::StreamExt;
 use prost::Message as _;
 use tokio::sync::Notify;
+
+#[global_allocator]
+static GLOBAL: event_bench_alloc::Counting = event_bench_alloc::Counting;
 
 const STREAM: &str = "EVENT_BENCH";
 const SIZES: [usize; 2] = [64, 1024];
@@ -123,19 +129,19 @@ impl Bench {
         format!("bench.{what}.{}", uuid::Uuid::now_v7().simple())
     }
 
-    async fn typed_publish(&self, size: usize) -> Duration {
+    async fn typed_publish(&self, size: usize) -> Measured {
         let topic = self.topic("typed-publish");
         let publisher =
             Publisher::<Tick>::new(Arc::new(self.broker.clone()), "bench", topic.as_str());
         let ticks: Vec<Tick> = (0..self.events as u64).map(|i| tick(i, size)).collect();
-        let started = Instant::now();
+        let started = Started::now();
         let mut sends = futures_util::stream::iter(ticks.iter())
             .map(|t| publisher.publish(t))
             .buffer_unordered(self.window);
         while let Some(sent) = sends.next().await {
             sent.expect("publish");
         }
-        started.elapsed()
+        started.stop()
     }
 
     /// Our publisher's exact messages, encoded before the clock starts.
@@ -158,7 +164,7 @@ impl Bench {
     /// `HeaderName::from_static`, that cost nothing; `insert`, one hash per name). What is
     /// computed before the clock is only what the application has at hand anyway: the ticks
     /// and the values of their headers (ids and times come from the caller's code).
-    async fn raw_publish(&self, size: usize) -> Duration {
+    async fn raw_publish(&self, size: usize) -> Measured {
         let topic = self.topic("raw-publish");
         let messages = self.encoded(&topic, size);
         let mut names: std::collections::HashMap<String, async_nats::HeaderName> =
@@ -185,7 +191,7 @@ impl Bench {
             .collect();
         drop(messages);
         let ticks: Vec<Tick> = (0..self.events as u64).map(|i| tick(i, size)).collect();
-        let started = Instant::now();
+        let started = Started::now();
         let mut sends = futures_util::stream::iter(ticks.iter().zip(&fields))
             .map(|(tick, fields)| {
                 let js = &self.js;
@@ -212,15 +218,15 @@ impl Bench {
         while let Some(sent) = sends.next().await {
             sent.expect("publish");
         }
-        started.elapsed()
+        started.stop()
     }
 
     /// The earlier raw row, for reference: headers and payloads all made before the clock
     /// starts (no producer can do that with messages it makes as it goes).
-    async fn raw_prebuilt_publish(&self, size: usize) -> Duration {
+    async fn raw_prebuilt_publish(&self, size: usize) -> Measured {
         let topic = self.topic("raw-prebuilt-publish");
         let messages = self.encoded(&topic, size);
-        let started = Instant::now();
+        let started = Started::now();
         let mut sends = futures_util::stream::iter(messages)
             .map(|(headers, payload)| {
                 let js = &self.js;
@@ -238,7 +244,7 @@ impl Bench {
         while let Some(sent) = sends.next().await {
             sent.expect("publish");
         }
-        started.elapsed()
+        started.stop()
     }
 
     /// A subject filled with our publisher's messages, for a consume row.
@@ -266,13 +272,13 @@ impl Bench {
         topic
     }
 
-    async fn typed_consume(&self, size: usize) -> Duration {
+    async fn typed_consume(&self, size: usize) -> Measured {
         let topic = self.filled("typed-consume", size).await;
         TALLY.start(self.events);
         let done = TALLY.done.notified();
         tokio::pin!(done);
         done.as_mut().enable();
-        let started = Instant::now();
+        let started = Started::now();
         let service = Service::builder("bench")
             .broker(self.broker.clone())
             .subscribe_with(
@@ -288,16 +294,16 @@ impl Bench {
             .await
             .expect("start");
         done.await;
-        let elapsed = started.elapsed();
+        let elapsed = started.stop();
         // stop, not shutdown: the broker stays connected for the next rows
         let report = service.stop().await;
         assert!(!report.timed_out, "{report:?}");
         elapsed
     }
 
-    async fn raw_consume(&self, size: usize) -> Duration {
+    async fn raw_consume(&self, size: usize) -> Measured {
         let topic = self.filled("raw-consume", size).await;
-        let started = Instant::now();
+        let started = Started::now();
         let consumer = self
             .js
             .create_consumer_on_stream(
@@ -326,7 +332,33 @@ impl Bench {
             message.ack().await.expect("ack");
             n += 1;
         }
-        started.elapsed()
+        started.stop()
+    }
+}
+
+/// When a row's clock started, and the allocations made by then.
+struct Started {
+    at: Instant,
+    allocations: u64,
+}
+
+/// A row's time, and the allocations every thread made meanwhile (the whole process:
+/// the runtime, async-nats's connection task, the row).
+type Measured = (Duration, u64);
+
+impl Started {
+    fn now() -> Started {
+        Started {
+            allocations: event_bench_alloc::allocations(),
+            at: Instant::now(),
+        }
+    }
+
+    fn stop(self) -> Measured {
+        (
+            self.at.elapsed(),
+            event_bench_alloc::allocations() - self.allocations,
+        )
     }
 }
 
@@ -372,7 +404,7 @@ async fn main() {
         "{events} events per run, {rounds} rounds, window {}, prefetch {prefetch}",
         bench.window
     );
-    type Rows = Vec<(&'static str, &'static str, usize, Vec<Duration>)>;
+    type Rows = Vec<(&'static str, &'static str, usize, Vec<Duration>, Vec<u64>)>;
     let mut rows: Rows = Vec::new();
     for kind in ["publish", "consume"] {
         if only.as_deref().is_some_and(|o| o != kind) {
@@ -385,7 +417,7 @@ async fn main() {
                 {
                     continue;
                 }
-                rows.push((kind, name, size, Vec::new()));
+                rows.push((kind, name, size, Vec::new(), Vec::new()));
             }
         }
     }
@@ -393,7 +425,7 @@ async fn main() {
         // rotate the order of the rows in each round
         let n = rows.len();
         for k in 0..n {
-            let (kind, name, size, times) = &mut rows[(k + round) % n];
+            let (kind, name, size, times, allocations) = &mut rows[(k + round) % n];
             let elapsed = match (*kind, *name) {
                 ("publish", "typed") => bench.typed_publish(*size).await,
                 ("publish", "raw prebuilt") => bench.raw_prebuilt_publish(*size).await,
@@ -401,24 +433,34 @@ async fn main() {
                 ("consume", "typed") => bench.typed_consume(*size).await,
                 _ => bench.raw_consume(*size).await,
             };
-            println!("round {round}: {kind} {name} {size} B: {elapsed:.2?}");
+            let (elapsed, made) = elapsed;
+            println!(
+                "round {round}: {kind} {name} {size} B: {elapsed:.2?}, {:.1} allocations per message",
+                made as f64 / events as f64
+            );
             times.push(elapsed);
+            allocations.push(made);
         }
     }
     println!();
-    println!("| row | size | median time | msg/s | msg/s ÷ raw |");
+    println!("| row | size | median time | msg/s | msg/s ÷ raw | allocations per message |");
     println!("|---|---|---|---|---|");
-    for (kind, name, size, times) in &rows {
+    for (kind, name, size, times, allocations) in &rows {
         let median = median(times.clone());
         let raw = rows
             .iter()
-            .find(|(k, n, s, _)| k == kind && *n == "raw async-nats" && s == size)
-            .map(|(_, _, _, t)| crate::median(t.clone()))
+            .find(|(k, n, s, _, _)| k == kind && *n == "raw async-nats" && s == size)
+            .map(|(_, _, _, t, _)| crate::median(t.clone()))
             .unwrap_or(median);
         println!(
-            "| {kind} {name} | {size} B | {median:.2?} | {:.0} | {:.1} % |",
+            "| {kind} {name} | {size} B | {median:.2?} | {:.0} | {:.1} % | {:.1} |",
             events as f64 / median.as_secs_f64(),
-            100.0 * raw.as_secs_f64() / median.as_secs_f64()
+            100.0 * raw.as_secs_f64() / median.as_secs_f64(),
+            {
+                let mut sorted = allocations.clone();
+                sorted.sort_unstable();
+                sorted[sorted.len() / 2] as f64 / events as f64
+            }
         );
     }
     bench.broker.disconnect().await.expect("disconnect");
