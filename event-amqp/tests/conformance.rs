@@ -63,6 +63,74 @@ async fn acknowledgements_out_of_order_settle_every_message_once() {
     broker.disconnect().await.expect("disconnect");
 }
 
+/// A run of settled messages shorter than half the prefetch is acknowledged while the
+/// subscription stays open, not only when it closes: RabbitMQ reports none of them
+/// unacknowledged soon after the handlers finished (`rabbitmqctl list_queues`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_is_acknowledged_while_the_subscription_is_open() {
+    use std::time::Duration;
+
+    use event_core::broker::{Broker as _, Delivery, Message, Outcome, SubscribeOptions};
+
+    let topic = testkit::unique("short-run");
+    let broker = event_amqp::AmqpBroker::builder(&url())
+        .exchange("event.test.conformance")
+        .queue_argument("x-expires", 600_000)
+        .prefetch(64)
+        .connection_name("event-amqp short run")
+        .build()
+        .expect("valid broker configuration");
+    let broker = common::connected(broker).await;
+    let (tx, mut handled) = testkit::Collector::new(Duration::from_secs(30));
+    let subscription = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().queue("workers"),
+            event_core::broker::handler_fn("short-run", move |_: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    // 5 messages: far from the 32 of half the prefetch
+    for i in 0..5 {
+        broker
+            .publish(&topic, Message::new(format!("{i}")))
+            .await
+            .expect("publish");
+    }
+    handled.until("5 handled", |items| items.len() == 5).await;
+
+    let queue = broker.group_queue_name(&topic, "workers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listing =
+            common::rabbitmqctl(&["list_queues", "-q", "name", "messages_unacknowledged"]).await;
+        let unacknowledged = listing
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(queue.as_str())).then(|| fields.next().map(str::to_owned))
+            })
+            .flatten()
+            .unwrap_or_else(|| panic!("{queue} is not in `rabbitmqctl list_queues`: {listing}"));
+        if unacknowledged == "0" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{unacknowledged} messages of {queue} still unacknowledged while the subscription \
+             is open"
+        );
+    }
+    subscription.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
+}
+
 /// `EVENT_BROKER=amqp://...` selects this backend, with the query parameters applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_url_selects_the_backend() {

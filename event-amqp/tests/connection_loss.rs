@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,29 +36,6 @@ fn builder(name: &str) -> event_amqp::AmqpBrokerBuilder {
 
 use common::connected;
 
-/// Runs `rabbitmqctl args...` and panics unless it succeeds.
-async fn rabbitmqctl(args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || rabbitmqctl_blocking(&args))
-        .await
-        .expect("rabbitmqctl task");
-}
-
-fn rabbitmqctl_blocking(args: &[String]) {
-    let program =
-        std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".to_owned());
-    let output = Command::new(&program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Stops the RabbitMQ application; starts it again when dropped, even if the test panics.
 struct StoppedApp {
     started: bool,
@@ -67,13 +43,13 @@ struct StoppedApp {
 
 impl StoppedApp {
     async fn stop() -> StoppedApp {
-        rabbitmqctl(&["stop_app"]).await;
+        common::rabbitmqctl(&["stop_app"]).await;
         StoppedApp { started: false }
     }
 
     async fn start(mut self) {
-        rabbitmqctl(&["start_app"]).await;
-        rabbitmqctl(&["await_startup"]).await;
+        common::rabbitmqctl(&["start_app"]).await;
+        common::rabbitmqctl(&["await_startup"]).await;
         self.started = true;
     }
 }
@@ -81,8 +57,8 @@ impl StoppedApp {
 impl Drop for StoppedApp {
     fn drop(&mut self) {
         if !self.started {
-            rabbitmqctl_blocking(&["start_app".to_owned()]);
-            rabbitmqctl_blocking(&["await_startup".to_owned()]);
+            common::rabbitmqctl_blocking(&["start_app".to_owned()]);
+            common::rabbitmqctl_blocking(&["await_startup".to_owned()]);
         }
     }
 }
@@ -265,14 +241,14 @@ async fn ten_thousand_messages_survive_connection_loss_and_restart() {
         tally.distinct(),
         started.elapsed(),
     ));
-    rabbitmqctl(&["close_all_connections", "test: forced close 1"]).await;
+    common::rabbitmqctl(&["close_all_connections", "test: forced close 1"]).await;
     progress.reached(3_500).await;
     timeline.push((
         "close_all_connections #2",
         tally.distinct(),
         started.elapsed(),
     ));
-    rabbitmqctl(&["close_all_connections", "test: forced close 2"]).await;
+    common::rabbitmqctl(&["close_all_connections", "test: forced close 2"]).await;
     progress.reached(6_000).await;
     timeline.push(("stop_app", tally.distinct(), started.elapsed()));
     let stopped = StoppedApp::stop().await;

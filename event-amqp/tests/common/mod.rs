@@ -67,3 +67,29 @@ async fn factory_broker(wire: WireProfile) -> Arc<dyn Broker> {
         .expect("valid broker configuration");
     Arc::new(connected(broker).await)
 }
+
+/// Runs `rabbitmqctl args...` (default `/usr/sbin/rabbitmqctl`, or `RABBITMQCTL`) and returns
+/// what it printed; panics unless it succeeds.
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || rabbitmqctl_blocking(&args))
+        .await
+        .expect("rabbitmqctl task")
+}
+
+/// [`rabbitmqctl`], blocking.
+pub fn rabbitmqctl_blocking(args: &[String]) -> String {
+    let program =
+        std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".to_owned());
+    let output = std::process::Command::new(&program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
