@@ -9,6 +9,10 @@
 //! let made = event_bench_alloc::allocations() - before;
 //! ```
 //!
+//! Beside it, [`thread_cpu_times`]: the CPU time each thread of the process has used, for
+//! benchmarks that report CPU per message (steadier than rates on a machine whose cores the
+//! broker shares).
+//!
 //! Each thread counts in a cache line of its own. A counter shared by all threads (as in
 //! `stats_alloc`) is written by the producer and the consumer thread of a cross-thread
 //! benchmark on every allocation, and that cache-line traffic, not the allocations, then
@@ -76,6 +80,27 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// The CPU time each live thread of this process has used, with its name: from
+/// `/proc/self/task/<tid>/schedstat` (nanoseconds on a CPU) and `comm`. `None` where that is
+/// not readable (not Linux). A thread that ended is not in the list, nor its time.
+pub fn thread_cpu_times() -> Option<Vec<(String, std::time::Duration)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        // a thread that ended meanwhile has no files any more
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        threads.push((
+            name.trim_end().to_owned(),
+            std::time::Duration::from_nanos(ns),
+        ));
+    }
+    Some(threads)
 }
 
 #[cfg(test)]

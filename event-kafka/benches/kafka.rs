@@ -366,27 +366,18 @@ async fn consume_typed(topic: &str, n: u64) -> Measured {
 }
 
 /// The CPU time the live threads of this process have used: in all, and in the threads
-/// named `event-kafka …` (a typed subscription's poller), from each thread's
-/// `/proc/self/task/<tid>/schedstat` (nanoseconds on a CPU); `None` where that is not
-/// readable. A run's consumer threads all live from its first record to its last, so the
+/// named `event-kafka …` (a typed subscription's poller), by
+/// `event_bench_alloc::thread_cpu_times`; `None` where that is not readable. A run's consumer threads all live from its first record to its last, so the
 /// difference of two readings is what they spent in between.
 fn cpu_time() -> Option<[Duration; 2]> {
-    let (mut total, mut poller) = (0u64, 0u64);
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let Ok(task) = task else { continue };
-        // a thread that ended meanwhile has no files any more
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
-        total += ns;
-        if std::fs::read_to_string(task.path().join("comm"))
-            .is_ok_and(|c| c.starts_with("event-kafka"))
-        {
-            poller += ns;
-        }
-    }
-    Some([Duration::from_nanos(total), Duration::from_nanos(poller)])
+    let threads = event_bench_alloc::thread_cpu_times()?;
+    let total = threads.iter().map(|(_, cpu)| *cpu).sum();
+    let poller = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("event-kafka"))
+        .map(|(_, cpu)| *cpu)
+        .sum();
+    Some([total, poller])
 }
 
 /// The moment a consumer received its first record, and the process CPU time then.

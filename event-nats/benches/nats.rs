@@ -13,8 +13,10 @@
 //! under `perf`). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for
 //! the run and deleted after it.
 //!
-//! Each row also counts the allocations the whole process made while its clock ran (the
-//! counting allocator of `bench-alloc`), per message.
+//! Each row also counts, per message, the allocations the whole process made while its clock
+//! ran (the counting allocator of `bench-alloc`) and the CPU time all its threads used
+//! (`event_bench_alloc::thread_cpu_times`): on two cores the broker shares, rates swing with
+//! what the broker does, the CPU a message costs the client less.
 //!
 //! Every row runs once per round, for 64-byte and 1 KiB `Tick`s, the rows of a round in a
 //! rotating order; the tables at the end give each row's median over the rounds and its ratio
@@ -336,35 +338,54 @@ impl Bench {
     }
 }
 
-/// When a row's clock started, and the allocations made by then.
+/// When a row's clock started, and the allocations made and CPU used by then.
 struct Started {
     at: Instant,
     allocations: u64,
+    cpu: Duration,
 }
 
-/// A row's time, and the allocations every thread made meanwhile (the whole process:
-/// the runtime, async-nats's connection task, the row).
-type Measured = (Duration, u64);
+/// What a row measured.
+#[derive(Clone, Copy)]
+struct Measured {
+    elapsed: Duration,
+    /// Allocations every thread made meanwhile (the whole process: the runtime, async-nats's
+    /// connection task, the row).
+    allocations: u64,
+    /// CPU time every thread of the process used meanwhile.
+    cpu: Duration,
+}
+
+/// The CPU time the threads of this process have used (the runtime's workers live for the
+/// whole bench, so two readings' difference is what was spent in between).
+fn cpu() -> Duration {
+    event_bench_alloc::thread_cpu_times()
+        .map(|threads| threads.iter().map(|(_, cpu)| *cpu).sum())
+        .unwrap_or_default()
+}
 
 impl Started {
     fn now() -> Started {
         Started {
             allocations: event_bench_alloc::allocations(),
+            cpu: cpu(),
             at: Instant::now(),
         }
     }
 
     fn stop(self) -> Measured {
-        (
-            self.at.elapsed(),
-            event_bench_alloc::allocations() - self.allocations,
-        )
+        Measured {
+            elapsed: self.at.elapsed(),
+            allocations: event_bench_alloc::allocations() - self.allocations,
+            cpu: cpu() - self.cpu,
+        }
     }
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
+fn median_of<T: Ord + Copy>(values: &[T]) -> T {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
 }
 
 #[tokio::main]
@@ -404,8 +425,13 @@ async fn main() {
         "{events} events per run, {rounds} rounds, window {}, prefetch {prefetch}",
         bench.window
     );
-    type Rows = Vec<(&'static str, &'static str, usize, Vec<Duration>, Vec<u64>)>;
-    let mut rows: Rows = Vec::new();
+    struct Row {
+        kind: &'static str,
+        name: &'static str,
+        size: usize,
+        runs: Vec<Measured>,
+    }
+    let mut rows: Vec<Row> = Vec::new();
     for kind in ["publish", "consume"] {
         if only.as_deref().is_some_and(|o| o != kind) {
             continue;
@@ -417,50 +443,63 @@ async fn main() {
                 {
                     continue;
                 }
-                rows.push((kind, name, size, Vec::new(), Vec::new()));
+                rows.push(Row {
+                    kind,
+                    name,
+                    size,
+                    runs: Vec::new(),
+                });
             }
         }
     }
+    let per_message = u32::try_from(events).unwrap_or(u32::MAX);
     for round in 0..rounds {
         // rotate the order of the rows in each round
         let n = rows.len();
         for k in 0..n {
-            let (kind, name, size, times, allocations) = &mut rows[(k + round) % n];
-            let elapsed = match (*kind, *name) {
-                ("publish", "typed") => bench.typed_publish(*size).await,
-                ("publish", "raw prebuilt") => bench.raw_prebuilt_publish(*size).await,
-                ("publish", _) => bench.raw_publish(*size).await,
-                ("consume", "typed") => bench.typed_consume(*size).await,
-                _ => bench.raw_consume(*size).await,
+            let row = &mut rows[(k + round) % n];
+            let (kind, name, size) = (row.kind, row.name, row.size);
+            let measured = match (kind, name) {
+                ("publish", "typed") => bench.typed_publish(size).await,
+                ("publish", "raw prebuilt") => bench.raw_prebuilt_publish(size).await,
+                ("publish", _) => bench.raw_publish(size).await,
+                ("consume", "typed") => bench.typed_consume(size).await,
+                _ => bench.raw_consume(size).await,
             };
-            let (elapsed, made) = elapsed;
             println!(
-                "round {round}: {kind} {name} {size} B: {elapsed:.2?}, {:.1} allocations per message",
-                made as f64 / events as f64
+                "round {round}: {kind} {name} {size} B: {:.2?}, per message {:.1} allocations \
+                 and {:.2?} of CPU",
+                measured.elapsed,
+                measured.allocations as f64 / events as f64,
+                measured.cpu / per_message
             );
-            times.push(elapsed);
-            allocations.push(made);
+            row.runs.push(measured);
         }
     }
+    let median_time =
+        |row: &Row| median_of(&row.runs.iter().map(|m| m.elapsed).collect::<Vec<_>>());
     println!();
-    println!("| row | size | median time | msg/s | msg/s ÷ raw | allocations per message |");
-    println!("|---|---|---|---|---|");
-    for (kind, name, size, times, allocations) in &rows {
-        let median = median(times.clone());
+    println!(
+        "| row | size | median time | msg/s | msg/s ÷ raw | allocations per message | CPU per message |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let median = median_time(row);
         let raw = rows
             .iter()
-            .find(|(k, n, s, _, _)| k == kind && *n == "raw async-nats" && s == size)
-            .map(|(_, _, _, t, _)| crate::median(t.clone()))
-            .unwrap_or(median);
+            .find(|r| r.kind == row.kind && r.name == "raw async-nats" && r.size == row.size)
+            .map_or(median, median_time);
+        let allocations = median_of(&row.runs.iter().map(|m| m.allocations).collect::<Vec<_>>());
+        let cpu = median_of(&row.runs.iter().map(|m| m.cpu).collect::<Vec<_>>());
         println!(
-            "| {kind} {name} | {size} B | {median:.2?} | {:.0} | {:.1} % | {:.1} |",
+            "| {} {} | {} B | {median:.2?} | {:.0} | {:.1} % | {:.1} | {:.2?} |",
+            row.kind,
+            row.name,
+            row.size,
             events as f64 / median.as_secs_f64(),
             100.0 * raw.as_secs_f64() / median.as_secs_f64(),
-            {
-                let mut sorted = allocations.clone();
-                sorted.sort_unstable();
-                sorted[sorted.len() / 2] as f64 / events as f64
-            }
+            allocations as f64 / events as f64,
+            cpu / per_message
         );
     }
     bench.broker.disconnect().await.expect("disconnect");
