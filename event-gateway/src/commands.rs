@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::connection::{Connection, Flow, Interrupted};
 use crate::frame::{Protocol, Reply};
-use crate::groups::{Group, JoinSettings, PendingSummary, Read, StreamId};
+use crate::groups::{Group, INVALID_ID, JoinSettings, PendingSummary, Read, StreamId};
 
 /// The commands served, with their Redis arity (negative: at least that many) and the
 /// `COMMAND` flags.
@@ -366,8 +366,9 @@ impl Connection {
     }
 
     fn reset(&mut self) -> Reply {
+        // what this connection's consumers hold stays theirs, as in Redis (RESET leaves the
+        // pending entries alone): it goes back only when the connection ends
         self.subscriptions.clear();
-        self.release_groups();
         self.protocol = Protocol::Resp2;
         self.name = None;
         self.authenticated = self.shared.config.password.is_none();
@@ -584,6 +585,13 @@ impl Connection {
         start: StartFrom,
     ) -> Result<(Arc<Group>, bool), Reply> {
         validate_topic(topic).map_err(|error| Reply::err(describe(&error)))?;
+        let max = self.shared.config.max_groups;
+        if self.shared.groups.get(topic, group).is_none() && self.shared.groups.count() >= max {
+            return Err(Reply::err(format!(
+                "cannot join group {group} of {topic}: the gateway already serves {max} groups \
+                 (--max-groups); XGROUP DESTROY one it no longer needs"
+            )));
+        }
         let settings = JoinSettings {
             window: self.shared.config.group_window,
             drain_timeout: self.shared.config.drain_timeout,
@@ -699,7 +707,7 @@ impl Connection {
             match StreamId::parse(arg) {
                 Some(id) => ids.push(id),
                 None => {
-                    return Reply::err("Invalid stream ID specified as stream command argument");
+                    return Reply::err(INVALID_ID);
                 }
             }
         }
@@ -748,8 +756,13 @@ impl Connection {
         if !(3..=4).contains(&rest.len()) {
             return syntax();
         }
-        let (Some(from), Some(to)) = (StreamId::parse(&rest[0]), StreamId::parse(&rest[1])) else {
-            return Reply::err("Invalid stream ID specified as stream command argument");
+        let from = match StreamId::parse_start(&rest[0]) {
+            Ok(from) => from,
+            Err(error) => return Reply::err(error),
+        };
+        let to = match StreamId::parse_end(&rest[1]) {
+            Ok(to) => to,
+            Err(error) => return Reply::err(error),
         };
         let Some(count) = int_arg(&rest[2]).filter(|c| *c >= 0) else {
             return not_integer();
@@ -953,9 +966,7 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
             let after = if id.as_ref() == b">" {
                 None
             } else {
-                Some(StreamId::parse(id).ok_or_else(|| {
-                    Reply::err("Invalid stream ID specified as stream command argument")
-                })?)
+                Some(StreamId::parse(id).ok_or_else(|| Reply::err(INVALID_ID))?)
             };
             Ok((text(topic), after))
         })

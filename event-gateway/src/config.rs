@@ -11,6 +11,7 @@ pub struct GatewayConfig {
     pub(crate) max_bulk: usize,
     pub(crate) source: String,
     pub(crate) group_window: usize,
+    pub(crate) max_groups: usize,
     pub(crate) subscriber_buffer: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_in_flight: usize,
@@ -25,6 +26,7 @@ impl Default for GatewayConfig {
             max_bulk: 16 * 1024 * 1024,
             source: "event-gateway".to_owned(),
             group_window: 256,
+            max_groups: 1024,
             subscriber_buffer: 1024,
             drain_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
@@ -36,7 +38,7 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// The defaults: no password, 16 MiB arguments, `ce_source` `event-gateway`, 256 messages
-    /// per group, 1024 per subscribing connection, 5 s to drain, 10 s before a message of a
+    /// per group, 1024 groups, 1024 per subscribing connection, 5 s to drain, 10 s before a message of a
     /// closed connection goes to the next reader.
     pub fn new() -> Self {
         GatewayConfig::default()
@@ -71,6 +73,17 @@ impl GatewayConfig {
     #[must_use]
     pub fn group_window(mut self, messages: usize) -> Self {
         self.group_window = messages.max(1);
+        self
+    }
+
+    /// How many queue groups the gateway joins at most (each is a member of the broker's
+    /// group and holds up to [`group_window`](Self::group_window) messages). A group beyond
+    /// it (`XGROUP CREATE`, or the first `XREADGROUP` of a group the gateway has not
+    /// joined) is refused with an error, so that clients naming random groups cannot make
+    /// the gateway join without bound.
+    #[must_use]
+    pub fn max_groups(mut self, groups: usize) -> Self {
+        self.max_groups = groups.max(1);
         self
     }
 

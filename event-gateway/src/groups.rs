@@ -33,6 +33,9 @@ pub(crate) struct StreamId {
     pub(crate) seq: u64,
 }
 
+/// Redis's reply to an id it cannot read.
+pub(crate) const INVALID_ID: &str = "Invalid stream ID specified as stream command argument";
+
 impl StreamId {
     /// Parses `ms-seq`, or `ms` alone (sequence 0); `-` and `+` are the lowest and highest.
     pub(crate) fn parse(text: &[u8]) -> Option<StreamId> {
@@ -47,12 +50,64 @@ impl StreamId {
             }
             _ => {}
         }
-        let text = text.strip_prefix('(').unwrap_or(text);
         let (ms, seq) = match text.split_once('-') {
             Some((ms, seq)) => (ms.parse().ok()?, seq.parse().ok()?),
             None => (text.parse().ok()?, 0),
         };
         Some(StreamId { ms, seq })
+    }
+
+    /// Parses the start of a range (`XPENDING`): as [`parse`](Self::parse), and `(id` for
+    /// the first id after `id` (exclusive). `Err` carries Redis's error text.
+    pub(crate) fn parse_start(text: &[u8]) -> Result<StreamId, &'static str> {
+        match text.strip_prefix(b"(") {
+            None => StreamId::parse(text).ok_or(INVALID_ID),
+            Some(b"-" | b"+") => Err(INVALID_ID),
+            Some(id) => StreamId::parse(id)
+                .ok_or(INVALID_ID)?
+                .next()
+                .ok_or("invalid start ID for the interval"),
+        }
+    }
+
+    /// Parses the end of a range: `ms` alone means its highest sequence, `(id` the last id
+    /// before `id` (exclusive).
+    pub(crate) fn parse_end(text: &[u8]) -> Result<StreamId, &'static str> {
+        match text.strip_prefix(b"(") {
+            Some(b"-" | b"+") => Err(INVALID_ID),
+            Some(id) => StreamId::parse(id)
+                .ok_or(INVALID_ID)?
+                .previous()
+                .ok_or("invalid end ID for the interval"),
+            None if !text.contains(&b'-') || text == b"-" => {
+                let mut id = StreamId::parse(text).ok_or(INVALID_ID)?;
+                if text != b"-" {
+                    id.seq = u64::MAX;
+                }
+                Ok(id)
+            }
+            None => StreamId::parse(text).ok_or(INVALID_ID),
+        }
+    }
+
+    fn next(self) -> Option<StreamId> {
+        match self.seq.checked_add(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => Some(StreamId {
+                ms: self.ms.checked_add(1)?,
+                seq: 0,
+            }),
+        }
+    }
+
+    fn previous(self) -> Option<StreamId> {
+        match self.seq.checked_sub(1) {
+            Some(seq) => Some(StreamId { ms: self.ms, seq }),
+            None => Some(StreamId {
+                ms: self.ms.checked_sub(1)?,
+                seq: u64::MAX,
+            }),
+        }
     }
 
     /// A new id after `last`, from the clock.
@@ -590,6 +645,11 @@ impl Groups {
         }
     }
 
+    /// How many groups are joined.
+    pub(crate) fn count(&self) -> usize {
+        self.map().len()
+    }
+
     /// Leaves a group (`XGROUP DESTROY`); whether it was joined.
     pub(crate) async fn destroy(&self, topic: &str, group: &str) -> bool {
         let removed = self.map().remove(&(topic.to_owned(), group.to_owned()));
@@ -625,6 +685,32 @@ mod tests {
         assert_eq!(StreamId::parse(b"17").unwrap(), StreamId { ms: 17, seq: 0 });
         assert!(StreamId::parse(b"-").unwrap() < id && id < StreamId::parse(b"+").unwrap());
         assert!(StreamId::parse(b"abc").is_none());
+        // an exclusive start is taken only in ranges
+        assert!(StreamId::parse(b"(17-1").is_none());
+    }
+
+    #[test]
+    fn range_bounds_read_as_redis_reads_them() {
+        let id = |ms, seq| StreamId { ms, seq };
+        assert_eq!(StreamId::parse_start(b"17"), Ok(id(17, 0)));
+        assert_eq!(StreamId::parse_start(b"(17-3"), Ok(id(17, 4)));
+        assert_eq!(
+            StreamId::parse_start(b"(17-18446744073709551615"),
+            Ok(id(18, 0))
+        );
+        // an end without a sequence takes all of that millisecond
+        assert_eq!(StreamId::parse_end(b"17"), Ok(id(17, u64::MAX)));
+        assert_eq!(StreamId::parse_end(b"17-2"), Ok(id(17, 2)));
+        assert_eq!(StreamId::parse_end(b"(17-2"), Ok(id(17, 1)));
+        assert_eq!(StreamId::parse_end(b"(17-0"), Ok(id(16, u64::MAX)));
+        assert_eq!(StreamId::parse_end(b"-"), Ok(id(0, 0)));
+        assert_eq!(StreamId::parse_end(b"+"), Ok(id(u64::MAX, u64::MAX)));
+        assert_eq!(
+            StreamId::parse_end(b"(0-0"),
+            Err("invalid end ID for the interval")
+        );
+        assert_eq!(StreamId::parse_start(b"(-"), Err(INVALID_ID));
+        assert_eq!(StreamId::parse_start(b"x"), Err(INVALID_ID));
         let next = StreamId::next_after(StreamId {
             ms: u64::MAX - 1,
             seq: 7,

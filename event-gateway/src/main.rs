@@ -26,6 +26,7 @@ OPTIONS:
   --max-bulk BYTES         longest argument of a request [default: 16777216]
   --source NAME            ce_source of messages published without one [default: event-gateway]
   --group-window N         messages a queue group holds at most, read or waiting [default: 256]
+  --max-groups N           queue groups the gateway joins at most [default: 1024]
   --subscriber-buffer N    messages waiting for a slow SUBSCRIBE connection [default: 1024]
   --reclaim-after SECONDS  how long messages read on a closed connection stay its consumer's
                            before the next reader gets them [default: 10]
@@ -110,6 +111,10 @@ fn parse(
             "--group-window" => {
                 let v = value()?;
                 config = config.group_window(v.parse().map_err(|e| invalid(&v, &e))?);
+            }
+            "--max-groups" => {
+                let v = value()?;
+                config = config.max_groups(v.parse().map_err(|e| invalid(&v, &e))?);
             }
             "--subscriber-buffer" => {
                 let v = value()?;

@@ -210,3 +210,32 @@ async fn redis_py_consumers_share_a_group_and_survive_a_kill() {
     .await;
     gw.stop().await;
 }
+
+/// RESET on a connection leaves what its consumers read theirs, as in Redis: with no reclaim
+/// delay at all, another reader still gets nothing of it, and the XACK that follows on the
+/// reset connection counts. (Before, RESET gave it back as if the connection had closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_keeps_what_the_connection_read() {
+    let gw = TestGateway::start(
+        Arc::new(MemoryBroker::new()),
+        config().reclaim_after(std::time::Duration::ZERO),
+    )
+    .await;
+    let addr = gw.addr;
+    blocking(move || {
+        for protocol in [2u8, 3] {
+            let stream = format!("reset-{protocol}");
+            assert_eq!(
+                py(addr, protocol, &["xgroup", &stream, "g", "$"])[0]["created"],
+                true
+            );
+            py(addr, protocol, &["xadd", &stream, "1", "job-"]);
+            let lines = py(addr, protocol, &["read-reset", &stream, "g"]);
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            assert_eq!(lines[0]["b"], serde_json::json!([]), "{lines:?}");
+            assert_eq!(lines[0]["acked"], 1, "{lines:?}");
+        }
+    })
+    .await;
+    gw.stop().await;
+}

@@ -227,7 +227,25 @@ async fn xadd_xreadgroup_xack_with_two_consumers() {
         // alice's own history, on a new connection
         let history = redis_cli(addr, &["XREADGROUP", "GROUP", "billing", "alice", "STREAMS", "orders", "0"]);
         assert_eq!(entries(&history), read, "{history}");
-        let mut ids: Vec<&str> = read.iter().chain(&read_by_bob).map(|(id, _)| id.as_str()).collect();
+        // paging through the pending entries as Redis's docs do: `(` after the last id seen
+        let all: Vec<&str> = read.iter().chain(&read_by_bob).map(|(id, _)| id.as_str()).collect();
+        let mut paged = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let page = redis_cli(addr, &["XPENDING", "orders", "billing", &start, "+", "1"]);
+            let Some(id) = page.lines().find_map(|l| l.split_once("1) \"").map(|(_, id)| id.trim_end_matches('"').to_owned())) else {
+                break;
+            };
+            assert!(paged.len() < all.len(), "paging does not end: {paged:?} then {page}");
+            start = format!("({id}");
+            paged.push(id);
+        }
+        assert_eq!(paged, all, "each pending entry once, in order");
+        // an end id without a sequence covers its whole millisecond
+        let last_ms = all[2].split_once('-').map(|(ms, _)| ms).unwrap();
+        let upto = redis_cli(addr, &["XPENDING", "orders", "billing", "-", last_ms, "10"]);
+        assert!(upto.contains(all[2]), "{last_ms} covers {}: {upto}", all[2]);
+        let mut ids = all.clone();
         ids.push("1-1"); // not pending: not counted
         let mut ack = vec!["XACK", "orders", "billing"];
         ack.extend(ids);
@@ -420,6 +438,45 @@ async fn edge_cases_of_the_stream_commands() {
         let line = reader.line();
         assert!(line.contains("NOGROUP"), "{line}");
         reader.finish();
+    })
+    .await;
+    gw.stop().await;
+}
+
+/// `--max-groups`: a group beyond the limit is refused, by `XGROUP CREATE` and by the first
+/// `XREADGROUP` of a group the gateway has not joined; destroying one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_beyond_the_limit_are_refused() {
+    let gw = gateway(config().max_groups(1)).await;
+    let addr = gw.addr;
+    blocking(move || {
+        let create = |group: &str| redis_cli(addr, &["XGROUP", "CREATE", "jobs", group, "$"]);
+        assert_eq!(create("a").trim(), "OK");
+        let refused = "(error) ERR cannot join group b of jobs: the gateway already serves 1 \
+                       groups (--max-groups); XGROUP DESTROY one it no longer needs";
+        assert_eq!(create("b").trim(), refused);
+        assert_eq!(
+            redis_cli(
+                addr,
+                &["XREADGROUP", "GROUP", "b", "x", "STREAMS", "jobs", ">"]
+            )
+            .trim(),
+            refused
+        );
+        // the group already joined is served as before
+        assert_eq!(
+            redis_cli(
+                addr,
+                &["XREADGROUP", "GROUP", "a", "x", "STREAMS", "jobs", ">"]
+            )
+            .trim(),
+            "(nil)"
+        );
+        assert_eq!(
+            redis_cli(addr, &["XGROUP", "DESTROY", "jobs", "a"]).trim(),
+            "(integer) 1"
+        );
+        assert_eq!(create("b").trim(), "OK");
     })
     .await;
     gw.stop().await;

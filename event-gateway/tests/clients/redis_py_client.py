@@ -13,6 +13,9 @@ usage: python redis_py_client.py <port> <protocol 2|3> <command> args...
                                          prints {"id", "fields"} per message, acks unless --no-ack;
                                          with --hex the payload field is hex
   xpending <stream> <group>              prints {"count": n, "consumers": {name: n}}
+  read-reset <stream> <group>            consumer "a" reads one message and sends RESET on its
+                                         connection; consumer "b", on another, reads; then "a"
+                                         acknowledges: prints {"a": id, "b": [ids], "acked": n}
 """
 
 import json
@@ -107,6 +110,16 @@ def main():
             "count": summary["pending"],
             "consumers": {text(c["name"]): int(c["pending"]) for c in summary["consumers"]},
         })
+    elif command == "read-reset":
+        stream, group = args[0], args[1]
+        # one connection each, kept for the whole run
+        a = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, single_connection_client=True)
+        b = redis.Redis(host="127.0.0.1", port=port, protocol=protocol, single_connection_client=True)
+        read = entries_of(a.xreadgroup(group, "a", {stream: ">"}, count=1, block=5000))
+        a.execute_command("RESET")
+        others = entries_of(b.xreadgroup(group, "b", {stream: ">"}, count=10))
+        acked = a.xack(stream, group, read[0][0])
+        out({"a": text(read[0][0]), "b": [text(i) for i, _ in others], "acked": acked})
     else:
         raise SystemExit(f"unknown command {command}")
 
