@@ -45,6 +45,10 @@
 //! - `RustStream`: a `#[subscriber]` no-op handler taking the prost `Tick` (decoded from the
 //!   payload) through a RustStream service, prefetch `PREFETCH`, acked by the framework.
 //!
+//! Consume rows also give the CPU time the bench process (every thread) used per message,
+//! from the first message handled to the last (`event_bench_alloc::thread_cpu_times`); the
+//! broker's own is not in it.
+//!
 //! Needs RabbitMQ at `127.0.0.1:5672` (or `EVENT_TEST_AMQP`).
 
 use std::hint::black_box;
@@ -132,7 +136,14 @@ struct Tally {
     count: AtomicUsize,
     first: Mutex<Option<Instant>>,
     last: Mutex<Option<Instant>>,
+    /// The process's CPU time (every thread) at the first and the last message.
+    cpu: Mutex<[Option<Duration>; 2]>,
     done: Notify,
+}
+
+/// The CPU time every thread of this process has used so far.
+fn process_cpu() -> Option<Duration> {
+    event_bench_alloc::thread_cpu_times().map(|threads| threads.iter().map(|(_, cpu)| *cpu).sum())
 }
 
 static TALLY: Tally = Tally {
@@ -140,6 +151,7 @@ static TALLY: Tally = Tally {
     count: AtomicUsize::new(0),
     first: Mutex::new(None),
     last: Mutex::new(None),
+    cpu: Mutex::new([None, None]),
     done: Notify::const_new(),
 };
 
@@ -147,6 +159,7 @@ impl Tally {
     fn reset(&self, n: usize) {
         *self.first.lock().expect("tally") = None;
         *self.last.lock().expect("tally") = None;
+        *self.cpu.lock().expect("tally") = [None, None];
         self.count.store(0, Ordering::Release);
         self.target.store(n, Ordering::Release);
     }
@@ -155,12 +168,22 @@ impl Tally {
     fn handled(&self) {
         let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
         if count == 1 {
+            self.cpu.lock().expect("tally")[0] = process_cpu();
             *self.first.lock().expect("tally") = Some(Instant::now());
         }
         if count == self.target.load(Ordering::Acquire) {
             *self.last.lock().expect("tally") = Some(Instant::now());
+            self.cpu.lock().expect("tally")[1] = process_cpu();
             self.done.notify_one();
         }
+    }
+
+    /// The CPU time per message of the last run, in µs, from its first message to its last.
+    fn cpu_per_message(&self, n: usize) -> Option<f64> {
+        let [Some(first), Some(last)] = *self.cpu.lock().expect("tally") else {
+            return None;
+        };
+        Some(last.saturating_sub(first).as_secs_f64() * 1e6 / n.saturating_sub(1).max(1) as f64)
     }
 
     /// Waits for the `n`-th message; the time since the first.
@@ -570,6 +593,8 @@ struct Row {
     baseline: bool,
     /// msg/s per size, one per round.
     rates: [Vec<f64>; SIZES.len()],
+    /// The process's CPU µs per message per size, one per round (consume rows).
+    cpu: [Vec<f64>; SIZES.len()],
 }
 
 impl Row {
@@ -579,6 +604,7 @@ impl Row {
             kind,
             baseline,
             rates: Default::default(),
+            cpu: Default::default(),
         }
     }
 }
@@ -625,8 +651,13 @@ fn report(op: Op, rows: &[Row], config: &Config) {
         config.rounds
     );
     println!();
+    let with_cpu = rows.iter().any(|r| r.cpu.iter().any(|c| !c.is_empty()));
     let mut header = "| size | row | msg/s | range |".to_owned();
     let mut rule = "|---:|---|---:|---:|".to_owned();
+    if with_cpu {
+        header.push_str(" CPU per message |");
+        rule.push_str("---:|");
+    }
     for b in &baselines {
         header.push_str(&format!(" ÷ {} |", b.label));
         rule.push_str("---:|");
@@ -646,6 +677,9 @@ fn report(op: Op, rows: &[Row], config: &Config) {
                 thousands(lo),
                 thousands(hi)
             );
+            if with_cpu {
+                line.push_str(&format!(" {:.2} µs |", median(&row.cpu[s])));
+            }
             for b in &baselines {
                 if b.kind == row.kind {
                     line.push_str(" — |");
@@ -895,6 +929,7 @@ async fn run_consume(config: &Config, raw: &Raw, broker: &AmqpBroker) -> Vec<Row
                 let rate = rate(n, elapsed);
                 progress(round, config, Op::Consume, size, &rows[r], rate);
                 rows[r].rates[si].push(rate);
+                rows[r].cpu[si].extend(TALLY.cpu_per_message(n));
             }
         }
     }
