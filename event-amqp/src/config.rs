@@ -158,7 +158,7 @@ impl From<bool> for QueueArgument {
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct AmqpBrokerBuilder {
-    uri: String,
+    uri: SecretUri,
     exchange: Option<String>,
     exchange_durable: Option<bool>,
     durable_queues: Option<bool>,
@@ -175,7 +175,7 @@ pub struct AmqpBrokerBuilder {
 impl AmqpBrokerBuilder {
     pub(crate) fn new(uri: &str) -> Self {
         AmqpBrokerBuilder {
-            uri: uri.to_owned(),
+            uri: SecretUri(uri.to_owned()),
             exchange: None,
             exchange_durable: None,
             durable_queues: None,
@@ -280,18 +280,19 @@ impl AmqpBrokerBuilder {
     }
 
     pub(crate) fn into_config(mut self) -> Result<Config, AmqpConfigError> {
+        // a parser's reason may quote the whole URI, password included
         let invalid_uri = |uri: &str, reason: String| AmqpConfigError::InvalidUri {
             uri: redact(uri),
-            reason,
+            reason: reason.replace(uri, &redact(uri)),
         };
         let mut url =
-            url::Url::parse(&self.uri).map_err(|e| invalid_uri(&self.uri, e.to_string()))?;
+            url::Url::parse(&self.uri.0).map_err(|e| invalid_uri(&self.uri.0, e.to_string()))?;
         let default_port = match url.scheme() {
             "amqp" => 5672,
             "amqps" => 5671,
             other => {
                 return Err(invalid_uri(
-                    &self.uri,
+                    &self.uri.0,
                     format!("the scheme is {other:?}; use amqp:// or amqps://"),
                 ));
             }
@@ -327,7 +328,7 @@ impl AmqpBrokerBuilder {
         let lapin_uri = url.to_string();
         lapin_uri
             .parse::<lapin::uri::AMQPUri>()
-            .map_err(|reason| invalid_uri(&self.uri, reason))?;
+            .map_err(|reason| invalid_uri(&self.uri.0, reason))?;
 
         let host = url.host_str().unwrap_or("localhost");
         let port = url.port().unwrap_or(default_port);
@@ -355,7 +356,7 @@ impl AmqpBrokerBuilder {
             .unwrap_or(Duration::from_secs(5))
             .max(reconnect_min);
         Ok(Config {
-            uri: lapin_uri,
+            uri: SecretUri(lapin_uri),
             address,
             exchange,
             exchange_durable: self.exchange_durable.unwrap_or(true),
@@ -384,15 +385,16 @@ impl AmqpBrokerBuilder {
                 }),
             }
         }
+        // every one is a timeout or a backoff: 0 would fail every call or retry in a tight loop
         fn millis(name: &'static str, value: &str) -> Result<Duration, AmqpConfigError> {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| AmqpConfigError::InvalidValue {
+            match value.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+                _ => Err(AmqpConfigError::InvalidValue {
                     name,
                     value: value.to_owned(),
-                    expected: "a whole number of milliseconds",
-                })
+                    expected: "a whole number of milliseconds, at least 1",
+                }),
+            }
         }
         match name {
             "exchange" => {
@@ -457,8 +459,20 @@ fn check_short(name: &'static str, value: &str) -> Result<(), AmqpConfigError> {
 }
 
 /// The URI without its password.
+/// A URI that may hold a password: `Debug` shows it redacted.
+#[derive(Clone)]
+pub(crate) struct SecretUri(pub(crate) String);
+
+impl std::fmt::Debug for SecretUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
 pub(crate) fn redact(uri: &str) -> String {
     match url::Url::parse(uri) {
+        // `amqp:user:pass@host` (no `//`) has no authority to take a password from
+        Ok(url) if url.cannot_be_a_base() => format!("{}:<not shown>", url.scheme()),
         Ok(url) => event_core::broker::redact(&url),
         Err(_) => "<unparsable URI>".to_owned(),
     }
@@ -468,7 +482,7 @@ pub(crate) fn redact(uri: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct Config {
     /// The URI handed to lapin: credentials, vhost and lapin's own query parameters.
-    pub(crate) uri: String,
+    pub(crate) uri: SecretUri,
     /// `amqp://host:port/vhost`, without credentials.
     pub(crate) address: String,
     pub(crate) exchange: String,
@@ -495,13 +509,38 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_timeout_or_backoff_is_refused() {
+        for name in [
+            "publish_timeout_ms",
+            "connect_timeout_ms",
+            "reconnect_min_ms",
+        ] {
+            let error = config(&format!("amqp://h/%2f?{name}=0")).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let builder = AmqpBrokerBuilder::new("amqp://u:secret@h:5672/%2f");
+        assert!(!format!("{builder:?}").contains("secret"), "{builder:?}");
+        let config = builder.into_config().unwrap();
+        assert!(!format!("{config:?}").contains("secret"), "{config:?}");
+        // a URI lapin cannot read quotes itself in the reason: redacted there too
+        let error = AmqpBrokerBuilder::new("amqp:u:secret@h")
+            .into_config()
+            .unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
     fn defaults() {
         let c = config("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
         assert_eq!(c.exchange, "event");
         assert!(c.exchange_durable && c.durable_queues);
         assert_eq!(c.prefetch, DEFAULT_PREFETCH);
         assert_eq!(c.address, "amqp://127.0.0.1:5672/%2f");
-        assert_eq!(c.uri, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(c.uri.0, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(c.publish_timeout, Duration::from_secs(30));
         assert_eq!(c.wire, WireProfile::LEAN);
     }
@@ -524,7 +563,7 @@ mod tests {
         ] {
             let c = config(&format!("amqp://h/%2f?{query}")).unwrap();
             assert_eq!(c.wire, expected, "{query}");
-            assert_eq!(c.uri, "amqp://h/%2f", "{query}: not passed to lapin");
+            assert_eq!(c.uri.0, "amqp://h/%2f", "{query}: not passed to lapin");
         }
         let c = AmqpBrokerBuilder::new("amqp://h/%2f?wire=go-micro")
             .wire_profile(WireProfile::CLOUDEVENTS)
@@ -566,7 +605,7 @@ mod tests {
         assert_eq!(c.connection_name.as_deref(), Some("orders"));
         assert_eq!(c.publish_timeout, Duration::from_millis(1500));
         assert_eq!(c.address, "amqps://rabbit.example:5671/prod");
-        assert_eq!(c.uri, "amqps://u:secret@rabbit.example/prod?heartbeat=10");
+        assert_eq!(c.uri.0, "amqps://u:secret@rabbit.example/prod?heartbeat=10");
         assert_eq!(
             c.queue_arguments.inner().get("x-queue-type"),
             Some(&AMQPValue::LongString("quorum".into()))

@@ -168,7 +168,7 @@ async fn open_session(shared: &Shared, generation: u64) -> Result<Session, AmqpB
     if let Some(name) = &config.connection_name {
         properties = properties.with_connection_name(LongString::from(name.as_bytes()));
     }
-    let connection = Connection::connect(&config.uri, properties).await?;
+    let connection = Connection::connect(&config.uri.0, properties).await?;
     let setup = async {
         let publisher = connection.create_channel().await?;
         publisher

@@ -330,7 +330,18 @@ impl Inner {
             if let Some(barrier) = &session.barrier {
                 barrier.stop();
             }
-            let _ = session.client.drain().await;
+            // bounded: while async-nats reconnects it reads no commands, and a full command
+            // channel would make the drain wait for the server without end
+            if tokio::time::timeout(self.config.request_timeout, session.client.drain())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    broker = %self.config.address,
+                    timeout = ?self.config.request_timeout,
+                    "the connection did not drain in time; closing it as it is"
+                );
+            }
         }
     }
 
@@ -439,23 +450,23 @@ impl Barrier {
 
     /// Resolves once the server processed what this connection sent before the call.
     pub(crate) async fn pass(&self, timeout: Duration) -> Result<(), BrokerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let n = self.next.fetch_add(1, Ordering::AcqRel) + 1;
         let mut seen = self.seen.subscribe();
-        self.client
-            .publish(self.inbox.clone(), n.to_string().into())
-            .await
-            .map_err(|e| client_error("publish a probe", e))?;
-        match tokio::time::timeout(timeout, seen.wait_for(|highest| *highest >= n)).await {
+        let probe = self
+            .client
+            .publish(self.inbox.clone(), n.to_string().into());
+        match tokio::time::timeout_at(deadline, probe).await {
+            Ok(sent) => sent.map_err(|e| client_error("publish a probe", e))?,
+            Err(_) => return Err(round_trip_timed_out(timeout)),
+        }
+        match tokio::time::timeout_at(deadline, seen.wait_for(|highest| *highest >= n)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::Closed {
                 broker: BROKER_NAME,
                 address: self.address.clone(),
             }),
-            Err(_) => Err(BrokerError::Timeout {
-                broker: BROKER_NAME,
-                operation: "a round trip through the NATS server",
-                timeout,
-            }),
+            Err(_) => Err(round_trip_timed_out(timeout)),
         }
     }
 
@@ -599,3 +610,11 @@ impl Broker for NatsBroker {
 
 event_core::register_broker_scheme!("nats", |url| Ok(Arc::new(NatsBroker::from_url(url)?)));
 event_core::register_broker_scheme!("tls", |url| Ok(Arc::new(NatsBroker::from_url(url)?)));
+
+fn round_trip_timed_out(timeout: Duration) -> BrokerError {
+    BrokerError::Timeout {
+        broker: BROKER_NAME,
+        operation: "a round trip through the NATS server",
+        timeout,
+    }
+}

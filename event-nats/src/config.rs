@@ -167,7 +167,7 @@ impl std::fmt::Debug for Auth {
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct NatsBrokerBuilder {
-    url: String,
+    url: SecretUrl,
     mode: Option<Mode>,
     servers: Vec<String>,
     name: Option<String>,
@@ -200,7 +200,7 @@ pub struct NatsBrokerBuilder {
 impl NatsBrokerBuilder {
     pub(crate) fn new(url: &str) -> Self {
         NatsBrokerBuilder {
-            url: url.to_owned(),
+            url: SecretUrl(url.to_owned()),
             mode: None,
             servers: Vec::new(),
             name: None,
@@ -438,7 +438,7 @@ impl NatsBrokerBuilder {
     }
 
     pub(crate) fn into_config(mut self) -> Result<Config, NatsConfigError> {
-        let parsed = ParsedUrl::parse(&self.url)?;
+        let parsed = ParsedUrl::parse(&self.url.0)?;
         for (name, value) in &parsed.query {
             if !PARAMETERS.contains(&name.as_str()) {
                 return Err(NatsConfigError::UnknownParameter {
@@ -452,7 +452,7 @@ impl NatsBrokerBuilder {
         let mut hosts = parsed.hosts;
         for server in std::mem::take(&mut self.servers) {
             for address in server.split(',').filter(|s| !s.is_empty()) {
-                hosts.push(parse_host(&redact(&self.url), address)?);
+                hosts.push(parse_host(&redact(&self.url.0), address)?);
             }
         }
         let scheme = if parsed.tls { "tls" } else { "nats" };
@@ -606,7 +606,7 @@ impl NatsBrokerBuilder {
                 self.duplicate_window.get_or_insert(v);
             }
             "ack_wait_ms" => {
-                let v = millis("ack_wait_ms", value)?;
+                let v = positive_millis("ack_wait_ms", value)?;
                 self.ack_wait.get_or_insert(v);
             }
             "max_deliver" => {
@@ -637,31 +637,31 @@ impl NatsBrokerBuilder {
                 self.go_micro_envelope.get_or_insert(v);
             }
             "group_inactive_threshold_ms" => {
-                let v = millis("group_inactive_threshold_ms", value)?;
+                let v = positive_millis("group_inactive_threshold_ms", value)?;
                 self.group_inactive_threshold.get_or_insert(v);
             }
             "broadcast_inactive_threshold_ms" => {
-                let v = millis("broadcast_inactive_threshold_ms", value)?;
+                let v = positive_millis("broadcast_inactive_threshold_ms", value)?;
                 self.broadcast_inactive_threshold.get_or_insert(v);
             }
             "connect_timeout_ms" => {
-                let v = millis("connect_timeout_ms", value)?;
+                let v = positive_millis("connect_timeout_ms", value)?;
                 self.connect_timeout.get_or_insert(v);
             }
             "publish_timeout_ms" => {
-                let v = millis("publish_timeout_ms", value)?;
+                let v = positive_millis("publish_timeout_ms", value)?;
                 self.publish_timeout.get_or_insert(v);
             }
             "request_timeout_ms" => {
-                let v = millis("request_timeout_ms", value)?;
+                let v = positive_millis("request_timeout_ms", value)?;
                 self.request_timeout.get_or_insert(v);
             }
             "reconnect_min_ms" => {
-                let v = millis("reconnect_min_ms", value)?;
+                let v = positive_millis("reconnect_min_ms", value)?;
                 self.reconnect_min.get_or_insert(v);
             }
             "reconnect_max_ms" => {
-                let v = millis("reconnect_max_ms", value)?;
+                let v = positive_millis("reconnect_max_ms", value)?;
                 self.reconnect_max.get_or_insert(v);
             }
             "tls" => {
@@ -714,6 +714,19 @@ fn number<T: std::str::FromStr>(
 
 fn millis(name: &'static str, value: &str) -> Result<Duration, NatsConfigError> {
     number::<u64>(name, value, "a whole number of milliseconds").map(Duration::from_millis)
+}
+
+/// A timeout, a backoff or a threshold: 0 would fail every call, spin, or mean the server's
+/// own default, so it is refused.
+fn positive_millis(name: &'static str, value: &str) -> Result<Duration, NatsConfigError> {
+    match number::<u64>(name, value, "a whole number of milliseconds, at least 1")? {
+        0 => Err(invalid(
+            name,
+            value,
+            "a whole number of milliseconds, at least 1",
+        )),
+        ms => Ok(Duration::from_millis(ms)),
+    }
 }
 
 /// Checks a stream name (or prefix) against what JetStream accepts in names.
@@ -839,6 +852,16 @@ fn parse_host(url: &str, address: &str) -> Result<(String, u16), NatsConfigError
 }
 
 /// The URL without its password or token.
+/// A URL that may hold a password or token: `Debug` shows it redacted.
+#[derive(Clone)]
+struct SecretUrl(String);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable URL>".to_owned();
@@ -902,6 +925,21 @@ mod tests {
 
     fn config(url: &str) -> Result<Config, NatsConfigError> {
         NatsBrokerBuilder::new(url).into_config()
+    }
+
+    #[test]
+    fn a_zero_timeout_or_backoff_is_refused() {
+        for name in [
+            "publish_timeout_ms",
+            "request_timeout_ms",
+            "reconnect_min_ms",
+            "ack_wait_ms",
+        ] {
+            let error = config(&format!("nats://h?{name}=0")).unwrap_err();
+            assert!(error.to_string().contains(name), "{error}");
+        }
+        // 0 keeps its meaning where it has one: no age limit
+        assert!(config("nats://h?max_age_ms=0").is_ok());
     }
 
     #[test]
@@ -1024,6 +1062,8 @@ mod tests {
 
     #[test]
     fn redaction() {
+        let builder = NatsBrokerBuilder::new("nats://u:secret@h:1");
+        assert!(!format!("{builder:?}").contains("secret"), "{builder:?}");
         assert_eq!(redact("nats://u:pw@h:1?x=y"), "nats://u:***@h:1?x=y");
         assert_eq!(redact("nats://token@h"), "nats://***@h");
         assert_eq!(redact("nats://h"), "nats://h");

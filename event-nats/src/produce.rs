@@ -31,6 +31,17 @@ pub(crate) async fn publish(
     message: Message,
 ) -> Result<Receipt, PublishError> {
     let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
+    let mut message = message;
+    if wire::dedup_id(topic, &message).is_none() {
+        // a message without an id (a raw `Broker::publish`) gets one for the stream's
+        // duplicate detection, so that a retry below, or the caller's with the message it gets
+        // back, is kept once
+        let (id, _) = event_core::publish::message_id_and_time();
+        message.headers.insert(
+            event_core::headers::HeaderName::from_static(wire::MSG_ID_HEADER),
+            id,
+        );
+    }
     let envelope = inner.config.go_micro_envelope;
     let (payload, mut headers) = if envelope {
         let (payload, headers) = wire::to_go_micro(topic, &message, true);
@@ -152,23 +163,43 @@ pub(crate) async fn publish_core(
         }
     };
     let subject = topic.to_owned();
-    let sent = match headers {
-        Some(headers) => {
-            session
-                .client
-                .publish_with_headers(subject, headers, payload)
-                .await
+    let timeout = inner.config.publish_timeout;
+    let started = Instant::now();
+    // bounded: while async-nats reconnects it takes no commands, and its channel fills
+    let sent = tokio::time::timeout(timeout, async {
+        match headers {
+            Some(headers) => {
+                session
+                    .client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+            }
+            None => session.client.publish(subject, payload).await,
         }
-        None => session.client.publish(subject, payload).await,
-    };
-    if let Err(error) = sent {
-        return fail(message, client_error("publish", error));
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return fail(message, client_error("publish", error)),
+        Err(_elapsed) => {
+            return fail(
+                message,
+                BrokerError::Timeout {
+                    broker: BROKER_NAME,
+                    operation: "publish (handing the message to the client)",
+                    timeout,
+                },
+            );
+        }
     }
     let barrier = session
         .barrier
         .as_ref()
         .expect("core NATS sessions have one");
-    match barrier.pass(inner.config.publish_timeout).await {
+    match barrier
+        .pass(timeout.saturating_sub(started.elapsed()))
+        .await
+    {
         Ok(()) => Ok(Receipt::new(wire::core_position(0))),
         Err(error) => fail(message, error),
     }

@@ -268,20 +268,33 @@ pub(crate) fn to_nats(
         return Ok(None);
     }
     let mut map = async_nats::HeaderMap::new();
+    let written_below = |name: &str| {
+        name.eq_ignore_ascii_case(KEY_HEADER)
+            || name.eq_ignore_ascii_case(ESCAPED_HEADER)
+            || (jetstream && name.eq_ignore_ascii_case(MSG_ID_HEADER))
+    };
+    // escaping is listed per name (receiving decodes every value of a listed name), so a name
+    // one of whose values must be escaped has all of them escaped
     let mut escaped: Vec<&str> = Vec::new();
+    for (name, value) in message.headers.iter() {
+        let name = name.as_str();
+        if !written_below(name)
+            && !travels_as_is(value.as_bytes())
+            && !escaped.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
+            escaped.push(name);
+        }
+    }
     // the known names written so far (bits of their index in KNOWN_NAMES)
     let mut seen: u32 = 0;
     for (name, value) in message.headers.iter() {
         let name = name.as_str();
-        if name.eq_ignore_ascii_case(KEY_HEADER)
-            || name.eq_ignore_ascii_case(ESCAPED_HEADER)
-            || (jetstream && name.eq_ignore_ascii_case(MSG_ID_HEADER))
-        {
+        if written_below(name) {
             // written below from the key, the escapes and the id
             continue;
         }
         let (nats, known) = nats_name(name)?;
-        let as_is = travels_as_is(value.as_bytes());
+        let as_is = !escaped.iter().any(|n| n.eq_ignore_ascii_case(name));
         let text = if as_is {
             value.to_str().expect("checked").to_owned()
         } else {
@@ -294,9 +307,6 @@ pub(crate) fn to_nats(
                 map.insert(nats, nats_value(text));
             }
             _ => map.append(nats, nats_value(text)),
-        }
-        if !as_is && !escaped.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            escaped.push(name);
         }
     }
     if let Some(key) = &message.key {
@@ -590,6 +600,20 @@ mod tests {
         assert_eq!(map.get("multi-line").unwrap().as_str(), "first%0Asecond");
         let back = from_nats(Some(&map), message.payload.clone());
         assert_eq!(back.key.as_deref(), Some(&b"\xff\x00key"[..]));
+        assert_eq!(sorted(&back.headers), sorted(&message.headers));
+    }
+
+    #[test]
+    fn every_value_of_a_name_with_one_escaped_value_is_escaped() {
+        // escaping is listed per name: "50%41" alone travels as it is, but beside a value
+        // that must be escaped it is escaped too, or it would come back as "50A"
+        let message = Message::new("x")
+            .with_header("note", "50%41")
+            .with_header("note", "a\nb")
+            .with_header("Tag", "x%41")
+            .with_header("tag", "line\nbreak");
+        let map = to_nats("orders.placed", &message, false).unwrap().unwrap();
+        let back = from_nats(Some(&map), message.payload.clone());
         assert_eq!(sorted(&back.headers), sorted(&message.headers));
     }
 

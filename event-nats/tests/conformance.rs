@@ -110,6 +110,35 @@ async fn a_message_published_twice_is_kept_once() {
     broker.disconnect().await.expect("disconnect");
 }
 
+/// A message without an id (a raw `Broker::publish`) is published with one of its own in
+/// `Nats-Msg-Id`, so that a retry (the publisher's after a lost PubAck, or the caller's with
+/// the message a failed publish gives back) is kept once as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_an_id_gets_one_for_deduplication() {
+    let broker = Factory.broker_nats().await;
+    let topic = testkit::unique("no-id");
+    broker
+        .publish(&topic, Message::new("no id"))
+        .await
+        .expect("publish");
+    let js = async_nats::jetstream::new(common::raw_client().await);
+    let stream = js
+        .get_stream(common::TESTKIT_STREAM)
+        .await
+        .expect("the suites' stream");
+    let stored = stream
+        .get_last_raw_message_by_subject(&topic)
+        .await
+        .expect("the stored message");
+    let id = stored
+        .headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", stored.headers));
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "a UUID: {id}");
+    broker.disconnect().await.expect("disconnect");
+}
+
 impl Factory {
     async fn broker_nats(&self) -> NatsBroker {
         common::testkit_stream().await;
