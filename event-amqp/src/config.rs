@@ -287,6 +287,15 @@ impl AmqpBrokerBuilder {
         };
         let mut url =
             url::Url::parse(&self.uri.0).map_err(|e| invalid_uri(&self.uri.0, e.to_string()))?;
+        if matches!(url.host(), Some(url::Host::Ipv6(_))) {
+            // lapin's URI parser takes only a domain and falls back to localhost
+            return Err(invalid_uri(
+                &self.uri.0,
+                "an IPv6 address literal is not supported (lapin would connect to localhost): \
+                 use a host name that resolves to it"
+                    .to_owned(),
+            ));
+        }
         let default_port = match url.scheme() {
             "amqp" => 5672,
             "amqps" => 5671,
@@ -506,6 +515,13 @@ mod tests {
 
     fn config(uri: &str) -> Result<Config, AmqpConfigError> {
         AmqpBrokerBuilder::new(uri).into_config()
+    }
+
+    #[test]
+    fn an_ipv6_literal_is_refused_rather_than_connecting_to_localhost() {
+        let error = config("amqp://u:p@[fd00::5]:5672/%2f").unwrap_err();
+        assert!(error.to_string().contains("IPv6"), "{error}");
+        assert!(!error.to_string().contains(":p@"), "{error}");
     }
 
     #[test]

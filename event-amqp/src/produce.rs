@@ -48,6 +48,11 @@ pub(crate) async fn publish(
     let started = Instant::now();
     let timeout = shared.config.publish_timeout;
     let deadline = started + timeout;
+    // the broker closed the publishing channel over a publish (a message over its
+    // max_message_size, say): it may have been this one or another in flight beside it, so
+    // it is sent once more on a new channel, and refused with the broker's reason if the
+    // broker closes that one too
+    let mut channel_refusals = 0u32;
     loop {
         let session = match shared.wait_up(Some(deadline)).await {
             Wait::Up(session) => session,
@@ -118,6 +123,15 @@ pub(crate) async fn publish(
                 );
             }
             Ok(Err(error)) => {
+                let refused_by_broker = matches!(error.kind(), lapin::ErrorKind::ProtocolError(_))
+                    && session.connection.status().connected();
+                if refused_by_broker {
+                    channel_refusals += 1;
+                    if channel_refusals > 1 {
+                        shared.kick();
+                        return fail(message, backend(error.into()));
+                    }
+                }
                 // The channel or connection failed before the confirm: the broker may or may
                 // not have the message. Send it again on the next connection (at-least-once).
                 tracing::debug!(

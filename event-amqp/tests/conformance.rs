@@ -131,6 +131,63 @@ async fn a_short_run_is_acknowledged_while_the_subscription_is_open() {
     broker.disconnect().await.expect("disconnect");
 }
 
+/// A publish the broker refuses by closing the publishing channel (a message over its
+/// `max_message_size`) fails with the broker's reason after one more try on a new channel,
+/// instead of being retried until the publish timeout; the next publish goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_broker_refuses_fails_with_its_reason() {
+    use event_core::broker::{Broker as _, BrokerError, Message, SubscribeOptions};
+
+    let topic = testkit::unique("too-big");
+    let broker = event_amqp::AmqpBroker::builder(&url())
+        .exchange("event.test.conformance")
+        .queue_argument("x-expires", 600_000)
+        .connection_name("event-amqp refused publish")
+        .build()
+        .expect("valid broker configuration");
+    let broker = common::connected(broker).await;
+    // a queue for the topic, so that the small publish below is routable
+    let subscription = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().queue("keep"),
+            event_core::broker::handler_fn("keep", |_| async { event_core::broker::Outcome::Ack }),
+        )
+        .await
+        .expect("subscribe");
+    let max =
+        common::rabbitmqctl(&["eval", "application:get_env(rabbit, max_message_size)."]).await;
+    let max: usize = max
+        .trim()
+        .trim_start_matches("{ok,")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap_or_else(|e| panic!("RabbitMQ's max_message_size from {max:?}: {e}"));
+    let error = broker
+        .publish(&topic, Message::new(vec![0u8; max + 1]))
+        .await
+        .expect_err("a message over max_message_size is refused");
+    let given_back = error.message().payload.len();
+    let error = error.broker_error();
+    assert!(
+        matches!(error, BrokerError::Backend { .. }),
+        "the broker's refusal, not a timeout: {}",
+        event_core::error_chain(error)
+    );
+    assert!(
+        event_core::error_chain(error).contains("PRECONDITION_FAILED"),
+        "{}",
+        event_core::error_chain(error)
+    );
+    assert_eq!(given_back, max + 1, "the message is given back");
+    broker
+        .publish(&topic, Message::new("small"))
+        .await
+        .expect("the next publish goes through");
+    subscription.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
+}
+
 /// `EVENT_BROKER=amqp://...` selects this backend, with the query parameters applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_url_selects_the_backend() {
