@@ -448,6 +448,17 @@ impl NatsBrokerBuilder {
             }
             self.apply_parameter(name, value)?;
         }
+        if let Some((cert, key)) = &self.tls_client {
+            for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(
+                        name,
+                        "",
+                        "a PEM file: tls_cert and tls_key are given together",
+                    ));
+                }
+            }
+        }
         let tls = parsed.tls || self.tls.unwrap_or(false);
         let mut hosts = parsed.hosts;
         for server in std::mem::take(&mut self.servers) {
@@ -464,10 +475,20 @@ impl NatsBrokerBuilder {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let servers = hosts
+        let servers: Vec<String> = hosts
             .iter()
             .map(|(host, port)| format!("{}://{host}:{port}", if tls { "tls" } else { "nats" }))
             .collect();
+        // checked here, not dropped at connect: a server async-nats cannot read is an error
+        for server in &servers {
+            if server.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(invalid(
+                    "servers",
+                    server,
+                    "host:port addresses (a name, an IPv4 address or a bracketed IPv6 one)",
+                ));
+            }
+        }
 
         let stream_prefix = self
             .stream_prefix
@@ -925,6 +946,15 @@ mod tests {
 
     fn config(url: &str) -> Result<Config, NatsConfigError> {
         NatsBrokerBuilder::new(url).into_config()
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let error = config("nats://h?tls_cert=/etc/c.pem").unwrap_err();
+        assert!(error.to_string().contains("tls_key"), "{error}");
+        let error = config("nats://h?tls_key=/etc/k.pem").unwrap_err();
+        assert!(error.to_string().contains("tls_cert"), "{error}");
+        assert!(config("nats://h?tls_cert=/etc/c.pem&tls_key=/etc/k.pem").is_ok());
     }
 
     #[test]

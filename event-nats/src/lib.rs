@@ -93,11 +93,14 @@
 //!
 //! - `Nats-Msg-Id` = the message id (`ce_id`): JetStream drops a publish that repeats one
 //!   within the stream's duplicate window, so a publish retried after a lost PubAck is kept
-//!   once. A dead letter's is `<id>@<dead-letter topic>#<handler>`, so that a dead letter
-//!   kept in the same stream as its original (a stream with `orders.>`) is not dropped as a
-//!   duplicate of it, nor the dead letters of one message from two queue groups as
-//!   duplicates of each other. (A message published again with its id, to the same subject,
-//!   within the duplicate window, is dropped: that is what the window is for.)
+//!   once. A message without an id (a raw [`Broker::publish`](event_core::Broker::publish))
+//!   gets one in `Nats-Msg-Id`, kept in the message a failed publish gives back. A dead
+//!   letter's is `<id>@<dead-letter topic>#<handler>#<UUID v7 of that publish>`, so that a
+//!   dead letter kept in the same stream as its original (a stream with `orders.>`) is not
+//!   dropped as a duplicate of it, nor the dead letters of one message from two queue groups
+//!   (whose handlers may have the same name) as duplicates of each other. (A message
+//!   published again with its id, to the same subject, within the duplicate window, is
+//!   dropped: that is what the window is for.)
 //! - `x-event-key` = the key.
 //! - NATS header values are lines of text that the client trims: a value that is not UTF-8,
 //!   has a line break, or starts or ends with whitespace (a multi-line `x-event-error`, say)

@@ -43,11 +43,20 @@ pub(crate) async fn publish(
         );
     }
     let envelope = inner.config.go_micro_envelope;
+    // one id for every attempt of this publish
+    let dedup = wire::publish_dedup_id(topic, &message);
+    let go_micro = |message: &Message| {
+        let (payload, mut headers) = wire::to_go_micro(topic, message, true);
+        if let (Some(map), Some(id)) = (headers.as_mut(), &dedup) {
+            map.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
+        (payload, headers)
+    };
     let (payload, mut headers) = if envelope {
-        let (payload, headers) = wire::to_go_micro(topic, &message, true);
+        let (payload, headers) = go_micro(&message);
         (payload, Some(headers))
     } else {
-        match wire::to_nats(topic, &message, true) {
+        match wire::to_nats_with_id(&message, true, dedup.clone()) {
             Ok(headers) => (message.payload.clone(), Some(headers)),
             Err(error) => return fail(message, backend(error)),
         }
@@ -62,8 +71,8 @@ pub(crate) async fn publish(
         // the first attempt takes the headers; a retry (rare) builds them again
         let attempt_headers = match headers.take() {
             Some(headers) => headers,
-            None if envelope => wire::to_go_micro(topic, &message, true).1,
-            None => wire::to_nats(topic, &message, true).unwrap_or_default(),
+            None if envelope => go_micro(&message).1,
+            None => wire::to_nats_with_id(&message, true, dedup.clone()).unwrap_or_default(),
         };
         if let Some(headers) = attempt_headers {
             publish = publish.headers(headers);

@@ -8,9 +8,10 @@
 //! - the key, which NATS does not have, travels in the `x-event-key` header;
 //! - `Nats-Msg-Id` (JetStream's duplicate detection) is the message id; for a dead letter
 //!   (a message whose `x-event-original-topic` names another topic) it is
-//!   `<id>@<topic>#<handler>`, so that a dead letter kept in the same stream as its original
-//!   is not taken for a duplicate of it, nor the dead letters of one message from two queue
-//!   groups for duplicates of each other;
+//!   `<id>@<topic>#<handler>#<UUID v7 of the publish>`, so that a dead letter kept in the
+//!   same stream as its original is not taken for a duplicate of it, nor the dead letters of
+//!   one message from two queue groups (whose handlers may have the same name) for duplicates
+//!   of each other; the retries of one publish send the same id;
 //! - NATS header values are text lines that the client trims: a value that is not UTF-8,
 //!   holds a line break or starts or ends with whitespace is sent percent-encoded, and its
 //!   name is listed in an `x-event-escaped` header (once per name), which receiving undoes.
@@ -193,6 +194,22 @@ fn is_dead_letter(topic: &str, message: &Message) -> bool {
         .is_some_and(|original| original.as_bytes() != topic.as_bytes())
 }
 
+/// The `Nats-Msg-Id` one publish call sends (every retry within it the same): the
+/// [`dedup_id`], and for a dead letter one more part of its own, `#<UUID v7>`. Two queue
+/// groups whose handlers have the same name may dead-letter one message; without it the
+/// stream would keep the first dead letter and drop the second as a duplicate.
+pub(crate) fn publish_dedup_id(topic: &str, message: &Message) -> Option<String> {
+    let id = dedup_id(topic, message)?;
+    if !is_dead_letter(topic, message) {
+        return Some(id);
+    }
+    let (unique, _) = event_core::publish::message_id_and_time();
+    Some(format!(
+        "{id}#{}",
+        String::from_utf8_lossy(unique.as_bytes())
+    ))
+}
+
 /// The `Nats-Msg-Id` a message is published with: its id (or the `Nats-Msg-Id` it carries);
 /// for a dead letter `<id>@<topic>#<handler>` (its `x-event-handler`).
 pub(crate) fn dedup_id(topic: &str, message: &Message) -> Option<String> {
@@ -264,6 +281,15 @@ pub(crate) fn to_nats(
     } else {
         None
     };
+    to_nats_with_id(message, jetstream, dedup)
+}
+
+/// [`to_nats`] with the `Nats-Msg-Id` given (see [`publish_dedup_id`]).
+pub(crate) fn to_nats_with_id(
+    message: &Message,
+    jetstream: bool,
+    dedup: Option<String>,
+) -> Result<Option<async_nats::HeaderMap>, NatsBackendError> {
     if message.headers.is_empty() && message.key.is_none() && dedup.is_none() {
         return Ok(None);
     }
@@ -627,8 +653,18 @@ mod tests {
             dedup_id("orders.placed", &dead).unwrap(),
             "0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11"
         );
+        // each publish of a dead letter has an id of its own: two groups' dead letters of one
+        // message are both kept
+        let one = publish_dedup_id("orders.placed.dlq", &dead).unwrap();
+        let two = publish_dedup_id("orders.placed.dlq", &dead).unwrap();
+        assert!(one.starts_with(&format!("{id}#")) && two.starts_with(&format!("{id}#")));
+        assert_ne!(one, two);
+        assert_eq!(
+            publish_dedup_id("orders.placed", &dead).as_deref(),
+            Some("0190f4c2-7b1e-7c3a-9d55-3b1f2a9c0e11")
+        );
         // the consumer drops the id that repeats the message id, suffixed or not
-        let map = to_nats("orders.placed.dlq", &dead, true).unwrap().unwrap();
+        let map = to_nats_with_id(&dead, true, Some(one)).unwrap().unwrap();
         let back = from_nats(Some(&map), Bytes::new());
         assert!(!back.headers.contains("Nats-Msg-Id"), "{:?}", back.headers);
     }
