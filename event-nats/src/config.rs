@@ -887,7 +887,13 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparsable URL>".to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // the credentials end at the last `@` before the query: a password with an unencoded
+    // `/` (a base64 token, say) is hidden whole, not taken for the start of a path
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let end = match rest[..query].rfind('@') {
+        Some(at) => at + rest[at..].find(['/', '?', '#']).unwrap_or(rest.len() - at),
+        None => rest.find(['/', '?', '#']).unwrap_or(rest.len()),
+    };
     let (authority, tail) = rest.split_at(end);
     match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => {
@@ -1097,5 +1103,7 @@ mod tests {
         assert_eq!(redact("nats://u:pw@h:1?x=y"), "nats://u:***@h:1?x=y");
         assert_eq!(redact("nats://token@h"), "nats://***@h");
         assert_eq!(redact("nats://h"), "nats://h");
+        assert_eq!(redact("nats://app:pa/ss@h:1/x"), "nats://app:***@h:1/x");
+        assert_eq!(redact("nats://ab/c+d==@h?x=a@b"), "nats://***@h?x=a@b");
     }
 }
