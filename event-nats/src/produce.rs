@@ -32,7 +32,9 @@ pub(crate) async fn publish(
 ) -> Result<Receipt, PublishError> {
     let fail = |message: Message, error: BrokerError| Err(PublishError::new(topic, message, error));
     let mut message = message;
-    if wire::dedup_id(topic, &message).is_none() {
+    if message.headers.message_id_value().is_none()
+        && message.headers.get(wire::MSG_ID_HEADER).is_none()
+    {
         // a message without an id (a raw `Broker::publish`) gets one for the stream's
         // duplicate detection, so that a retry below, or the caller's with the message it gets
         // back, is kept once
