@@ -257,6 +257,14 @@ impl NatsBrokerBuilder {
     /// [`NatsBroker::stream_name_for`](crate::NatsBroker::stream_name_for). Either way, a topic
     /// whose subject is already in a stream (any stream, e.g. one made by `nats stream add` with
     /// the subjects `orders.>`) uses that stream.
+    ///
+    /// Adding a subject rewrites the stream's subject list, and JetStream (2.9) has no
+    /// conditional update: two processes adding subjects to this stream at the same moment
+    /// can each write the list the other had not seen, and one subject is gone again. This
+    /// backend adds it back when one of its publishes finds no stream for it, but other
+    /// publishers to that subject are refused meanwhile. Where many services start at once,
+    /// give the stream its subjects up front (a wildcard such as `orders.>`), or leave this
+    /// unset: a stream per topic has no such race.
     pub fn stream(mut self, name: impl Into<String>) -> Self {
         self.stream = Some(name.into());
         self
