@@ -28,11 +28,8 @@ async fn acknowledgements_out_of_order_settle_every_message_once() {
     use event_core::broker::Broker as _;
 
     let topic = testkit::unique("acks");
-    let broker = event_amqp::AmqpBroker::builder(&url())
-        .exchange("event.test.conformance")
-        .queue_argument("x-expires", 600_000)
+    let broker = common::suite_builder("event-amqp acks")
         .prefetch(64)
-        .connection_name("event-amqp acks")
         .build()
         .expect("valid broker configuration");
     let broker = common::connected(broker).await;
@@ -73,11 +70,8 @@ async fn a_short_run_is_acknowledged_while_the_subscription_is_open() {
     use event_core::broker::{Broker as _, Delivery, Message, Outcome, SubscribeOptions};
 
     let topic = testkit::unique("short-run");
-    let broker = event_amqp::AmqpBroker::builder(&url())
-        .exchange("event.test.conformance")
-        .queue_argument("x-expires", 600_000)
+    let broker = common::suite_builder("event-amqp short run")
         .prefetch(64)
-        .connection_name("event-amqp short run")
         .build()
         .expect("valid broker configuration");
     let broker = common::connected(broker).await;
@@ -139,10 +133,7 @@ async fn a_publish_the_broker_refuses_fails_with_its_reason() {
     use event_core::broker::{Broker as _, BrokerError, Message, SubscribeOptions};
 
     let topic = testkit::unique("too-big");
-    let broker = event_amqp::AmqpBroker::builder(&url())
-        .exchange("event.test.conformance")
-        .queue_argument("x-expires", 600_000)
-        .connection_name("event-amqp refused publish")
+    let broker = common::suite_builder("event-amqp refused publish")
         .build()
         .expect("valid broker configuration");
     let broker = common::connected(broker).await;

@@ -57,11 +57,17 @@ impl BrokerFactory for Factory {
     }
 }
 
-async fn factory_broker(wire: WireProfile) -> Arc<dyn Broker> {
-    let broker = AmqpBroker::builder(&url())
+/// A builder for the suites' exchange, named `connection_name`: the queues the cases leave
+/// behind expire after ten idle minutes.
+pub fn suite_builder(connection_name: &str) -> event_amqp::AmqpBrokerBuilder {
+    AmqpBroker::builder(&url())
         .exchange("event.test.conformance")
         .queue_argument("x-expires", 600_000)
-        .connection_name("event-amqp conformance")
+        .connection_name(connection_name)
+}
+
+async fn factory_broker(wire: WireProfile) -> Arc<dyn Broker> {
+    let broker = suite_builder("event-amqp conformance")
         .wire_profile(wire)
         .build()
         .expect("valid broker configuration");
