@@ -92,22 +92,30 @@ struct Tally {
     target: AtomicUsize,
     count: AtomicUsize,
     done: Notify,
+    /// When the first message was handled.
+    first: std::sync::Mutex<Option<Instant>>,
 }
 
 static TALLY: Tally = Tally {
     target: AtomicUsize::new(usize::MAX),
     count: AtomicUsize::new(0),
     done: Notify::const_new(),
+    first: std::sync::Mutex::new(None),
 };
 
 impl Tally {
     fn start(&self, n: usize) {
+        *self.first.lock().expect("first") = None;
         self.count.store(0, Ordering::Release);
         self.target.store(n, Ordering::Release);
     }
 
     fn one(&self) {
-        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.target.load(Ordering::Acquire) {
+        let before = self.count.fetch_add(1, Ordering::AcqRel);
+        if before == 0 {
+            *self.first.lock().expect("first") = Some(Instant::now());
+        }
+        if before + 1 == self.target.load(Ordering::Acquire) {
             self.done.notify_one();
         }
     }
@@ -295,8 +303,10 @@ impl Bench {
             .start()
             .await
             .expect("start");
+        let at = started.at;
         done.await;
-        let elapsed = started.stop();
+        let mut elapsed = started.stop();
+        elapsed.first = TALLY.first.lock().expect("first").map(|first| first - at);
         // stop, not shutdown: the broker stays connected for the next rows
         let report = service.stop().await;
         assert!(!report.timed_out, "{report:?}");
@@ -328,13 +338,17 @@ impl Bench {
             .await
             .expect("messages");
         let mut n = 0;
+        let mut first = None;
         while n < self.events {
             let message = messages.next().await.expect("open").expect("message");
+            first.get_or_insert_with(|| started.at.elapsed());
             std::hint::black_box(Tick::decode(&message.payload[..]).expect("tick"));
             message.ack().await.expect("ack");
             n += 1;
         }
-        started.stop()
+        let mut elapsed = started.stop();
+        elapsed.first = first;
+        elapsed
     }
 }
 
@@ -354,6 +368,9 @@ struct Measured {
     allocations: u64,
     /// CPU time every thread of the process used meanwhile.
     cpu: Duration,
+    /// For a consume row, how long the first message took to reach the handler (the
+    /// subscribe's own cost).
+    first: Option<Duration>,
 }
 
 /// The CPU time the threads of this process have used (the runtime's workers live for the
@@ -378,6 +395,7 @@ impl Started {
             elapsed: self.at.elapsed(),
             allocations: event_bench_alloc::allocations() - self.allocations,
             cpu: cpu() - self.cpu,
+            first: None,
         }
     }
 }
@@ -468,10 +486,14 @@ async fn main() {
             };
             println!(
                 "round {round}: {kind} {name} {size} B: {:.2?}, per message {:.1} allocations \
-                 and {:.2?} of CPU",
+                 and {:.2?} of CPU{}",
                 measured.elapsed,
                 measured.allocations as f64 / events as f64,
-                measured.cpu / per_message
+                measured.cpu / per_message,
+                measured
+                    .first
+                    .map(|first| format!(", first message after {first:.2?}"))
+                    .unwrap_or_default()
             );
             row.runs.push(measured);
         }

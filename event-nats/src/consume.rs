@@ -4,10 +4,13 @@
 //! **JetStream.** A queue group is a durable pull consumer (shared by every member), a
 //! broadcast subscriber an ephemeral one of its own. A task per subscription (the *puller*)
 //! asks the server for as many messages as the subscription has room for (its prefetch, at
-//! least its concurrency) with one pull request at a time on an inbox of its own (each
-//! request answered on a subject of its own under it, so that the status ending a request given
-//! up on after a reconnect is not taken for the current one's), and hands
-//! what arrives to the loop through a channel. Every message counts against the room from the
+//! least its concurrency) with pull requests on an inbox of its own, and hands what arrives to
+//! the loop through a channel. Up to two requests are open at once: while the server fills
+//! one, the room freed by settled messages (half the prefetch or more) goes out as the next,
+//! so the server never waits a round trip for a request between batches. The server fills
+//! them in order, so a message counts against the oldest. Each request's status comes on a
+//! subject of its own under the inbox, so that a status ending a request given up on after a
+//! reconnect is not taken for an open one's. Every message counts against the room from the
 //! moment it arrives until it is settled, so a member never holds more than its prefetch.
 //!
 //! Each message is held from its arrival to its acknowledgement, and the puller tells the
@@ -55,6 +58,9 @@ const SILENCE: Duration = Duration::from_secs(3);
 /// A subscription that had no message for this long closes without waiting for its pull
 /// request to end (see `Puller::finish`).
 const QUIET: Duration = Duration::from_millis(250);
+/// Pull requests a subscription keeps open at once: the next one goes out while the server
+/// still fills the last, so that it never waits for a request between two batches.
+const OPEN_REQUESTS: usize = 2;
 /// How long closing a subscription waits for the client's buffer and the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -269,7 +275,7 @@ pub(crate) async fn open_jetstream(
             tx,
             stop: stop.clone(),
             reconnects: inner.reconnects.subscribe(),
-            request: None,
+            open: Vec::with_capacity(OPEN_REQUESTS),
             retry_at: None,
             backoff: Backoff::between(config.reconnect_min, config.reconnect_max),
             remake: false,
@@ -410,7 +416,7 @@ impl Held {
     }
 }
 
-/// The pull request under way.
+/// A pull request under way.
 struct Request {
     /// Its number: it is answered on `<inbox_prefix>.<number>`.
     number: u64,
@@ -431,7 +437,8 @@ struct Puller {
     tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
     stop: CancellationToken,
     reconnects: tokio::sync::watch::Receiver<u64>,
-    request: Option<Request>,
+    /// The pull requests under way, oldest first (at most [`OPEN_REQUESTS`]).
+    open: Vec<Request>,
     /// After a failure, the next request waits until then.
     retry_at: Option<Instant>,
     backoff: Backoff,
@@ -448,10 +455,11 @@ impl Puller {
         in_progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconnects.borrow_and_update();
         loop {
-            if self.request.is_none() && self.retry_at.is_none() {
+            if self.open.len() < OPEN_REQUESTS && self.retry_at.is_none() {
                 self.ask().await;
             }
-            let silent_since = self.request.as_ref().map(|r| r.heard);
+            // the oldest request is the one the server is filling
+            let silent_since = self.open.first().map(|r| r.heard);
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
@@ -480,18 +488,18 @@ impl Puller {
                     // the client closed
                     None => break,
                 },
-                () = self.sub.credit.freed(), if self.request.is_none() && self.retry_at.is_none() => {}
+                () = self.sub.credit.freed(), if self.open.len() < OPEN_REQUESTS && self.retry_at.is_none() => {}
                 () = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
                 changed = self.reconnects.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    // the server may have forgotten the request (a restart): ask again
-                    self.end_request();
+                    // the server may have forgotten the requests (a restart): ask again
+                    self.end_requests();
                 }
                 () = sleep_until(silent_since.map(|t| t + SILENCE)), if silent_since.is_some() => {
                     tracing::debug!(topic = %self.sub.spec.topic, "pull request silent; asking again");
-                    self.end_request();
+                    self.end_requests();
                 }
                 _ = in_progress.tick() => {
                     for reply in self.sub.held.due(ack_wait / 2) {
@@ -506,7 +514,9 @@ impl Puller {
     }
 
     /// Sends a pull request for all the room there is (making the consumer again first when
-    /// it is gone).
+    /// it is gone). With a request already open, only for half the prefetch or more: the
+    /// open one still brings messages, and a request for a few would cost a round trip for
+    /// them.
     async fn ask(&mut self) {
         if self.remake {
             match self.remake_consumer().await {
@@ -520,7 +530,7 @@ impl Puller {
         // batches of at least half the prefetch while messages wait for the loop, so that a
         // busy subscription does not pull one message per round trip; anything when it has
         // nothing to do
-        let least = if self.sub.queued.load(Ordering::Acquire) == 0 {
+        let least = if self.open.is_empty() && self.sub.queued.load(Ordering::Acquire) == 0 {
             1
         } else {
             self.sub.spec.prefetch.div_ceil(2)
@@ -546,7 +556,7 @@ impl Puller {
         {
             Ok(()) => {
                 self.requests += 1;
-                self.request = Some(Request {
+                self.open.push(Request {
                     number: self.requests,
                     outstanding: n,
                     heard: Instant::now(),
@@ -573,32 +583,52 @@ impl Puller {
         self.retry_at = Some(Instant::now() + wait);
     }
 
-    /// The request is over: the room it still had is free again.
-    fn end_request(&mut self) {
-        if let Some(request) = self.request.take() {
-            self.sub.give_back(request.outstanding);
-        }
+    /// Every request is over (or given up on): the room they still had is free again.
+    fn end_requests(&mut self) {
+        let outstanding = self.open.drain(..).map(|r| r.outstanding).sum();
+        self.sub.give_back(outstanding);
     }
 
-    /// Whether a status arrived for the request under way (not for one given up on, which
-    /// the server may have kept after a reconnect).
-    fn for_current_request(&self, status: &async_nats::Message) -> bool {
-        let number = request_number(&self.inbox_prefix, status.subject.as_str());
-        self.request
-            .as_ref()
-            .is_some_and(|request| Some(request.number) == number)
+    /// The open request a status on `subject` answers: not one given up on, which the server
+    /// may have kept after a reconnect.
+    fn request_for(&self, subject: &async_nats::Subject) -> Option<usize> {
+        let number = request_number(&self.inbox_prefix, subject.as_str())?;
+        self.open
+            .iter()
+            .position(|request| request.number == number)
+    }
+
+    /// Messages asked for with the open requests and not come yet.
+    fn outstanding(&self) -> usize {
+        self.open.iter().map(|r| r.outstanding).sum()
+    }
+
+    /// Counts a message against the oldest open request: returns false when none is open (it
+    /// came for a request given up on), so that it takes room of its own.
+    ///
+    /// A message does not say which request it answers (its subject is the one it was
+    /// published on; only a status comes on the request's own subject), but the server
+    /// fills its requests in the order they came, on this one connection: the oldest until
+    /// it is full or over (its status comes after its last message), then the next.
+    fn count_against_request(&mut self, now: Instant) -> bool {
+        let Some(request) = self.open.first_mut() else {
+            return false;
+        };
+        request.heard = now;
+        request.outstanding = request.outstanding.saturating_sub(1);
+        if request.outstanding == 0 {
+            self.open.remove(0);
+        }
+        true
     }
 
     fn received(&mut self, message: async_nats::Message, now: Instant) {
         if message.status.is_none() {
-            if let Some(request) = self.request.as_mut() {
-                request.heard = now;
-            }
             self.message(message, now);
             return;
         }
         let status = message.status.unwrap_or(async_nats::StatusCode::OK);
-        if !self.for_current_request(&message) {
+        let Some(at) = self.request_for(&message.subject) else {
             tracing::debug!(
                 topic = %self.sub.spec.topic,
                 status = %status,
@@ -606,9 +636,10 @@ impl Puller {
                 "a status for a pull request given up on; ignored"
             );
             return;
-        }
+        };
         let description = message.description.as_deref().unwrap_or("");
-        self.end_request();
+        let ended = self.open.remove(at);
+        self.sub.give_back(ended.outstanding);
         if status == async_nats::StatusCode::TIMEOUT {
             // the request expired; the next one goes out now
             self.backoff.reset();
@@ -637,15 +668,9 @@ impl Puller {
     }
 
     fn message(&mut self, message: async_nats::Message, now: Instant) {
-        match self.request.as_mut() {
-            Some(request) if request.outstanding > 0 => {
-                request.outstanding -= 1;
-                if request.outstanding == 0 {
-                    self.request = None;
-                }
-            }
+        if !self.count_against_request(now) {
             // from a request given up on: it takes room all the same
-            _ => self.sub.credit.take_one(),
+            self.sub.credit.take_one();
         }
         self.backoff.reset();
         self.last_message = Some(now);
@@ -712,21 +737,20 @@ impl Puller {
     }
 
     /// Takes an arrival on the inbox while the subscription closes: a message is held in
-    /// `late` and counted against the request (returns true); a status for the request under
-    /// way ends it.
+    /// `late` and counted against its request (returns true); a status for an open request
+    /// ends it.
     fn closing_arrival(
-        &self,
+        &mut self,
         message: async_nats::Message,
-        outstanding: &mut usize,
         late: &mut Vec<async_nats::Subject>,
     ) -> bool {
         if message.status.is_none() {
-            *outstanding = outstanding.saturating_sub(1);
+            self.count_against_request(Instant::now());
             late.extend(message.reply);
             return true;
         }
-        if self.for_current_request(&message) {
-            *outstanding = 0;
+        if let Some(at) = self.request_for(&message.subject) {
+            self.open.remove(at);
         }
         false
     }
@@ -738,7 +762,7 @@ impl Puller {
     /// server sent before it read the unsubscribe (one this client published just before, say)
     /// would reach a client that no longer knows the inbox and drops it: the server would send
     /// it again only after `AckWait`. So while messages are coming, the inbox stays subscribed
-    /// until the open request is over: filled, or ended by the server (within [`EXPIRES`]).
+    /// until the open requests are over: filled, or ended by the server (within [`EXPIRES`]).
     /// What arrives meanwhile is held, not given back: given back while the request is open,
     /// it could come to this inbox again. Then the inbox is unsubscribed and everything held
     /// goes back (`-NAK`), to the other members at once.
@@ -753,15 +777,12 @@ impl Puller {
     async fn finish(mut self) {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         let mut late: Vec<async_nats::Subject> = Vec::new();
-        // the request stays in place for `for_current_request` until the inbox is let go
-        let mut outstanding = self.request.as_ref().map_or(0, |r| r.outstanding);
+        // the requests stay open (for `request_for`) until the inbox is let go; no room is
+        // given back from here on
         let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
-        if outstanding > 0 && quiet {
-            match self
-                .nothing_on_the_way(&mut outstanding, &mut late, deadline)
-                .await
-            {
-                Ok(true) => outstanding = 0,
+        if !self.open.is_empty() && quiet {
+            match self.nothing_on_the_way(&mut late, deadline).await {
+                Ok(true) => self.open.clear(),
                 Ok(false) => {}
                 Err(error) => tracing::debug!(
                     topic = %self.sub.spec.topic,
@@ -772,18 +793,18 @@ impl Puller {
         }
         // the server ends the request by EXPIRES after it got it
         let over_by = deadline.min(Instant::now() + EXPIRES + Duration::from_millis(500));
-        while outstanding > 0 {
+        while !self.open.is_empty() {
             match tokio::time::timeout_at(over_by, self.inbox.next()).await {
-                // a status for the request: it is over (expired, or the consumer went away)
+                // a message, or a status ending a request (expired, or the consumer went away)
                 Ok(Some(message)) => {
-                    self.closing_arrival(message, &mut outstanding, &mut late);
+                    self.closing_arrival(message, &mut late);
                 }
                 Ok(None) => break,
                 Err(_elapsed) => {
                     tracing::debug!(
                         topic = %self.sub.spec.topic,
-                        outstanding,
-                        "the pull request did not end; unsubscribing"
+                        outstanding = self.outstanding(),
+                        "the pull requests did not end; unsubscribing"
                     );
                     break;
                 }
@@ -811,12 +832,10 @@ impl Puller {
 
     /// Asks the consumer, with a `no_wait` request for one message on an inbox of its own,
     /// whether it has anything for this subscription, and waits for its answer; holds what
-    /// reaches either inbox in `late` (counting what the open request brought against
-    /// `outstanding`, which a status on the inbox, the request's end, sets to 0). `Ok(true)`:
-    /// nothing is on the way.
+    /// reaches either inbox in `late` (counting what the open requests brought against them,
+    /// and ending one at its status). `Ok(true)`: nothing is on the way.
     async fn nothing_on_the_way(
         &mut self,
-        outstanding: &mut usize,
         late: &mut Vec<async_nats::Subject>,
         deadline: Instant,
     ) -> Result<bool, String> {
@@ -838,15 +857,15 @@ impl Puller {
             )
             .await;
         // the answer is a message, 404 "No Messages" or 408 "Requests Pending", soon: the
-        // request does not wait; until then the open request's messages are held as well
+        // request does not wait; until then the open requests' messages are held as well
         let mut busy = false;
         let result = match asked {
             Err(error) => Err(error.to_string()),
             Ok(()) => loop {
                 tokio::select! {
-                    message = self.inbox.next(), if *outstanding > 0 => match message {
-                        Some(message) => busy |= self.closing_arrival(message, outstanding, late),
-                        None => *outstanding = 0,
+                    message = self.inbox.next(), if !self.open.is_empty() => match message {
+                        Some(message) => busy |= self.closing_arrival(message, late),
+                        None => self.open.clear(),
                     },
                     answer = answers.next() => match answer {
                         Some(message) if message.status.is_none() => {
