@@ -605,10 +605,11 @@ fn read_cloudevents(table: &FieldTable, headers: &mut Headers) {
     }
 }
 
-/// The values of a header table entry: each element of a field array, else the value itself.
+/// The values of a header table entry: each element of a field array, else the value itself
+/// (an empty array too, which reads as `[]`: the header is there, with nothing in it).
 fn values(value: &AMQPValue) -> &[AMQPValue] {
     match value {
-        AMQPValue::FieldArray(values) => values.as_slice(),
+        AMQPValue::FieldArray(values) if !values.as_slice().is_empty() => values.as_slice(),
         value => std::slice::from_ref(value),
     }
 }
@@ -1577,6 +1578,23 @@ mod tests {
             Some("property"),
             "fills in what no header has"
         );
+    }
+
+    #[test]
+    fn a_header_holding_an_empty_array_is_kept() {
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-tags".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
+        t.insert(
+            "cloudEvents_tenant".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
+        let props = BasicProperties::default().with_headers(t);
+        let h = from_amqp("t", false, &props, Vec::new()).message.headers;
+        assert_eq!(h.get_str("x-tags"), Some("[]"), "{h:?}");
+        assert_eq!(h.get_str("ce_tenant"), Some("[]"), "{h:?}");
     }
 
     #[test]
