@@ -48,8 +48,8 @@ pub(crate) struct Inner {
     state: tokio::sync::Mutex<State>,
     /// The session of `state` while it is up, read without waiting by every publish.
     up: std::sync::RwLock<Option<Session>>,
-    /// Counts the connections the client made: a pull consumer re-sends its pull request
-    /// when it changes (the server may have forgotten it).
+    /// Counts the connections the client made: a pull consumer sends its pull requests again
+    /// when it changes (the server may have forgotten them).
     pub(crate) reconnects: watch::Sender<u64>,
     pub(crate) publishes: InFlight,
     pub(crate) streams: Streams,

@@ -20,18 +20,18 @@
 //! outgoing buffer: it is done once handed to the client, which is bounded, and closing the
 //! subscription flushes the buffer.
 //!
-//! The pull request expires after 1 s (an idle subscription asks again every second), so
-//! that a subscription that closes can wait for its request to end before it lets the inbox
-//! go (see `Puller::finish`). When the client reconnects, or nothing (message or status) came
-//! for 3 s, the request is sent again; a consumer the server no longer has (deleted, or lost with a memory stream)
-//! is made again: a queue group's with its configuration, a broadcast subscriber's from the
+//! A pull request expires after 1 s (an idle subscription asks again every second), so that
+//! a subscription that closes can wait for its requests to end before it lets the inbox go
+//! (see `Puller::finish`). When the client reconnects, or nothing (message or status) came
+//! for 3 s, the requests count as lost and new ones go out; a consumer the server no longer
+//! has (deleted, or lost with a memory stream) is made again: a queue group's with its configuration, a broadcast subscriber's from the
 //! message after the last one it received.
 //!
 //! **Core NATS.** A plain or queue subscription; acknowledgements do nothing, and a message
 //! given back is lost.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,20 +49,23 @@ use crate::broker::{Inner, Session, client_error};
 use crate::error::NatsBackendError;
 use crate::wire;
 
-/// How long the server keeps one pull request: an idle subscription asks again this often,
-/// and closing it waits at most this long for its request to end.
+/// How long the server keeps a pull request: an idle subscription asks again this often, and
+/// closing it waits at most this long for its requests to end.
 const EXPIRES: Duration = Duration::from_secs(1);
-/// Silence after which a pull request counts as lost (the server ends each one by
-/// [`EXPIRES`], with a message or a status).
+/// Silence after which the open pull requests count as lost (the server ends each one by
+/// [`EXPIRES`], with its last message or a status).
 const SILENCE: Duration = Duration::from_secs(3);
 /// A subscription that had no message for this long closes without waiting for its pull
-/// request to end (see `Puller::finish`).
+/// requests to end (see `Puller::finish`).
 const QUIET: Duration = Duration::from_millis(250);
 /// Pull requests a subscription keeps open at once: the next one goes out while the server
 /// still fills the last, so that it never waits for a request between two batches.
 const OPEN_REQUESTS: usize = 2;
 /// How long closing a subscription waits for the client's buffer and the server.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The header of a status ending a pull request: how many messages it still had room for.
+const PENDING_MESSAGES: &str = "Nats-Pending-Messages";
 
 const ACK: &[u8] = b"+ACK";
 const NAK: &[u8] = b"-NAK";
@@ -100,6 +103,9 @@ struct Sub {
     held: Held,
     /// Messages handed to the channel and not taken by the loop yet.
     queued: AtomicUsize,
+    /// Whether the puller has a pull request open (then it asks for no less than half the
+    /// prefetch).
+    asking: AtomicBool,
     current: Mutex<Current>,
 }
 
@@ -109,16 +115,20 @@ impl Sub {
     }
 
     /// Gives back room, and wakes the puller when it has enough to ask ([`Puller::ask`]): half
-    /// the prefetch, or any while the loop has nothing queued (when the queue empties,
-    /// [`JsSource::taken`] wakes it). Not on every settled message: a puller woken for
-    /// nothing costs a task switch.
+    /// the prefetch, or any while the loop has nothing queued and no request is open (when
+    /// the queue empties, [`JsSource::taken`] wakes it). Not on every settled message: a
+    /// puller woken for nothing costs a task switch.
     fn give_back(&self, n: usize) {
         if n == 0 {
             return;
         }
         let available = self.credit.give_back(n);
         let half = isize::try_from(self.spec.prefetch.div_ceil(2)).unwrap_or(isize::MAX);
-        if available >= half || (available > 0 && self.queued.load(Ordering::Acquire) == 0) {
+        if available >= half
+            || (available > 0
+                && self.queued.load(Ordering::Acquire) == 0
+                && !self.asking.load(Ordering::Acquire))
+        {
             self.credit.freed.notify_one();
         }
     }
@@ -243,7 +253,7 @@ pub(crate) async fn open_jetstream(
     };
     let (consumer, after) = make_consumer(&inner, &session.js, &spec, &stream, None).await?;
     // each pull request gets a reply subject of its own under the inbox, so that a status
-    // (the 408 that ends an expired request) is known to be for the current one
+    // (the 408 that ends an expired request) is known to be for an open one
     let inbox_prefix = session.client.new_inbox();
     let inbox = session
         .client
@@ -256,6 +266,7 @@ pub(crate) async fn open_jetstream(
         credit: Credit::new(spec.prefetch),
         held: Held::with_capacity(spec.prefetch),
         queued: AtomicUsize::new(0),
+        asking: AtomicBool::new(false),
         current: Mutex::new(Current {
             stream,
             consumer,
@@ -276,6 +287,8 @@ pub(crate) async fn open_jetstream(
             stop: stop.clone(),
             reconnects: inner.reconnects.subscribe(),
             open: Vec::with_capacity(OPEN_REQUESTS),
+            outstanding: 0,
+            heard: Instant::now(),
             retry_at: None,
             backoff: Backoff::between(config.reconnect_min, config.reconnect_max),
             remake: false,
@@ -416,16 +429,6 @@ impl Held {
     }
 }
 
-/// A pull request under way.
-struct Request {
-    /// Its number: it is answered on `<inbox_prefix>.<number>`.
-    number: u64,
-    /// Messages asked for and not come yet.
-    outstanding: usize,
-    /// When it was sent, or last brought a message.
-    heard: Instant,
-}
-
 /// The task that pulls a subscription's messages.
 struct Puller {
     sub: Arc<Sub>,
@@ -437,8 +440,16 @@ struct Puller {
     tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
     stop: CancellationToken,
     reconnects: tokio::sync::watch::Receiver<u64>,
-    /// The pull requests under way, oldest first (at most [`OPEN_REQUESTS`]).
-    open: Vec<Request>,
+    /// The numbers of the pull requests under way, as far as this side knows (at most
+    /// [`OPEN_REQUESTS`]): a request the server filled stays here until its status comes or
+    /// every request is filled.
+    open: Vec<u64>,
+    /// Messages asked for with the open requests and not come yet, all requests together:
+    /// the server hands its messages to its open requests in turn, one each, so a message
+    /// does not tell which request it fills.
+    outstanding: usize,
+    /// When a request was last sent, or a message or status for one came.
+    heard: Instant,
     /// After a failure, the next request waits until then.
     retry_at: Option<Instant>,
     backoff: Backoff,
@@ -458,8 +469,7 @@ impl Puller {
             if self.open.len() < OPEN_REQUESTS && self.retry_at.is_none() {
                 self.ask().await;
             }
-            // the oldest request is the one the server is filling
-            let silent_since = self.open.first().map(|r| r.heard);
+            let silent_since = (!self.open.is_empty()).then_some(self.heard);
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
@@ -556,11 +566,10 @@ impl Puller {
         {
             Ok(()) => {
                 self.requests += 1;
-                self.open.push(Request {
-                    number: self.requests,
-                    outstanding: n,
-                    heard: Instant::now(),
-                });
+                self.open.push(self.requests);
+                self.outstanding += n;
+                self.heard = Instant::now();
+                self.sub.asking.store(true, Ordering::Release);
             }
             Err(error) => {
                 self.sub.give_back(n);
@@ -585,41 +594,54 @@ impl Puller {
 
     /// Every request is over (or given up on): the room they still had is free again.
     fn end_requests(&mut self) {
-        let outstanding = self.open.drain(..).map(|r| r.outstanding).sum();
-        self.sub.give_back(outstanding);
+        self.open.clear();
+        self.sub.asking.store(false, Ordering::Release);
+        self.sub.give_back(std::mem::take(&mut self.outstanding));
     }
 
     /// The open request a status on `subject` answers: not one given up on, which the server
     /// may have kept after a reconnect.
     fn request_for(&self, subject: &async_nats::Subject) -> Option<usize> {
         let number = request_number(&self.inbox_prefix, subject.as_str())?;
-        self.open
-            .iter()
-            .position(|request| request.number == number)
+        self.open.iter().position(|open| *open == number)
     }
 
-    /// Messages asked for with the open requests and not come yet.
-    fn outstanding(&self) -> usize {
-        self.open.iter().map(|r| r.outstanding).sum()
-    }
-
-    /// Counts a message against the oldest open request: returns false when none is open (it
-    /// came for a request given up on), so that it takes room of its own.
-    ///
-    /// A message does not say which request it answers (its subject is the one it was
-    /// published on; only a status comes on the request's own subject), but the server
-    /// fills its requests in the order they came, on this one connection: the oldest until
-    /// it is full or over (its status comes after its last message), then the next.
-    fn count_against_request(&mut self, now: Instant) -> bool {
-        let Some(request) = self.open.first_mut() else {
+    /// Counts a message against the open requests: returns false when none of them has room
+    /// (it came for a request given up on), so that it takes room of its own. When the last
+    /// one asked for comes, every request is filled.
+    fn count_message(&mut self, now: Instant) -> bool {
+        if self.outstanding == 0 {
             return false;
-        };
-        request.heard = now;
-        request.outstanding = request.outstanding.saturating_sub(1);
-        if request.outstanding == 0 {
-            self.open.remove(0);
+        }
+        self.heard = now;
+        self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.open.clear();
+            self.sub.asking.store(false, Ordering::Release);
         }
         true
+    }
+
+    /// Ends the open request `at`, which a status ended, and returns the room it had left:
+    /// the count the server gives in the status (`Nats-Pending-Messages`); without one, none
+    /// while other requests stay open, and all that is outstanding when it was the last.
+    fn end_request(&mut self, at: usize, status: &async_nats::Message, now: Instant) -> usize {
+        self.open.remove(at);
+        self.heard = now;
+        let left = if self.open.is_empty() {
+            self.sub.asking.store(false, Ordering::Release);
+            self.outstanding
+        } else {
+            status
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(PENDING_MESSAGES))
+                .and_then(|pending| pending.as_str().parse().ok())
+                .unwrap_or(0)
+                .min(self.outstanding)
+        };
+        self.outstanding -= left;
+        left
     }
 
     fn received(&mut self, message: async_nats::Message, now: Instant) {
@@ -638,8 +660,8 @@ impl Puller {
             return;
         };
         let description = message.description.as_deref().unwrap_or("");
-        let ended = self.open.remove(at);
-        self.sub.give_back(ended.outstanding);
+        let left = self.end_request(at, &message, now);
+        self.sub.give_back(left);
         if status == async_nats::StatusCode::TIMEOUT {
             // the request expired; the next one goes out now
             self.backoff.reset();
@@ -655,20 +677,24 @@ impl Puller {
                 "the consumer is gone; making it again"
             );
             self.remake = true;
-            if status == async_nats::StatusCode::NO_RESPONDERS {
+            // (once when both open requests get it)
+            if status == async_nats::StatusCode::NO_RESPONDERS && self.retry_at.is_none() {
                 // JetStream may still be starting: do not hammer it
                 let wait = self.backoff.next_delay();
                 self.retry_at = Some(Instant::now() + wait);
             }
             return;
         }
-        // 409 "Leadership Change", "Server Shutdown", "Exceeded MaxWaiting", ...
-        let error = format!("{status} {description}");
-        self.fail_later("pull messages", &error);
+        // 409 "Leadership Change", "Server Shutdown", "Exceeded MaxWaiting", ...; once when
+        // both open requests get it, so that one event backs off once
+        if self.retry_at.is_none() {
+            let error = format!("{status} {description}");
+            self.fail_later("pull messages", &error);
+        }
     }
 
     fn message(&mut self, message: async_nats::Message, now: Instant) {
-        if !self.count_against_request(now) {
+        if !self.count_message(now) {
             // from a request given up on: it takes room all the same
             self.sub.credit.take_one();
         }
@@ -745,12 +771,13 @@ impl Puller {
         late: &mut Vec<async_nats::Subject>,
     ) -> bool {
         if message.status.is_none() {
-            self.count_against_request(Instant::now());
+            self.count_message(Instant::now());
             late.extend(message.reply);
             return true;
         }
         if let Some(at) = self.request_for(&message.subject) {
-            self.open.remove(at);
+            // no room is given back any more
+            self.end_request(at, &message, Instant::now());
         }
         false
     }
@@ -758,19 +785,19 @@ impl Puller {
     /// Stops, giving back what came after the stop (the delivery loop gives back what it was
     /// handed).
     ///
-    /// Unsubscribing the inbox makes the server drop the open pull request, but a message the
+    /// Unsubscribing the inbox makes the server drop the open pull requests, but a message the
     /// server sent before it read the unsubscribe (one this client published just before, say)
     /// would reach a client that no longer knows the inbox and drops it: the server would send
     /// it again only after `AckWait`. So while messages are coming, the inbox stays subscribed
     /// until the open requests are over: filled, or ended by the server (within [`EXPIRES`]).
-    /// What arrives meanwhile is held, not given back: given back while the request is open,
+    /// What arrives meanwhile is held, not given back: given back while a request is open,
     /// it could come to this inbox again. Then the inbox is unsubscribed and everything held
     /// goes back (`-NAK`), to the other members at once.
     ///
     /// A subscription that has had no message for [`QUIET`] asks the consumer instead whether
     /// anything is on the way, with a one-message request that must not wait (`no_wait`), on
     /// an inbox of its own: the consumer answers in order with what it sends to the open
-    /// request, so "no messages" means none is on the way, and the subscription closes at
+    /// requests, so "no messages" means none is on the way, and the subscription closes at
     /// once. Only a message published in the moment between that answer and the server
     /// reading the unsubscribe can then go to the dropped inbox; it comes back after
     /// `AckWait`.
@@ -782,16 +809,19 @@ impl Puller {
         let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
         if !self.open.is_empty() && quiet {
             match self.nothing_on_the_way(&mut late, deadline).await {
-                Ok(true) => self.open.clear(),
+                Ok(true) => {
+                    self.open.clear();
+                    self.outstanding = 0;
+                }
                 Ok(false) => {}
                 Err(error) => tracing::debug!(
                     topic = %self.sub.spec.topic,
                     %error,
-                    "could not ask the consumer what is on the way; waiting for the request"
+                    "could not ask the consumer what is on the way; waiting for the requests"
                 ),
             }
         }
-        // the server ends the request by EXPIRES after it got it
+        // the server ends each request by EXPIRES after it got it
         let over_by = deadline.min(Instant::now() + EXPIRES + Duration::from_millis(500));
         while !self.open.is_empty() {
             match tokio::time::timeout_at(over_by, self.inbox.next()).await {
@@ -803,7 +833,7 @@ impl Puller {
                 Err(_elapsed) => {
                     tracing::debug!(
                         topic = %self.sub.spec.topic,
-                        outstanding = self.outstanding(),
+                        outstanding = self.outstanding,
                         "the pull requests did not end; unsubscribing"
                     );
                     break;
@@ -811,7 +841,7 @@ impl Puller {
             }
         }
         // what the client had already handed to the inbox is read here, not dropped with it
-        // (nothing else can come: the request is over, or the server had nothing for it)
+        // (nothing else can come: the requests are over, or the server had nothing for them)
         let unsubscribed = tokio::time::timeout_at(deadline, self.inbox.unsubscribe()).await;
         if matches!(unsubscribed, Ok(Ok(()))) {
             while let Ok(Some(message)) = tokio::time::timeout_at(deadline, self.inbox.next()).await

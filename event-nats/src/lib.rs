@@ -144,7 +144,7 @@
 //!   finished, gives back (`-NAK`) what was fetched and not handled, waits for outstanding
 //!   PubAcks, flushes and closes the connection. Nothing is dead-lettered because of shutdown.
 //!   What was given back goes to the other members of the group at once: a subscription that
-//!   closes while messages are coming lets its inbox go only once its pull request is over
+//!   closes while messages are coming lets its inbox go only once its pull requests are over
 //!   (filled, or expired: a request lasts 1 s), so that nothing the server sent is dropped
 //!   on the way and left to `AckWait`. Closing an idle subscription asks the consumer whether
 //!   anything is on the way and does not wait.
