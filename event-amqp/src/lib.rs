@@ -36,7 +36,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! or by configuration, `EVENT_BROKER=amqp://guest:guest@127.0.0.1:5672/%2f?exchange=micro`
+//! or by configuration, `EVENT_BROKER=amqp://guest:guest@127.0.0.1:5672/%2f?connection_name=mailer`
 //! with [`event_core::broker::from_env`] (link the crate, e.g. `use event_amqp as _;`, so that
 //! it registers the `amqp` and `amqps` schemes).
 //!
@@ -58,7 +58,8 @@
 //!   same exchange with routing key `t.dlq`. Every subscription also declares the durable queue
 //!   **`t.dlq`** bound to that routing key, so dead letters are kept even when nobody
 //!   subscribes to the dead-letter topic (inspect or shovel them from there), and the
-//!   mandatory dead-letter publish always has a route.
+//!   mandatory dead-letter publish always has a route. (Both queues are durable unless
+//!   `durable_queues=false`.)
 //!
 //! Everything is declared idempotently when subscribing, and again after a reconnection.
 //!
