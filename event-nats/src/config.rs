@@ -121,7 +121,7 @@ impl std::fmt::Debug for Auth {
 ///
 /// | builder method | query parameter | default |
 /// |---|---|---|
-/// | [`mode`](Self::mode) | `mode` = `jetstream` \| `core` | `jetstream` |
+/// | [`mode`](Self::mode) | `mode` = `jetstream` (or `js`) \| `core` | `jetstream` |
 /// | [`server`](Self::server) | `servers` (comma separated `host:port`) | the URL's |
 /// | [`connection_name`](Self::connection_name) | `name` | none |
 /// | [`stream`](Self::stream) | `stream` | none: one stream per topic |
@@ -133,10 +133,10 @@ impl std::fmt::Debug for Auth {
 /// | [`max_age`](Self::max_age) | `max_age_ms` | 0: unlimited |
 /// | [`max_bytes`](Self::max_bytes) | `max_bytes` | -1: unlimited |
 /// | [`max_messages`](Self::max_messages) | `max_messages` | -1: unlimited |
-/// | [`duplicate_window`](Self::duplicate_window) | `duplicate_window_ms` | the server's (2 min) |
-/// | [`ack_wait`](Self::ack_wait) | `ack_wait_ms` | 30 s |
+/// | [`duplicate_window`](Self::duplicate_window) | `duplicate_window_ms` (at least 1) | the server's (2 min) |
+/// | [`ack_wait`](Self::ack_wait) | `ack_wait_ms` (at least 100) | 30 s |
 /// | [`max_deliver`](Self::max_deliver) | `max_deliver` | unlimited |
-/// | [`prefetch`](Self::prefetch) | `prefetch` | the subscription's concurrency |
+/// | [`prefetch`](Self::prefetch) | `prefetch` (raised to the concurrency if smaller) | the subscription's concurrency |
 /// | [`group_inactive_threshold`](Self::group_inactive_threshold) | `group_inactive_threshold_ms` | none: kept |
 /// | [`broadcast_inactive_threshold`](Self::broadcast_inactive_threshold) | `broadcast_inactive_threshold_ms` | 60 s |
 /// | [`connect_timeout`](Self::connect_timeout) | `connect_timeout_ms` | 10 s |
@@ -145,6 +145,8 @@ impl std::fmt::Debug for Auth {
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | `reconnect_min_ms`, `reconnect_max_ms` | 100 ms … 5 s |
 /// | [`tls_root_certificates`](Self::tls_root_certificates) | `tls_ca` (a PEM file; `tls=true` without one) | the platform's roots, TLS only with `tls://` |
 /// | [`tls_client_certificate`](Self::tls_client_certificate) | `tls_cert`, `tls_key` (PEM files) | none |
+/// | [`go_micro_envelope`](Self::go_micro_envelope) | `wire` = `cloudevents` \| `go-micro` | `cloudevents`: off |
+/// | [`tls`](Self::tls) | `tls` = `true` \| `false` | `false`: TLS with `tls://` or a certificate setting only |
 ///
 /// An unknown parameter is an error that lists these.
 ///
@@ -333,7 +335,8 @@ impl NatsBrokerBuilder {
         self
     }
 
-    /// JetStream's `AckWait` of the consumers this backend makes (default 30 s): how long the
+    /// JetStream's `AckWait` of the consumers this backend makes (default 30 s, at least
+    /// 100 ms): how long the
     /// server waits for an acknowledgement before it redelivers. A message a handler holds
     /// longer (a slow handler, retries with backoff) is kept in progress: every half `AckWait`
     /// the backend tells the server it is still being worked on (`+WPI`), so it is never
@@ -374,8 +377,9 @@ impl NatsBrokerBuilder {
         self
     }
 
-    /// How many messages a subscription fetches ahead (default: its concurrency, so a member
-    /// of a queue group holds no more than it works on). Messages fetched ahead are kept in
+    /// How many messages a subscription fetches ahead (default, and least: its concurrency,
+    /// so a member of a queue group holds no more than it works on; a smaller value is
+    /// raised to the concurrency). Messages fetched ahead are kept in
     /// progress like those in a handler. More saves round trips; in a queue group, a member
     /// holds up to this many messages that the other members cannot take meanwhile.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
@@ -424,6 +428,15 @@ impl NatsBrokerBuilder {
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = Some(min);
         self.reconnect_max = Some(max);
+        self
+    }
+
+    /// Requires TLS (`true`), verifying the server against the platform's roots and those of
+    /// [`tls_root_certificates`](Self::tls_root_certificates). `false`, the default, leaves it
+    /// to the rest of the settings: a `tls://` URL or a certificate setting requires TLS all
+    /// the same.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = Some(on || self.tls_ca.is_some() || self.tls_client.is_some());
         self
     }
 
@@ -515,10 +528,19 @@ impl NatsBrokerBuilder {
         }
         let ack_wait = self.ack_wait.unwrap_or(Duration::from_secs(30));
         if ack_wait < Duration::from_millis(100) {
+            // named as in the URL, in its unit (the builder's `ack_wait` is the same setting)
             return Err(NatsConfigError::InvalidValue {
-                name: "ack_wait",
-                value: format!("{ack_wait:?}"),
-                expected: "at least 100 ms",
+                name: "ack_wait_ms",
+                value: ack_wait.as_millis().to_string(),
+                expected: "at least 100 milliseconds",
+            });
+        }
+        if self.duplicate_window == Some(Duration::ZERO) {
+            // the server reads 0 as its own default (2 minutes), not as no window
+            return Err(NatsConfigError::InvalidValue {
+                name: "duplicate_window_ms",
+                value: "0".to_owned(),
+                expected: "at least 1 millisecond (leave it out for the server's 2 minutes)",
             });
         }
         let max_deliver = self.max_deliver.unwrap_or(-1);
@@ -576,7 +598,7 @@ impl NatsBrokerBuilder {
                 let mode = match value {
                     "jetstream" | "js" => Mode::JetStream,
                     "core" => Mode::Core,
-                    _ => return Err(invalid("mode", value, "jetstream or core")),
+                    _ => return Err(invalid("mode", value, "jetstream (or js) or core")),
                 };
                 self.mode.get_or_insert(mode);
             }
@@ -982,6 +1004,31 @@ mod tests {
             let error = config(&format!("nats://h?{name}=0")).unwrap_err();
             assert!(error.to_string().contains(name), "{error}");
         }
+        // the server would read 0 as its default window of 2 minutes
+        let error = config("nats://h?duplicate_window_ms=0").unwrap_err();
+        assert!(
+            error.to_string().contains("duplicate_window_ms = \"0\""),
+            "{error}"
+        );
+        let error = NatsBrokerBuilder::new("nats://h")
+            .duplicate_window(Duration::ZERO)
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().contains("duplicate_window_ms"), "{error}");
+        // named as the URL names it, in its unit, whichever way it was set
+        let error = config("nats://h?ack_wait_ms=50").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "ack_wait_ms = \"50\" is not valid: expected at least 100 milliseconds"
+        );
+        let error = NatsBrokerBuilder::new("nats://h")
+            .ack_wait(Duration::from_millis(50))
+            .into_config()
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("ack_wait_ms = \"50\""),
+            "{error}"
+        );
         // 0 keeps its meaning where it has one: no age limit
         assert!(config("nats://h?max_age_ms=0").is_ok());
     }

@@ -134,8 +134,8 @@
 //! - **Order**: a consumer delivers its subject in stream order. With concurrency 1 a
 //!   subscriber handles them in that order (a retried message holds up those behind it); a
 //!   queue group with several members, or a larger concurrency, trades order for throughput.
-//! - **Prefetch**: a subscription pulls as many messages as its concurrency (or `prefetch`):
-//!   a member of a queue group holds no more than that.
+//! - **Prefetch**: a subscription pulls as many messages as its `prefetch`, or its concurrency
+//!   if that is larger: a member of a queue group holds no more than that.
 //! - **Reconnection**: async-nats reconnects on its own (`reconnect_min_ms` …
 //!   `reconnect_max_ms`); the pull consumers ask again when it does, and make their consumer
 //!   again if the server lost it. Publishes wait meanwhile, at most `publish_timeout_ms`.
@@ -151,8 +151,11 @@
 //!
 //! What is not: a broadcast subscriber is a consumer of its own that lives as long as the
 //! subscription; it sees what is published while it exists (or from the start of the stream,
-//! with `StartFrom::Earliest`), not what was published before it subscribed or while it was
-//! away for longer than `broadcast_inactive_threshold_ms`.
+//! with `StartFrom::Earliest`), not what was published before it subscribed. When the server
+//! drops that consumer (the connection was away longer than
+//! `broadcast_inactive_threshold_ms`, or a memory stream was lost), it is made again from the
+//! message after the last one received, so the subscriber misses only what the stream no
+//! longer holds by then.
 //!
 //! # Core NATS mode
 //!
