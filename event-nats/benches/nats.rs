@@ -496,6 +496,22 @@ async fn main() {
                     .unwrap_or_default()
             );
             row.runs.push(measured);
+            // every row starts on an empty stream without consumers: one that grew by every
+            // earlier row's messages (millions in a long run) and kept their consumers makes
+            // the server slower round by round
+            let stream = js.get_stream(STREAM).await.expect("the bench stream");
+            let consumers: Vec<String> = stream
+                .consumer_names()
+                .map(|name| name.expect("consumer names"))
+                .collect()
+                .await;
+            for name in consumers {
+                stream
+                    .delete_consumer(&name)
+                    .await
+                    .expect("delete a consumer");
+            }
+            stream.purge().await.expect("purge the bench stream");
         }
     }
     let median_time =

@@ -282,12 +282,11 @@ pub(crate) async fn open_jetstream(
             sub: sub.clone(),
             inbox,
             inbox_prefix,
-            requests: 0,
+            sent: 0,
             tx,
             stop: stop.clone(),
             reconnects: inner.reconnects.subscribe(),
-            open: Vec::with_capacity(OPEN_REQUESTS),
-            outstanding: 0,
+            requests: Requests::default(),
             heard: Instant::now(),
             retry_at: None,
             backoff: Backoff::between(config.reconnect_min, config.reconnect_max),
@@ -429,6 +428,73 @@ impl Held {
     }
 }
 
+/// The pull requests under way, as far as this side knows.
+///
+/// The server hands its messages to its open requests in turn, one each, and a message does
+/// not say which request it answers (its subject is the one it was published on; only a
+/// status comes on the request's own subject). So what is counted is the messages asked for
+/// and not come yet, all requests together; a request is known to be over when its status
+/// comes (which says how many it still had room for) or when everything asked for came.
+#[derive(Debug, Default)]
+struct Requests {
+    /// The numbers of the open requests: a request the server filled stays here until every
+    /// request is filled, or a later status ends the last one.
+    open: Vec<u64>,
+    /// Messages asked for and not come yet.
+    outstanding: usize,
+}
+
+impl Requests {
+    fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Request `number`, for `n` messages, went out.
+    fn sent(&mut self, number: u64, n: usize) {
+        self.open.push(number);
+        self.outstanding += n;
+    }
+
+    /// A message came: false when nothing was outstanding (it came for a request given up
+    /// on). When the last one asked for comes, every request is over.
+    fn message(&mut self) -> bool {
+        if self.outstanding == 0 {
+            return false;
+        }
+        self.outstanding -= 1;
+        if self.outstanding == 0 {
+            self.open.clear();
+        }
+        true
+    }
+
+    /// A status ended request `number`, with the server's count of what it still had room
+    /// for (`pending`); returns the room that frees, or `None` for a request not open. The
+    /// last open request frees all that is outstanding, whatever the count; one of several
+    /// frees its count, or nothing without one (the rest is freed with the last).
+    fn ended(&mut self, number: u64, pending: Option<usize>) -> Option<usize> {
+        let at = self.open.iter().position(|open| *open == number)?;
+        self.open.remove(at);
+        let left = if self.open.is_empty() {
+            self.outstanding
+        } else {
+            pending.unwrap_or(0).min(self.outstanding)
+        };
+        self.outstanding -= left;
+        Some(left)
+    }
+
+    /// Every request is given up on: returns the room that frees.
+    fn clear(&mut self) -> usize {
+        self.open.clear();
+        std::mem::take(&mut self.outstanding)
+    }
+}
+
 /// The task that pulls a subscription's messages.
 struct Puller {
     sub: Arc<Sub>,
@@ -436,18 +502,12 @@ struct Puller {
     /// The inbox's subject; request `n` is answered on `<inbox_prefix>.<n>`.
     inbox_prefix: String,
     /// Requests sent so far: the number of the last one.
-    requests: u64,
+    sent: u64,
     tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
     stop: CancellationToken,
     reconnects: tokio::sync::watch::Receiver<u64>,
-    /// The numbers of the pull requests under way, as far as this side knows (at most
-    /// [`OPEN_REQUESTS`]): a request the server filled stays here until its status comes or
-    /// every request is filled.
-    open: Vec<u64>,
-    /// Messages asked for with the open requests and not come yet, all requests together:
-    /// the server hands its messages to its open requests in turn, one each, so a message
-    /// does not tell which request it fills.
-    outstanding: usize,
+    /// The pull requests under way (at most [`OPEN_REQUESTS`]).
+    requests: Requests,
     /// When a request was last sent, or a message or status for one came.
     heard: Instant,
     /// After a failure, the next request waits until then.
@@ -466,10 +526,10 @@ impl Puller {
         in_progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconnects.borrow_and_update();
         loop {
-            if self.open.len() < OPEN_REQUESTS && self.retry_at.is_none() {
+            if self.requests.len() < OPEN_REQUESTS && self.retry_at.is_none() {
                 self.ask().await;
             }
-            let silent_since = (!self.open.is_empty()).then_some(self.heard);
+            let silent_since = (!self.requests.is_empty()).then_some(self.heard);
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
@@ -498,7 +558,7 @@ impl Puller {
                     // the client closed
                     None => break,
                 },
-                () = self.sub.credit.freed(), if self.open.len() < OPEN_REQUESTS && self.retry_at.is_none() => {}
+                () = self.sub.credit.freed(), if self.requests.len() < OPEN_REQUESTS && self.retry_at.is_none() => {}
                 () = sleep_until(self.retry_at), if self.retry_at.is_some() => self.retry_at = None,
                 changed = self.reconnects.changed() => {
                     if changed.is_err() {
@@ -540,7 +600,7 @@ impl Puller {
         // batches of at least half the prefetch while messages wait for the loop, so that a
         // busy subscription does not pull one message per round trip; anything when it has
         // nothing to do
-        let least = if self.open.is_empty() && self.sub.queued.load(Ordering::Acquire) == 0 {
+        let least = if self.requests.is_empty() && self.sub.queued.load(Ordering::Acquire) == 0 {
             1
         } else {
             self.sub.spec.prefetch.div_ceil(2)
@@ -559,15 +619,14 @@ impl Puller {
             .client
             .publish_with_reply(
                 subject,
-                format!("{}.{}", self.inbox_prefix, self.requests + 1),
+                format!("{}.{}", self.inbox_prefix, self.sent + 1),
                 body.into(),
             )
             .await
         {
             Ok(()) => {
-                self.requests += 1;
-                self.open.push(self.requests);
-                self.outstanding += n;
+                self.sent += 1;
+                self.requests.sent(self.sent, n);
                 self.heard = Instant::now();
                 self.sub.asking.store(true, Ordering::Release);
             }
@@ -594,54 +653,40 @@ impl Puller {
 
     /// Every request is over (or given up on): the room they still had is free again.
     fn end_requests(&mut self) {
-        self.open.clear();
+        let left = self.requests.clear();
         self.sub.asking.store(false, Ordering::Release);
-        self.sub.give_back(std::mem::take(&mut self.outstanding));
+        self.sub.give_back(left);
     }
 
-    /// The open request a status on `subject` answers: not one given up on, which the server
-    /// may have kept after a reconnect.
-    fn request_for(&self, subject: &async_nats::Subject) -> Option<usize> {
-        let number = request_number(&self.inbox_prefix, subject.as_str())?;
-        self.open.iter().position(|open| *open == number)
-    }
-
-    /// Counts a message against the open requests: returns false when none of them has room
-    /// (it came for a request given up on), so that it takes room of its own. When the last
-    /// one asked for comes, every request is filled.
+    /// Counts a message against the open requests: returns false when none has room left (it
+    /// came for a request given up on), so that it takes room of its own.
     fn count_message(&mut self, now: Instant) -> bool {
-        if self.outstanding == 0 {
+        if !self.requests.message() {
             return false;
         }
         self.heard = now;
-        self.outstanding -= 1;
-        if self.outstanding == 0 {
-            self.open.clear();
+        if self.requests.is_empty() {
             self.sub.asking.store(false, Ordering::Release);
         }
         true
     }
 
-    /// Ends the open request `at`, which a status ended, and returns the room it had left:
-    /// the count the server gives in the status (`Nats-Pending-Messages`); without one, none
-    /// while other requests stay open, and all that is outstanding when it was the last.
-    fn end_request(&mut self, at: usize, status: &async_nats::Message, now: Instant) -> usize {
-        self.open.remove(at);
+    /// Ends the open request a status answers and returns the room it had left; `None` when
+    /// the status is for no open request (one given up on, which the server may have kept
+    /// after a reconnect).
+    fn end_request(&mut self, status: &async_nats::Message, now: Instant) -> Option<usize> {
+        let number = request_number(&self.inbox_prefix, status.subject.as_str())?;
+        let pending = status
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(PENDING_MESSAGES))
+            .and_then(|pending| pending.as_str().parse().ok());
+        let left = self.requests.ended(number, pending)?;
         self.heard = now;
-        let left = if self.open.is_empty() {
+        if self.requests.is_empty() {
             self.sub.asking.store(false, Ordering::Release);
-            self.outstanding
-        } else {
-            status
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(PENDING_MESSAGES))
-                .and_then(|pending| pending.as_str().parse().ok())
-                .unwrap_or(0)
-                .min(self.outstanding)
-        };
-        self.outstanding -= left;
-        left
+        }
+        Some(left)
     }
 
     fn received(&mut self, message: async_nats::Message, now: Instant) {
@@ -650,7 +695,7 @@ impl Puller {
             return;
         }
         let status = message.status.unwrap_or(async_nats::StatusCode::OK);
-        let Some(at) = self.request_for(&message.subject) else {
+        let Some(left) = self.end_request(&message, now) else {
             tracing::debug!(
                 topic = %self.sub.spec.topic,
                 status = %status,
@@ -660,7 +705,6 @@ impl Puller {
             return;
         };
         let description = message.description.as_deref().unwrap_or("");
-        let left = self.end_request(at, &message, now);
         self.sub.give_back(left);
         if status == async_nats::StatusCode::TIMEOUT {
             // the request expired; the next one goes out now
@@ -775,10 +819,8 @@ impl Puller {
             late.extend(message.reply);
             return true;
         }
-        if let Some(at) = self.request_for(&message.subject) {
-            // no room is given back any more
-            self.end_request(at, &message, Instant::now());
-        }
+        // no room is given back any more
+        self.end_request(&message, Instant::now());
         false
     }
 
@@ -804,14 +846,13 @@ impl Puller {
     async fn finish(mut self) {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         let mut late: Vec<async_nats::Subject> = Vec::new();
-        // the requests stay open (for `request_for`) until the inbox is let go; no room is
+        // the requests stay open (for `end_request`) until the inbox is let go; no room is
         // given back from here on
         let quiet = self.last_message.is_none_or(|at| at.elapsed() >= QUIET);
-        if !self.open.is_empty() && quiet {
+        if !self.requests.is_empty() && quiet {
             match self.nothing_on_the_way(&mut late, deadline).await {
                 Ok(true) => {
-                    self.open.clear();
-                    self.outstanding = 0;
+                    self.requests.clear();
                 }
                 Ok(false) => {}
                 Err(error) => tracing::debug!(
@@ -823,7 +864,7 @@ impl Puller {
         }
         // the server ends each request by EXPIRES after it got it
         let over_by = deadline.min(Instant::now() + EXPIRES + Duration::from_millis(500));
-        while !self.open.is_empty() {
+        while !self.requests.is_empty() {
             match tokio::time::timeout_at(over_by, self.inbox.next()).await {
                 // a message, or a status ending a request (expired, or the consumer went away)
                 Ok(Some(message)) => {
@@ -833,7 +874,7 @@ impl Puller {
                 Err(_elapsed) => {
                     tracing::debug!(
                         topic = %self.sub.spec.topic,
-                        outstanding = self.outstanding,
+                        outstanding = self.requests.outstanding,
                         "the pull requests did not end; unsubscribing"
                     );
                     break;
@@ -893,9 +934,11 @@ impl Puller {
             Err(error) => Err(error.to_string()),
             Ok(()) => loop {
                 tokio::select! {
-                    message = self.inbox.next(), if !self.open.is_empty() => match message {
+                    message = self.inbox.next(), if !self.requests.is_empty() => match message {
                         Some(message) => busy |= self.closing_arrival(message, late),
-                        None => self.open.clear(),
+                        None => {
+                            self.requests.clear();
+                        }
                     },
                     answer = answers.next() => match answer {
                         Some(message) if message.status.is_none() => {
@@ -1215,5 +1258,54 @@ mod tests {
         credit.take_one();
         credit.give_back(2);
         assert_eq!(credit.take_all(1), Some(1));
+    }
+
+    /// The server hands messages to two open requests in turn: what one request still had
+    /// when its status came is freed by the count in it, and nothing is left outstanding
+    /// once the other fills. (Counting each message against the oldest request instead
+    /// takes that one for filled early, ignores its status as one given up on, and keeps
+    /// room for a request the server no longer has.)
+    #[test]
+    fn requests_filled_in_turn_free_all_their_room() {
+        let mut requests = Requests::default();
+        requests.sent(1, 100);
+        for _ in 0..50 {
+            assert!(requests.message());
+        }
+        requests.sent(2, 50);
+        // 25 for each, in turn
+        for _ in 0..50 {
+            assert!(requests.message());
+        }
+        assert_eq!((requests.len(), requests.outstanding), (2, 50));
+        // request 1 expires with 25 it could still have taken
+        assert_eq!(requests.ended(1, Some(25)), Some(25));
+        // request 2 fills: all asked for came, and nothing stays open
+        for _ in 0..25 {
+            assert!(requests.message());
+        }
+        assert!(requests.is_empty());
+        assert_eq!(requests.outstanding, 0);
+        // a status for a request no longer open frees nothing
+        assert_eq!(requests.ended(2, Some(0)), None);
+        // a message for a request given up on is counted by no request
+        assert!(!requests.message());
+    }
+
+    #[test]
+    fn the_last_request_to_end_frees_what_is_left() {
+        let mut requests = Requests::default();
+        requests.sent(1, 10);
+        requests.sent(2, 5);
+        assert!(requests.message());
+        // a status without the server's count frees nothing while another request is open
+        assert_eq!(requests.ended(2, None), Some(0));
+        assert_eq!(requests.len(), 1);
+        // the last one frees everything, whatever its count says
+        assert_eq!(requests.ended(1, Some(3)), Some(14));
+        assert!(requests.is_empty());
+        requests.sent(3, 4);
+        assert_eq!(requests.clear(), 4);
+        assert!(requests.is_empty());
     }
 }
