@@ -329,7 +329,8 @@ impl NatsBrokerBuilder {
     }
 
     /// How long the streams this backend makes remember message ids (`Nats-Msg-Id`) to drop
-    /// a publish that repeats one (default: the server's, 2 minutes).
+    /// a publish that repeats one (default: the server's, 2 minutes; at least 1 ms, as the
+    /// server reads 0 as its default).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = Some(window);
         self
@@ -432,9 +433,9 @@ impl NatsBrokerBuilder {
     }
 
     /// Requires TLS (`true`), verifying the server against the platform's roots and those of
-    /// [`tls_root_certificates`](Self::tls_root_certificates). `false`, the default, leaves it
-    /// to the rest of the settings: a `tls://` URL or a certificate setting requires TLS all
-    /// the same.
+    /// [`tls_root_certificates`](Self::tls_root_certificates). `false` overrides the URL's
+    /// `tls=true`, but a `tls://` URL or a certificate setting requires TLS all the same.
+    /// Without either call or parameter, TLS is used only for `tls://` or a certificate.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = Some(on || self.tls_ca.is_some() || self.tls_client.is_some());
         self
@@ -535,11 +536,18 @@ impl NatsBrokerBuilder {
                 expected: "at least 100 milliseconds",
             });
         }
-        if self.duplicate_window == Some(Duration::ZERO) {
+        if self
+            .duplicate_window
+            .is_some_and(|window| window < Duration::from_millis(1))
+        {
             // the server reads 0 as its own default (2 minutes), not as no window
             return Err(NatsConfigError::InvalidValue {
                 name: "duplicate_window_ms",
-                value: "0".to_owned(),
+                value: self
+                    .duplicate_window
+                    .unwrap_or_default()
+                    .as_millis()
+                    .to_string(),
                 expected: "at least 1 millisecond (leave it out for the server's 2 minutes)",
             });
         }
@@ -657,7 +665,8 @@ impl NatsBrokerBuilder {
                 self.duplicate_window.get_or_insert(v);
             }
             "ack_wait_ms" => {
-                let v = positive_millis("ack_wait_ms", value)?;
+                // its least, 100 ms, is checked with the builder's
+                let v = millis("ack_wait_ms", value)?;
                 self.ack_wait.get_or_insert(v);
             }
             "max_deliver" => {

@@ -7,11 +7,13 @@
 //! least its concurrency) with pull requests on an inbox of its own, and hands what arrives to
 //! the loop through a channel. Up to two requests are open at once: while the server fills
 //! one, the room freed by settled messages (half the prefetch or more) goes out as the next,
-//! so the server never waits a round trip for a request between batches. The server fills
-//! them in order, so a message counts against the oldest. Each request's status comes on a
-//! subject of its own under the inbox, so that a status ending a request given up on after a
-//! reconnect is not taken for an open one's. Every message counts against the room from the
-//! moment it arrives until it is settled, so a member never holds more than its prefetch.
+//! so the server never waits a round trip for a request between batches (see `Requests` for
+//! how what they still bring is counted). Each request's status comes on a subject of its own
+//! under the inbox, so that a status ending a request given up on after a reconnect is not
+//! taken for an open one's. Every message counts against the room from the moment it arrives
+//! until it is settled, so a member holds no more than its prefetch; only for the second
+//! after a reconnect (or a silence) can it hold up to twice that, when the requests given
+//! up on still bring messages besides the new ones.
 //!
 //! Each message is held from its arrival to its acknowledgement, and the puller tells the
 //! server every half `AckWait` that the messages it holds are still being worked on (`+WPI`):
@@ -473,18 +475,25 @@ impl Requests {
     }
 
     /// A status ended request `number`, with the server's count of what it still had room
-    /// for (`pending`); returns the room that frees, or `None` for a request not open. The
-    /// last open request frees all that is outstanding, whatever the count; one of several
-    /// frees its count, or nothing without one (the rest is freed with the last).
+    /// for (`pending`); returns the room that frees, or `None` for a request not open.
+    ///
+    /// One of several open requests frees its count. A status without one (a request the
+    /// server refused, or a 409 for every request: a leadership change, the server shutting
+    /// down) ends them all: the others may have been filled already, with no status to say
+    /// so, and room kept for them would never come back. So does the last open request,
+    /// whatever its count says, and a count that leaves nothing outstanding (the others
+    /// were filled).
     fn ended(&mut self, number: u64, pending: Option<usize>) -> Option<usize> {
         let at = self.open.iter().position(|open| *open == number)?;
         self.open.remove(at);
-        let left = if self.open.is_empty() {
-            self.outstanding
-        } else {
-            pending.unwrap_or(0).min(self.outstanding)
+        let left = match pending {
+            Some(pending) if !self.open.is_empty() => pending.min(self.outstanding),
+            _ => self.outstanding,
         };
         self.outstanding -= left;
+        if self.outstanding == 0 {
+            self.open.clear();
+        }
         Some(left)
     }
 
@@ -1298,14 +1307,45 @@ mod tests {
         requests.sent(1, 10);
         requests.sent(2, 5);
         assert!(requests.message());
-        // a status without the server's count frees nothing while another request is open
-        assert_eq!(requests.ended(2, None), Some(0));
+        // one of two ends with the server's count
+        assert_eq!(requests.ended(2, Some(2)), Some(2));
         assert_eq!(requests.len(), 1);
         // the last one frees everything, whatever its count says
-        assert_eq!(requests.ended(1, Some(3)), Some(14));
+        assert_eq!(requests.ended(1, Some(3)), Some(12));
         assert!(requests.is_empty());
         requests.sent(3, 4);
         assert_eq!(requests.clear(), 4);
         assert!(requests.is_empty());
+    }
+
+    /// Request 1 fills without a status while request 2 still takes messages; request 2's
+    /// status then leaves nothing outstanding, so neither is open any more.
+    #[test]
+    fn a_request_filled_without_a_status_is_over_when_nothing_is_outstanding() {
+        let mut requests = Requests::default();
+        requests.sent(1, 10);
+        for _ in 0..6 {
+            assert!(requests.message());
+        }
+        requests.sent(2, 6);
+        for _ in 0..8 {
+            assert!(requests.message());
+        }
+        assert_eq!(requests.ended(2, Some(2)), Some(2));
+        assert!(requests.is_empty(), "{requests:?}");
+    }
+
+    /// A status without the server's count (a refusal, a leadership change) ends every
+    /// request: one filled without a status would otherwise keep its room forever.
+    #[test]
+    fn a_status_without_a_count_ends_every_request() {
+        let mut requests = Requests::default();
+        requests.sent(1, 10);
+        requests.sent(2, 5);
+        assert!(requests.message());
+        assert_eq!(requests.ended(2, None), Some(14));
+        assert!(requests.is_empty());
+        // the other's status, if it comes, frees nothing more
+        assert_eq!(requests.ended(1, Some(9)), None);
     }
 }

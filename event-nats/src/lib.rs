@@ -53,7 +53,7 @@
 //! | `nats://host:4222?mode=core` | [core NATS](#core-nats-mode): at most once, no JetStream |
 //!
 //! The query parameters, each also a method of [`NatsBrokerBuilder`] (whose documentation
-//! has the defaults): `mode` (`jetstream` \| `core`), `servers`, `name` (the connection name),
+//! has the defaults): `mode` (`jetstream` or `js` \| `core`), `servers`, `name` (the connection name),
 //! `stream` (one stream for every topic), `stream_prefix` (of the streams made per topic,
 //! default `EVENT_`), `create_streams` (default `true`), `storage` (`file` \| `memory`),
 //! `retention` (`limits` \| `interest` \| `workqueue`), `replicas`, `max_age_ms`, `max_bytes`,
@@ -135,7 +135,9 @@
 //!   subscriber handles them in that order (a retried message holds up those behind it); a
 //!   queue group with several members, or a larger concurrency, trades order for throughput.
 //! - **Prefetch**: a subscription pulls as many messages as its `prefetch`, or its concurrency
-//!   if that is larger: a member of a queue group holds no more than that.
+//!   if that is larger: a member of a queue group holds no more than that (for about a second
+//!   after a reconnect, up to twice that: the pull requests sent before it may still bring
+//!   messages).
 //! - **Reconnection**: async-nats reconnects on its own (`reconnect_min_ms` …
 //!   `reconnect_max_ms`); the pull consumers ask again when it does, and make their consumer
 //!   again if the server lost it. Publishes wait meanwhile, at most `publish_timeout_ms`.
