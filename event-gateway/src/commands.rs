@@ -718,10 +718,12 @@ impl Connection {
     }
 
     fn xpending(&mut self, args: &[Bytes]) -> Reply {
-        let Some(group) = self.shared.groups.get(&text(&args[1]), &text(&args[2])) else {
-            return no_group(&args[1], &args[2]);
-        };
+        // the arguments are read before the group is looked up, as Redis does
+        let group = || self.shared.groups.get(&text(&args[1]), &text(&args[2]));
         if args.len() == 3 {
+            let Some(group) = group() else {
+                return no_group(&args[1], &args[2]);
+            };
             let PendingSummary {
                 count,
                 range,
@@ -768,6 +770,9 @@ impl Connection {
             return not_integer();
         };
         let consumer = rest.get(3).map(text);
+        let Some(group) = group() else {
+            return no_group(&args[1], &args[2]);
+        };
         let entries = group.pending(from, to, count as usize, consumer.as_deref(), min_idle);
         Reply::Array(
             entries
@@ -938,8 +943,10 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
             let ms = args
                 .get(at + 1)
                 .and_then(int_arg)
-                .filter(|ms| *ms >= 0)
                 .ok_or_else(|| Reply::err("timeout is not an integer or out of range"))?;
+            if ms < 0 {
+                return Err(Reply::err("timeout is negative"));
+            }
             block = Some(ms as u64);
             at += 2;
         } else if is(arg, "noack") {

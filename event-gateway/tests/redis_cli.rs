@@ -1,6 +1,7 @@
 //! The gateway driven by `redis-cli`, the Redis reference client, over the in-memory broker:
 //! connection commands, authentication, pub/sub, the stream commands with acknowledgements,
-//! and the error replies of unknown commands and wrong arity.
+//! and the error replies of unknown commands and wrong arity, and of malformed requests
+//! against those of redis-server itself.
 
 mod common;
 
@@ -77,6 +78,80 @@ async fn connection_commands_answer_as_redis_does() {
         ["OK", "worker-1", "worker-1"],
         "{session}"
     );
+    gw.stop().await;
+}
+
+/// The same malformed requests to redis-server itself (`EVENT_TEST_REDIS`, which
+/// `scripts/brokers.sh` starts on 127.0.0.1:6379) and to the gateway get the same error
+/// replies. The keys are ones no test makes, and no request changes anything in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_the_errors_redis_server_gives() {
+    let reference: std::net::SocketAddr = std::env::var("EVENT_TEST_REDIS")
+        .unwrap_or_else(|_| "127.0.0.1:6379".to_owned())
+        .parse()
+        .expect("EVENT_TEST_REDIS is host:port");
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    blocking(move || {
+        assert_eq!(
+            redis_cli(reference, &["PING"]).trim(),
+            "PONG",
+            "redis-server at {reference} (scripts/brokers.sh start redis)"
+        );
+        let key = format!("event-gateway-test-{}", std::process::id());
+        let requests: Vec<Vec<&str>> = vec![
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "-1",
+                "STREAMS",
+                &key,
+                ">",
+            ],
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "soon",
+                "STREAMS",
+                &key,
+                ">",
+            ],
+            vec![
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "COUNT",
+                "many",
+                "STREAMS",
+                &key,
+                ">",
+            ],
+            vec!["XREADGROUP", "GROUP", "g", "c", "FOO", "STREAMS", &key, ">"],
+            vec!["XREADGROUP", "GROUP", "g", "c", "STREAMS", &key],
+            vec!["XPENDING", &key, "g", "-", "+", "many"],
+            vec!["XPENDING", &key, "g", "IDLE", "long", "-", "+", "10"],
+            vec!["XPENDING", &key],
+            vec!["XACK", &key, "g"],
+            vec!["XADD", &key],
+            vec!["SUBSCRIBE"],
+            vec!["PING", "a", "b"],
+            vec!["ECHO"],
+            vec!["AUTH", "a", "b", "c"],
+        ];
+        for request in requests {
+            let want = redis_cli(reference, &request);
+            assert!(want.contains("(error) "), "{request:?}: Redis said {want}");
+            assert_eq!(redis_cli(addr, &request), want, "{request:?}");
+        }
+    })
+    .await;
     gw.stop().await;
 }
 
