@@ -99,53 +99,26 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             "redis-server at {reference} (scripts/brokers.sh start redis)"
         );
         let key = format!("event-gateway-test-{}", std::process::id());
-        let requests: Vec<Vec<&str>> = vec![
-            vec![
-                "XREADGROUP",
-                "GROUP",
-                "g",
-                "c",
-                "BLOCK",
-                "-1",
-                "STREAMS",
-                &key,
-                ">",
-            ],
-            vec![
-                "XREADGROUP",
-                "GROUP",
-                "g",
-                "c",
-                "BLOCK",
-                "soon",
-                "STREAMS",
-                &key,
-                ">",
-            ],
-            vec![
-                "XREADGROUP",
-                "GROUP",
-                "g",
-                "c",
-                "COUNT",
-                "many",
-                "STREAMS",
-                &key,
-                ">",
-            ],
-            vec!["XREADGROUP", "GROUP", "g", "c", "FOO", "STREAMS", &key, ">"],
-            vec!["XREADGROUP", "GROUP", "g", "c", "STREAMS", &key],
-            vec!["XPENDING", &key, "g", "-", "+", "many"],
-            vec!["XPENDING", &key, "g", "IDLE", "long", "-", "+", "10"],
-            vec!["XPENDING", &key],
-            vec!["XACK", &key, "g"],
-            vec!["XADD", &key],
-            vec!["SUBSCRIBE"],
-            vec!["PING", "a", "b"],
-            vec!["ECHO"],
-            vec!["AUTH", "a", "b", "c"],
+        // one request a line, its arguments split at spaces
+        let requests = [
+            "XREADGROUP GROUP g c BLOCK -1 STREAMS {key} >",
+            "XREADGROUP GROUP g c BLOCK soon STREAMS {key} >",
+            "XREADGROUP GROUP g c COUNT many STREAMS {key} >",
+            "XREADGROUP GROUP g c FOO STREAMS {key} >",
+            "XREADGROUP GROUP g c STREAMS {key}",
+            "XPENDING {key} g - + many",
+            "XPENDING {key} g IDLE long - + 10",
+            "XPENDING {key}",
+            "XACK {key} g",
+            "XADD {key}",
+            "SUBSCRIBE",
+            "PING a b",
+            "ECHO",
+            "AUTH a b c",
         ];
         for request in requests {
+            let request = request.replace("{key}", &key);
+            let request: Vec<&str> = request.split(' ').collect();
             let want = redis_cli(reference, &request);
             assert!(want.contains("(error) "), "{request:?}: Redis said {want}");
             assert_eq!(redis_cli(addr, &request), want, "{request:?}");

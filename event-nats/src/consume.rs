@@ -1269,6 +1269,13 @@ mod tests {
         assert_eq!(credit.take_all(1), Some(1));
     }
 
+    /// `n` messages came, each counted against the open requests.
+    fn came(requests: &mut Requests, n: usize) {
+        for _ in 0..n {
+            assert!(requests.message(), "{requests:?}");
+        }
+    }
+
     /// The server hands messages to two open requests in turn: what one request still had
     /// when its status came is freed by the count in it, and nothing is left outstanding
     /// once the other fills. (Counting each message against the oldest request instead
@@ -1278,21 +1285,15 @@ mod tests {
     fn requests_filled_in_turn_free_all_their_room() {
         let mut requests = Requests::default();
         requests.sent(1, 100);
-        for _ in 0..50 {
-            assert!(requests.message());
-        }
+        came(&mut requests, 50);
         requests.sent(2, 50);
         // 25 for each, in turn
-        for _ in 0..50 {
-            assert!(requests.message());
-        }
+        came(&mut requests, 50);
         assert_eq!((requests.len(), requests.outstanding), (2, 50));
         // request 1 expires with 25 it could still have taken
         assert_eq!(requests.ended(1, Some(25)), Some(25));
         // request 2 fills: all asked for came, and nothing stays open
-        for _ in 0..25 {
-            assert!(requests.message());
-        }
+        came(&mut requests, 25);
         assert!(requests.is_empty());
         assert_eq!(requests.outstanding, 0);
         // a status for a request no longer open frees nothing
@@ -1324,13 +1325,9 @@ mod tests {
     fn a_request_filled_without_a_status_is_over_when_nothing_is_outstanding() {
         let mut requests = Requests::default();
         requests.sent(1, 10);
-        for _ in 0..6 {
-            assert!(requests.message());
-        }
+        came(&mut requests, 6);
         requests.sent(2, 6);
-        for _ in 0..8 {
-            assert!(requests.message());
-        }
+        came(&mut requests, 8);
         assert_eq!(requests.ended(2, Some(2)), Some(2));
         assert!(requests.is_empty(), "{requests:?}");
     }
