@@ -337,12 +337,11 @@ impl NatsBrokerBuilder {
     }
 
     /// JetStream's `AckWait` of the consumers this backend makes (default 30 s, at least
-    /// 100 ms): how long the
-    /// server waits for an acknowledgement before it redelivers. A message a handler holds
-    /// longer (a slow handler, retries with backoff) is kept in progress: every half `AckWait`
-    /// the backend tells the server it is still being worked on (`+WPI`), so it is never
-    /// redelivered while this process holds it. After a crash, what was held comes again
-    /// `AckWait` later.
+    /// 100 ms): how long the server waits for an acknowledgement before it redelivers. A
+    /// message a handler holds longer (a slow handler, retries with backoff) is kept in
+    /// progress: every half `AckWait` the backend tells the server it is still being worked
+    /// on (`+WPI`), so it is never redelivered while this process holds it. After a crash,
+    /// what was held comes again `AckWait` later.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = Some(ack_wait);
         self
@@ -380,9 +379,9 @@ impl NatsBrokerBuilder {
 
     /// How many messages a subscription fetches ahead (default, and least: its concurrency,
     /// so a member of a queue group holds no more than it works on; a smaller value is
-    /// raised to the concurrency). Messages fetched ahead are kept in
-    /// progress like those in a handler. More saves round trips; in a queue group, a member
-    /// holds up to this many messages that the other members cannot take meanwhile.
+    /// raised to the concurrency). Messages fetched ahead are kept in progress like those in
+    /// a handler. More saves round trips; in a queue group, a member holds up to this many
+    /// messages that the other members cannot take meanwhile.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = Some(prefetch);
         self
