@@ -589,6 +589,11 @@ fn read_cloudevents(table: &FieldTable, headers: &mut Headers) {
             if form != rank {
                 continue;
             }
+            if is_empty_array(value) {
+                // no value for the attribute: its property (`message_id`, `type`, ...) or a
+                // later form may have one
+                continue;
+            }
             let name = cloudevents_name(attribute);
             let earlier = headers.len();
             for v in values(value) {
@@ -612,6 +617,10 @@ fn values(value: &AMQPValue) -> &[AMQPValue] {
         AMQPValue::FieldArray(values) if !values.as_slice().is_empty() => values.as_slice(),
         value => std::slice::from_ref(value),
     }
+}
+
+fn is_empty_array(value: &AMQPValue) -> bool {
+    matches!(value, AMQPValue::FieldArray(values) if values.as_slice().is_empty())
 }
 
 fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
@@ -1587,14 +1596,25 @@ mod tests {
             "x-tags".into(),
             AMQPValue::FieldArray(FieldArray::default()),
         );
+        // an attribute with no value gives way to its property and to its other forms
         t.insert(
-            "cloudEvents_tenant".into(),
+            "cloudEvents_id".into(),
             AMQPValue::FieldArray(FieldArray::default()),
         );
-        let props = BasicProperties::default().with_headers(t);
+        t.insert(
+            "cloudEvents:type".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
+        t.insert("ce-type".into(), long(b"users.v1.UserCreated"));
+        let props = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_headers(t);
         let h = from_amqp("t", false, &props, Vec::new()).message.headers;
         assert_eq!(h.get_str("x-tags"), Some("[]"), "{h:?}");
-        assert_eq!(h.get_str("ce_tenant"), Some("[]"), "{h:?}");
+        assert_eq!(h.get_all("ce_id").count(), 1, "{h:?}");
+        assert_eq!(h.get_str("ce_id"), Some("m-1"), "{h:?}");
+        assert_eq!(h.get_all("ce_type").count(), 1, "{h:?}");
+        assert_eq!(h.get_str("ce_type"), Some("users.v1.UserCreated"), "{h:?}");
     }
 
     #[test]
