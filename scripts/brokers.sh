@@ -181,6 +181,8 @@ kafka_start() {
     # and nothing reads them again, and a node loading the thousands of partitions earlier
     # runs left takes minutes to serve
     if [[ -d $KAFKA_DATA ]]; then
+        # one that runs without serving (it outlived a start that timed out) goes first
+        stop_pid kafka "$RUN/kafka.pid"
         say "emptying the Kafka log dir $KAFKA_DATA (what earlier runs left)"
         rm -rf "$KAFKA_DATA"
     fi
