@@ -746,18 +746,31 @@ impl Connection {
                 ),
             ]);
         }
-        let mut rest = &args[3..];
-        let mut min_idle = Duration::ZERO;
-        if rest.first().is_some_and(|a| is(a, "idle")) {
-            let Some(ms) = rest.get(1).and_then(int_arg).filter(|ms| *ms >= 0) else {
-                return not_integer();
-            };
-            min_idle = Duration::from_millis(ms as u64);
-            rest = &rest[2..];
-        }
-        if !(3..=4).contains(&rest.len()) {
+        // Redis's order: the number of arguments, IDLE, the count, then the range
+        if args.len() < 6 || args.len() > 9 {
             return syntax();
         }
+        let mut rest = &args[3..];
+        let mut min_idle = Duration::ZERO;
+        if is(&rest[0], "idle") {
+            let Some(ms) = int_arg(&rest[1]) else {
+                return not_integer();
+            };
+            if args.len() < 8 {
+                return syntax();
+            }
+            // a negative idle time excludes nothing
+            min_idle = Duration::from_millis(ms.max(0) as u64);
+            rest = &rest[2..];
+        }
+        if rest.len() > 4 {
+            return syntax();
+        }
+        let Some(count) = int_arg(&rest[2]) else {
+            return not_integer();
+        };
+        // a negative count reads as 0
+        let count = count.max(0);
         let from = match StreamId::parse_start(&rest[0]) {
             Ok(from) => from,
             Err(error) => return Reply::err(error),
@@ -765,9 +778,6 @@ impl Connection {
         let to = match StreamId::parse_end(&rest[1]) {
             Ok(to) => to,
             Err(error) => return Reply::err(error),
-        };
-        let Some(count) = int_arg(&rest[2]).filter(|c| *c >= 0) else {
-            return not_integer();
         };
         let consumer = rest.get(3).map(text);
         let Some(group) = group() else {

@@ -83,7 +83,8 @@ async fn connection_commands_answer_as_redis_does() {
 
 /// The same malformed requests to redis-server itself (`EVENT_TEST_REDIS`, which
 /// `scripts/brokers.sh` starts on 127.0.0.1:6379) and to the gateway get the same error
-/// replies. The keys are ones no test makes, and no request changes anything in Redis.
+/// replies, and take the same odd values (a negative count or idle time) alike. The key is
+/// one no other test makes, deleted from Redis at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_the_errors_redis_server_gives() {
     let reference: std::net::SocketAddr = std::env::var("EVENT_TEST_REDIS")
@@ -108,6 +109,10 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             "XREADGROUP GROUP g c STREAMS {key}",
             "XPENDING {key} g - + many",
             "XPENDING {key} g IDLE long - + 10",
+            "XPENDING {key} g IDLE",
+            "XPENDING {key} g IDLE 10",
+            "XPENDING {key} g IDLE 10 - +",
+            "XPENDING {key} g - +",
             "XPENDING {key}",
             "XACK {key} g",
             "XADD {key}",
@@ -116,13 +121,24 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             "ECHO",
             "AUTH a b c",
         ];
-        for request in requests {
+        let same = |request: &str| {
             let request = request.replace("{key}", &key);
             let request: Vec<&str> = request.split(' ').collect();
             let want = redis_cli(reference, &request);
-            assert!(want.contains("(error) "), "{request:?}: Redis said {want}");
             assert_eq!(redis_cli(addr, &request), want, "{request:?}");
+            want
+        };
+        for request in requests {
+            let want = same(request);
+            assert!(want.contains("(error) "), "{request}: Redis said {want}");
         }
+        // and requests Redis takes as they are, on a group of the key (removed after)
+        same("XGROUP CREATE {key} g $ MKSTREAM");
+        for request in ["XPENDING {key} g - + -1", "XPENDING {key} g IDLE -5 - + 10"] {
+            let got = same(request);
+            assert!(!got.contains("(error)"), "{request}: {got}");
+        }
+        assert_eq!(redis_cli(reference, &["DEL", &key]).trim(), "(integer) 1");
     })
     .await;
     gw.stop().await;

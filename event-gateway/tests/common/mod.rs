@@ -90,10 +90,10 @@ pub fn redis_cli(addr: SocketAddr, args: &[&str]) -> String {
 
 /// `redis-cli` with extra options first (`-a`, `-3`, ...).
 pub fn redis_cli_with(addr: SocketAddr, options: &[&str], args: &[&str]) -> String {
-    let port = addr.port().to_string();
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
     let mut command = Command::new("redis-cli");
     command
-        .args(["-h", "127.0.0.1", "-p", &port, "--no-raw"])
+        .args(["-h", &host, "-p", &port, "--no-raw"])
         .args(options)
         .args(args);
     output_of(command, "redis-cli (Debian's redis-tools)")
