@@ -18,7 +18,8 @@
 # Everything lives outside the clone, under $EVENT_BROKERS_HOME (default
 # ~/.cache/event-brokers): the Kafka jars (kafka-<version>/libs), the Kafka log dir, the
 # brokers' logs (logs/), and a Python virtualenv (venv/) with the foreign clients the probes
-# and tests use (scripts/requirements-test.txt).
+# and tests use (scripts/requirements-test.txt). RabbitMQ keeps its state in
+# /var/lib/rabbitmq/event-brokers, where its own user can write.
 set -euo pipefail
 
 SCRIPTS="$(cd "$(dirname "$0")" && pwd)"
@@ -210,12 +211,29 @@ kafka_start() {
 
 # --- RabbitMQ --------------------------------------------------------------------------------
 
+# the node's state (queues, exchanges, bindings) in a directory of its own, owned by the
+# rabbitmq user, not the package's /var/lib/rabbitmq/mnesia
+RABBITMQ_DATA=/var/lib/rabbitmq/event-brokers
+
 rabbitmq_start() {
     apt_install rabbitmq-server
     local log=/var/log/rabbitmq
     serves_already amqp "$AMQP_URL" "$log" && return 0
-    say "starting RabbitMQ on 127.0.0.1:5672"
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 rabbitmq-server -detached > "$LOGS/rabbitmq.out" 2>&1 || true
+    # a stopped RabbitMQ starts empty, as Kafka does: the tests declare queues of their own
+    # names and never read them again, and a node recovering the thousand durable queues
+    # earlier runs left needs more file handles than it has and a minute or more to serve
+    rabbitmq_stop
+    if [[ -d $RABBITMQ_DATA ]]; then
+        say "emptying RabbitMQ's state $RABBITMQ_DATA (what earlier runs left)"
+        rm -rf "$RABBITMQ_DATA"
+    fi
+    install -d -o rabbitmq -g rabbitmq -m 750 "$RABBITMQ_DATA"
+    say "starting RabbitMQ on 127.0.0.1:5672 (state: $RABBITMQ_DATA)"
+    # as the rabbitmq user, as the package's wrapper does, with the file-handle limit raised
+    # to its hard limit (the soft one, 1024, is below what RabbitMQ asks for)
+    su rabbitmq -s /bin/sh -c "ulimit -n \$(ulimit -Hn); cd /var/lib/rabbitmq &&
+        RABBITMQ_MNESIA_BASE=$RABBITMQ_DATA RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        exec /usr/lib/rabbitmq/bin/rabbitmq-server -detached" > "$LOGS/rabbitmq.out" 2>&1 || true
     timeout 120 rabbitmqctl await_startup > /dev/null 2>&1 || true
     wait_serving amqp "$AMQP_URL" 60 "$log/rabbit@$(hostname -s).log"
 }
@@ -223,7 +241,14 @@ rabbitmq_start() {
 rabbitmq_stop() {
     if command -v rabbitmqctl > /dev/null && rabbitmqctl status > /dev/null 2>&1; then
         say "stopping RabbitMQ"
-        rabbitmqctl stop > /dev/null 2>&1 || true
+        # given the node's pid file, rabbitmqctl waits until the process has ended
+        local pidfile=("$RABBITMQ_DATA/rabbit@$(hostname -s).pid")
+        [[ -f ${pidfile[0]} ]] || pidfile=()
+        rabbitmqctl stop "${pidfile[@]}" > /dev/null 2>&1 || true
+    fi
+    # Erlang's port mapper, which the node started and leaves behind
+    if command -v epmd > /dev/null && epmd -names > /dev/null 2>&1; then
+        epmd -kill > /dev/null 2>&1 || true
     fi
 }
 
