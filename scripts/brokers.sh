@@ -258,6 +258,13 @@ nats_start() {
     apt_install nats-server
     local log="$LOGS/nats.log"
     serves_already nats "$NATS_URL" "$log" && return 0
+    # a stopped server starts on an empty store, as Kafka and RabbitMQ do: the tests make
+    # streams of their own names and never read them again
+    stop_pid nats "$RUN/nats.pid"
+    if [[ -d $HOME_DIR/nats-data ]]; then
+        say "emptying the JetStream store $HOME_DIR/nats-data (what earlier runs left)"
+        rm -rf "$HOME_DIR/nats-data"
+    fi
     mkdir -p "$HOME_DIR/nats-data"
     say "starting nats-server with JetStream on 127.0.0.1:4222"
     nohup nats-server -js -a 127.0.0.1 -p 4222 -sd "$HOME_DIR/nats-data" -l "$log" \
