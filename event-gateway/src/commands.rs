@@ -702,19 +702,19 @@ impl Connection {
     }
 
     fn xack(&mut self, args: &[Bytes]) -> Reply {
+        // as Redis does: no group (or no key), nothing to acknowledge, whatever the ids say;
+        // the ids are read only for a group that is there
+        let Some(group) = self.shared.groups.get(&text(&args[1]), &text(&args[2])) else {
+            return Reply::Int(0);
+        };
         let mut ids = Vec::with_capacity(args.len() - 3);
         for arg in &args[3..] {
             match StreamId::parse(arg) {
                 Some(id) => ids.push(id),
-                None => {
-                    return Reply::err(INVALID_ID);
-                }
+                None => return Reply::err(INVALID_ID),
             }
         }
-        match self.shared.groups.get(&text(&args[1]), &text(&args[2])) {
-            Some(group) => Reply::Int(group.ack(&ids) as i64),
-            None => Reply::Int(0),
-        }
+        Reply::Int(group.ack(&ids) as i64)
     }
 
     fn xpending(&mut self, args: &[Bytes]) -> Reply {

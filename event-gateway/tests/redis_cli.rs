@@ -132,12 +132,17 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             let want = same(request);
             assert!(want.contains("(error) "), "{request}: Redis said {want}");
         }
+        // an XACK of no group reads no id: nothing to acknowledge
+        assert_eq!(same("XACK {key} g bad-id").trim(), "(integer) 0");
         // and requests Redis takes as they are, on a group of the key (removed after)
         same("XGROUP CREATE {key} g $ MKSTREAM");
         for request in ["XPENDING {key} g - + -1", "XPENDING {key} g IDLE -5 - + 10"] {
             let got = same(request);
             assert!(!got.contains("(error)"), "{request}: {got}");
         }
+        // the ids of an XACK of a group that is there are read
+        assert!(same("XACK {key} g bad-id").contains("(error) "));
+        assert_eq!(same("XACK {key} other bad-id").trim(), "(integer) 0");
         assert_eq!(redis_cli(reference, &["DEL", &key]).trim(), "(integer) 1");
     })
     .await;
