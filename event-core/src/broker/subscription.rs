@@ -88,7 +88,17 @@ impl Subscription {
     pub async fn unsubscribe(mut self) -> DrainReport {
         self.stop.stop();
         match self.task.take() {
-            Some(task) => task.await.unwrap_or_default(),
+            Some(task) => task.await.unwrap_or_else(|error| {
+                // the delivery loop itself failed (handlers' panics are caught inside it):
+                // what it held went back to the broker as it unwound
+                tracing::error!(
+                    topic = %self.topic,
+                    queue = self.queue.as_deref().unwrap_or("(broadcast)"),
+                    %error,
+                    "the subscription's delivery loop ended abnormally"
+                );
+                DrainReport::default()
+            }),
             None => DrainReport::default(),
         }
     }

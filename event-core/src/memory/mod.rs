@@ -436,6 +436,7 @@ impl Broker for MemoryBroker {
                 batch: VecDeque::new(),
                 pacing: Pacing::new(self.inner.batch_wait, self.inner.capacity, concurrency),
                 taken_at: SystemTime::UNIX_EPOCH,
+                member: true,
             })
         };
         self.inner

@@ -25,12 +25,15 @@ pub(super) struct MemorySource {
     pub(super) pacing: Pacing,
     /// When `batch` was taken from the queue: its messages' receive time.
     pub(super) taken_at: SystemTime,
+    /// Still counted among its queue's members (until it leaves, once).
+    pub(super) member: bool,
 }
 
 impl Drop for MemorySource {
     fn drop(&mut self) {
-        // messages taken but never handed out stay available to the group
-        self.queue.put_back(&mut self.batch);
+        // also when the delivery loop ended without closing its source (its task panicked
+        // or was aborted)
+        self.leave();
     }
 }
 
@@ -67,6 +70,16 @@ impl Acknowledge for MemoryAcker {
 }
 
 impl MemorySource {
+    /// Gives back what was taken and not handed out, and leaves the queue (once): the last
+    /// member to leave closes it, so that publishers do not wait for room no one frees.
+    fn leave(&mut self) {
+        // messages taken but never handed out stay available to the group
+        self.queue.put_back(&mut self.batch);
+        if std::mem::take(&mut self.member) {
+            self.topic.leave(&self.queue);
+        }
+    }
+
     /// Before a fetch from the queue: lets a backlog build up while the publishers keep this
     /// subscriber busy (see [`MemoryBrokerBuilder::batch_wait`] and [`Pacing`]).
     async fn wait_for_batch(&mut self) {
@@ -170,7 +183,6 @@ impl DeliverySource for MemorySource {
     }
 
     async fn close(mut self) {
-        self.queue.put_back(&mut self.batch);
-        self.topic.leave(&self.queue);
+        self.leave();
     }
 }

@@ -164,7 +164,9 @@ pub(super) async fn in_span<F: Future>(span: &Span, future: F) -> F::Output {
 }
 
 async fn run_handler(handler: &dyn RawHandler, delivery: &Delivery) -> Outcome {
-    match AssertUnwindSafe(handler.handle(delivery))
+    // `handle` is called inside the guarded future, so that a panic in its synchronous part
+    // (a decode, an extractor, a closure's body before its `async` block) is caught as well
+    match AssertUnwindSafe(async { handler.handle(delivery).await })
         .catch_unwind()
         .await
     {
