@@ -26,13 +26,15 @@ use crate::wire::{Batch, Copies};
 /// How long one poll of the poller thread blocks: the longest a stop waits for it.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long the poller waits for a full partition to drain to half before it pauses it.
+/// How long a full partition has to drain to half before the poller pauses it.
 ///
 /// Pausing is not free: librdkafka drops the partition's records it fetched ahead, and a
 /// resume fetches them again, a round trip that may wait behind a long-polled fetch. A
 /// partition whose handlers merely lag behind a burst (every fetch brings hundreds of records
 /// at once) drains in far less than this, and is never paused; one held by a stuck or slow
 /// key does not, and is paused after this long, from then on costing the others nothing.
+/// The poller does not wait for it: it goes on reading every partition meanwhile, and pauses
+/// at once a partition that reaches twice its read-ahead limit within the grace.
 pub(super) const PAUSE_GRACE: Duration = Duration::from_millis(50);
 
 /// The most records the poller files at once.
@@ -86,6 +88,23 @@ impl Shared {
                 ps.paused = change != Flow::Pause;
             }
         }
+    }
+
+    /// Pauses each partition of `filling` that is still full after [`PAUSE_GRACE`], or at
+    /// twice its read-ahead limit already; forgets those that drained to half (or were
+    /// paused or revoked meanwhile).
+    fn pause_the_full(&self, consumer: &KafkaConsumer, filling: &mut Vec<(i32, Instant)>) {
+        let limit = self.settings.max_buffered;
+        filling.retain(
+            |&(partition, since)| match self.waiting_while_full(partition) {
+                None => false,
+                Some(waiting) if waiting >= 2 * limit || since.elapsed() >= PAUSE_GRACE => {
+                    self.apply_flow(consumer, partition, true);
+                    false
+                }
+                Some(_) => true,
+            },
+        );
     }
 
     /// Hands the offsets stored since the last call to librdkafka, which commits them with its
@@ -168,6 +187,12 @@ impl Shared {
         };
         for elem in committed.elements() {
             let partition = elem.partition();
+            if let Err(error) = elem.error() {
+                // not "nothing committed": the commit is unknown, so nothing is committed
+                // over it; librdkafka reads it again when it starts fetching
+                tracing::warn!(topic = %self.settings.topic, partition, %error, "reading the partition's committed offset failed; librdkafka resolves its start");
+                continue;
+            }
             let start = match elem.offset() {
                 Offset::Offset(o) if o >= 0 => o,
                 _ => {
@@ -313,6 +338,12 @@ impl ConsumerContext for SubscriptionContext {
                     }
                 }
                 tracing::debug!(%topic, partitions = ?revoked, lost, cooperative, "partitions revoked");
+                // a partition leaves unpaused (librdkafka keeps its own pause while this
+                // callback runs): a paused partition taken away and given back later is a
+                // sequence librdkafka is known to mishandle, leaving it unfetched
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::debug!(%topic, %error, "resuming revoked partitions failed");
+                }
                 let unassigned = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -346,6 +377,9 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
     let mut last_store = Instant::now();
     let mut batch = Vec::with_capacity(RECEIVE_BATCH);
     let mut full = Vec::new();
+    // partitions at their read-ahead limit, and since when: each is paused if it is still
+    // full after PAUSE_GRACE
+    let mut filling: Vec<(i32, Instant)> = Vec::new();
     let mut copies = Copies::default();
     while !stop.load(Ordering::Acquire) {
         // finished offsets reach librdkafka here, at most every STORE_INTERVAL, rather than
@@ -355,7 +389,13 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
             shared.store_offsets(consumer);
             last_store = Instant::now();
         }
-        match consumer.poll(POLL_INTERVAL) {
+        // a partition in its grace is looked at again when the grace ends
+        let wait = filling
+            .iter()
+            .map(|(_, since)| PAUSE_GRACE.saturating_sub(since.elapsed()))
+            .min()
+            .map_or(POLL_INTERVAL, |grace| grace.min(POLL_INTERVAL));
+        match consumer.poll(wait) {
             Some(Ok(record)) => {
                 // one topic reference, one clock reading and shared copy buffers per batch
                 let mut copying = Batch::new(&shared.settings.topic, std::mem::take(&mut copies));
@@ -378,14 +418,18 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
                 }
                 copies = copying.into_copies();
                 shared.receive(&mut batch, &mut full);
+                let now = Instant::now();
                 for partition in full.drain(..) {
-                    if !shared.drains_within(partition, PAUSE_GRACE) {
-                        shared.apply_flow(consumer, partition, true);
+                    if !filling.iter().any(|(p, _)| *p == partition) {
+                        filling.push((partition, now));
                     }
                 }
             }
             Some(Err(error)) => log_error(&error),
             None => {}
+        }
+        if !filling.is_empty() {
+            shared.pause_the_full(consumer, &mut filling);
         }
     }
     shared.store_offsets(consumer);

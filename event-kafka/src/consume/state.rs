@@ -84,8 +84,6 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Signalled when a revoking partition's last running record settles.
     settled: Condvar,
-    /// Signalled when a partition's waiting records drop to half the read-ahead.
-    drained: Condvar,
     /// Held while a pause or resume is decided and applied, so that the two never reorder.
     pub(super) flow: Mutex<()>,
     pub(super) ready_signal: Notify,
@@ -226,7 +224,6 @@ impl Shared {
             settings,
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
-            drained: Condvar::new(),
             flow: Mutex::new(()),
             ready_signal: Notify::new(),
             assignments: watch::Sender::new(0),
@@ -311,9 +308,26 @@ impl Shared {
                 // reads it
                 continue;
             };
-            if ps.next_offset.is_some_and(|next| offset < next) {
-                // received already (fetched again after a pause): it is in a lane or a handler
-                continue;
+            if let Some(next) = ps.next_offset
+                && offset < next
+            {
+                if ps.unfinished.contains(&offset) {
+                    // received already: it is in a lane or a handler
+                    continue;
+                }
+                // the fetch position went back: librdkafka reset it (`auto.offset.reset`)
+                // because the log no longer reaches the committed offset (the topic was made
+                // again, or an unclean leader election cut the log). What comes from here on
+                // is new; skipping it, and committing past it, would lose it.
+                tracing::warn!(
+                    topic = %self.settings.topic,
+                    partition,
+                    offset,
+                    expected = next,
+                    "the partition's position went back (its log was cut or made again): handling from this offset"
+                );
+                ps.next_offset = Some(offset);
+                ps.stored = ps.stored.min(offset);
             }
             ps.unfinished.insert(offset);
             ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -343,23 +357,16 @@ impl Shared {
         }
     }
 
-    /// Waits up to `grace` for a full `partition` to drain to half its read-ahead; `false`
-    /// when it did not (and is still held, unpaused).
-    pub(super) fn drains_within(&self, partition: i32, grace: Duration) -> bool {
+    /// How many records of `partition` wait for a handler, while it is above half its
+    /// read-ahead and unpaused (a pause may stop it); `None` otherwise.
+    pub(super) fn waiting_while_full(&self, partition: i32) -> Option<usize> {
         let limit = self.settings.max_buffered;
-        let full = |state: &State| {
-            !state.closed
-                && state
-                    .partitions
-                    .get(&partition)
-                    .is_some_and(|ps| ps.stays_full(limit))
-        };
         let state = self.lock();
-        let (state, _) = self
-            .drained
-            .wait_timeout_while(state, grace, |state| full(state))
-            .unwrap_or_else(|p| p.into_inner());
-        !full(&state)
+        state
+            .partitions
+            .get(&partition)
+            .filter(|ps| !state.closed && ps.stays_full(limit))
+            .map(|ps| ps.queued)
     }
 
     /// Takes the next record whose lane is free; also returns its partition when fetching it
@@ -381,9 +388,6 @@ impl Shared {
             };
             ps.queued -= 1;
             ps.running += 1;
-            if ps.queued == self.settings.max_buffered / 2 {
-                self.drained.notify_all();
-            }
             let resume = (ps.flow(self.settings.max_buffered) == Some(Flow::Resume))
                 .then_some(next.partition);
             return Some(Ok((next, resume)));
@@ -559,7 +563,6 @@ impl Shared {
     pub(super) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        self.drained.notify_all();
         state
             .partitions
             .values_mut()
@@ -608,6 +611,88 @@ mod tests {
             consumer_lag_stored: -1,
             ..PartitionStatistics::default()
         }
+    }
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(ConsumerSettings {
+            topic: Arc::from("orders"),
+            group: Some("billing".to_owned()),
+            start_from: StartFrom::Earliest,
+            parallel_keys: false,
+            max_buffered: 16,
+            operation_timeout: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(1),
+            go_micro_envelope: false,
+        })
+    }
+
+    fn fetched(offset: i64) -> Fetched {
+        Fetched {
+            partition: 0,
+            offset,
+            lane: 0,
+            delivery: Delivery::new(
+                "orders",
+                event_core::broker::Message::new(offset.to_string()),
+                crate::wire::position(0, offset),
+            ),
+        }
+    }
+
+    /// Takes the next record and settles it as handled; its offset.
+    fn handle_next(shared: &Arc<Shared>) -> i64 {
+        let (ready, _) = shared.take_ready().expect("a record").expect("open");
+        let offset: i64 = std::str::from_utf8(ready.delivery.payload())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let acker = super::super::Acker {
+            shared: shared.clone(),
+            partition: ready.partition,
+            generation: ready.generation,
+            lane: ready.lane,
+            offset,
+        };
+        shared.settle(&acker, None);
+        offset
+    }
+
+    fn stored(shared: &Arc<Shared>) -> Option<i64> {
+        let stores = shared.take_stores()?;
+        let elements = stores.elements();
+        match elements[0].offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            other => panic!("stored {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_received_twice_while_in_flight_is_filed_once() {
+        let shared = shared();
+        shared.assigned([(0, Some(10))]);
+        let mut full = Vec::new();
+        shared.receive(&mut vec![fetched(10), fetched(11)], &mut full);
+        shared.receive(&mut vec![fetched(11)], &mut full);
+        assert_eq!((handle_next(&shared), handle_next(&shared)), (10, 11));
+        assert!(shared.take_ready().is_none(), "11 was filed once");
+        assert_eq!(stored(&shared), Some(12));
+    }
+
+    #[test]
+    fn a_position_that_went_back_is_handled_from_there_and_committed_from_there() {
+        // committed at 100, but the log was made again: librdkafka resets to 5
+        let shared = shared();
+        shared.assigned([(0, Some(100))]);
+        let mut full = Vec::new();
+        shared.receive(&mut vec![fetched(5), fetched(6)], &mut full);
+        assert_eq!(handle_next(&shared), 5, "the new records are handled");
+        assert_eq!(
+            stored(&shared),
+            Some(6),
+            "and committed from there, not past them"
+        );
+        assert_eq!(handle_next(&shared), 6);
+        assert_eq!(stored(&shared), Some(7));
     }
 
     #[test]
