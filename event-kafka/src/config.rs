@@ -175,8 +175,8 @@ impl KafkaBrokerBuilder {
         self
     }
 
-    /// Time limit of metadata, offset and admin requests, and of joining a consumer group
-    /// (default 10 s).
+    /// Time limit of metadata, offset and admin requests (default 10 s). Joining a consumer
+    /// group has its own, [`join_timeout`](Self::join_timeout).
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
         self
@@ -218,7 +218,8 @@ impl KafkaBrokerBuilder {
 
     /// How many fetched messages of one partition may wait for a handler (default 512). A
     /// partition that reaches it and does not drain to half within 50 ms (a stuck or slow key,
-    /// not a burst) is paused, alone, until half of them are taken; the others keep flowing.
+    /// not a burst), or reaches twice it meanwhile, is paused, alone, until half of them are
+    /// taken; the others keep flowing.
     pub fn max_buffered_per_partition(mut self, n: usize) -> Self {
         self.max_buffered_per_partition = n.max(1);
         self
@@ -436,7 +437,8 @@ impl KafkaBrokerBuilder {
     /// `revoke_timeout_ms`, `parallel_keys`, `max_buffered_per_partition`, `statistics_interval_ms` (`0` turns
     /// consumer statistics and the lag gauge off), `create_topics` (see
     /// [`create_topics`](Self::create_topics)) with `partitions` and `replication` for the
-    /// topics it creates; any parameter with a dot in its name is
+    /// topics it creates, `wire` (`cloudevents`, the default, or `go-micro`: see
+    /// [`go_micro_envelope`](Self::go_micro_envelope)); any parameter with a dot in its name is
     /// a librdkafka property (`security.protocol=sasl_ssl`, `sasl.mechanism=PLAIN`, …).
     /// `kafkas://` sets `security.protocol=ssl`.
     ///

@@ -28,7 +28,9 @@
 //!
 //! At least once. Offsets are stored only after a handler's outcome (acknowledged, or
 //! dead-lettered to `<topic>.dlq`), and the stored offset of a partition is the lowest record
-//! still unfinished, so a crash or a rebalance redelivers at most what was in flight. Records
+//! still unfinished, so a rebalance redelivers at most what was in flight (and finished
+//! records behind an unfinished one, with `parallel_keys`), and a crash also what finished
+//! since the last auto-commit (every second). Records
 //! of one partition are handled in order (of one key, with
 //! [`parallel_keys`](KafkaBrokerBuilder::parallel_keys)); give a subscription a concurrency of
 //! at least its partition count to handle all partitions at once. A retry holds only its own

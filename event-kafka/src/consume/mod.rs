@@ -15,7 +15,9 @@
 //! **Backpressure per partition**: when [`max_buffered_per_partition`] records of one
 //! partition wait for a handler and do not drain to half of that within [`PAUSE_GRACE`] (a
 //! burst from one fetch does), that partition alone is paused (librdkafka stops fetching it)
-//! until half of them are taken; the other partitions keep flowing. So a stalled key holds its
+//! until half of them are taken; the other partitions keep flowing, during the grace too (the
+//! poller does not wait for it), and a partition that reaches twice the limit within the
+//! grace is paused at once. So a stalled key holds its
 //! own partition, never the subscription.
 //!
 //! **Revocation waits for in-flight work**: when a rebalance takes partitions away, their
@@ -23,9 +25,10 @@
 //! a handler or a retry backoff get [`revoke_timeout`] to finish, what finished is committed,
 //! and only then are the partitions let go. Eager (`range`, `roundrobin`) and cooperative
 //! (`cooperative-sticky`) assignment both work; with cooperative assignment only the
-//! partitions that move are revoked: the others stay assigned and keep their place (nothing
-//! of theirs is dropped or fetched again), though no new records of theirs are filed while
-//! the poller waits for the revoked partitions' handlers.
+//! partitions that move are revoked: the others stay assigned, and their records waiting
+//! here stay in line (librdkafka drops what it fetched ahead of them while a rebalance
+//! runs, and fetches it again after), though no new records of theirs are filed while the
+//! poller waits for the revoked partitions' handlers.
 //!
 //! [`max_buffered_per_partition`]: crate::KafkaBrokerBuilder::max_buffered_per_partition
 //! [`revoke_timeout`]: crate::KafkaBrokerBuilder::revoke_timeout
