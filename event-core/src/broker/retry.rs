@@ -117,7 +117,8 @@ impl RetryPolicy {
         } else {
             1.0
         };
-        Duration::from_secs_f64((capped * spread).max(0.0))
+        // a cap near Duration::MAX, jittered upwards, is past what a Duration holds
+        Duration::try_from_secs_f64((capped * spread).max(0.0)).unwrap_or(self.max_backoff)
     }
 }
 
@@ -146,5 +147,14 @@ mod tests {
             RetryPolicy::exponential(0, Duration::ZERO).max_attempts(),
             1
         );
+    }
+
+    #[test]
+    fn a_backoff_capped_at_the_largest_duration_stays_within_it() {
+        let p = RetryPolicy::exponential(100, Duration::MAX).with_max_backoff(Duration::MAX);
+        // jittered upwards in about half of them
+        for attempt in 1..=64 {
+            assert!(p.backoff(attempt) <= Duration::MAX);
+        }
     }
 }

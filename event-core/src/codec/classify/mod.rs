@@ -128,10 +128,11 @@ impl PayloadKind {
             }
             PayloadKind::GoMicroEnvelope { .. } => {
                 "a go-micro Kafka/NATS producer wrapped the message in its JSON envelope \
-                 ({\"Header\":…,\"Body\":\"<base64>\"}), which typed subscribers do not unwrap: \
-                 have the producer publish the bare message (application/protobuf, or \
-                 application/json for proto3 JSON), or unwrap the envelope in a raw Broker \
-                 handler"
+                 ({\"Header\":…,\"Body\":\"<base64>\"}), which this subscription does not \
+                 unwrap: add wire=go-micro to the kafka:// or nats:// URL \
+                 (KafkaBrokerBuilder::go_micro_envelope(true), \
+                 NatsBrokerBuilder::go_micro_envelope(true)) to read go-micro's envelope, or have \
+                 the producer publish the bare message"
             }
             PayloadKind::ConfluentFramed {
                 header_mode: true, ..

@@ -578,7 +578,8 @@ fn hints_name_only_settings_that_exist() {
             .hint()
             .contains("SubscribeOptions::schema_registry_framing(true)")
     );
-    // no setting unwraps go-micro's envelope, and header mode has nothing to strip
+    // header mode has nothing to strip; go-micro's envelope is read by the Kafka and NATS
+    // backends' `wire=go-micro`, the setting its hint names
     let envelope = PayloadKind::GoMicroEnvelope {
         content_type: None,
         topic: None,
@@ -594,7 +595,13 @@ fn hints_name_only_settings_that_exist() {
         assert!(!hint.contains("enable"), "{hint}");
         assert!(!hint.contains("framing"), "{hint}");
     }
-    assert!(envelope.hint().contains("typed subscribers do not unwrap"));
+    for setting in [
+        "wire=go-micro",
+        "KafkaBrokerBuilder::go_micro_envelope(true)",
+        "NatsBrokerBuilder::go_micro_envelope(true)",
+    ] {
+        assert!(envelope.hint().contains(setting), "{setting}");
+    }
     // the JSON hint names the real function
     let json = PayloadKind::Json {
         top_level_keys: vec![],
