@@ -106,14 +106,19 @@ pub fn validate_topic(topic: &str) -> Result<(), BrokerError> {
     })
 }
 
-/// Checks a subscription's topic and queue group; backends call it first in
-/// [`Broker::subscribe`].
+/// Checks a subscription's topic, its dead-letter topic and its queue group; backends call it
+/// first in [`Broker::subscribe`].
 ///
 /// # Errors
 ///
-/// As [`validate_topic`], and [`BrokerError::InvalidQueue`] for an empty queue group name.
+/// As [`validate_topic`], for the topic and for its dead-letter topic
+/// ([`SubscribeOptions::dead_letter_topic_for`]: a topic of 246 bytes or more has no valid
+/// default one), and [`BrokerError::InvalidQueue`] for an empty queue group name.
 pub fn validate_subscription(topic: &str, options: &SubscribeOptions) -> Result<(), BrokerError> {
     validate_topic(topic)?;
+    // checked now: a dead letter that can never be published would hold its message, and
+    // the subscription behind it, for ever
+    validate_topic(&options.dead_letter_topic_for(topic))?;
     match options.queue_name() {
         Some("") => Err(BrokerError::InvalidQueue {
             queue: String::new(),
@@ -236,5 +241,22 @@ mod tests {
             let err = validate_topic(bad).unwrap_err();
             assert!(matches!(err, BrokerError::InvalidTopic { .. }), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_subscription_whose_dead_letters_have_nowhere_to_go_is_refused() {
+        let long = "x".repeat(246);
+        assert!(validate_subscription(&long[..245], &SubscribeOptions::new()).is_ok());
+        match validate_subscription(&long, &SubscribeOptions::new()) {
+            Err(BrokerError::InvalidTopic { topic, .. }) => {
+                assert_eq!(topic, format!("{long}.dlq"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let empty = SubscribeOptions::new().dead_letter_topic("");
+        assert!(matches!(
+            validate_subscription("orders", &empty),
+            Err(BrokerError::InvalidTopic { topic, .. }) if topic.is_empty()
+        ));
     }
 }

@@ -33,7 +33,8 @@ pub const MICRO_TOPIC: &str = "Micro-Topic";
 /// Confluent Schema Registry header carrying the value schema GUID.
 pub const CONFLUENT_VALUE_SCHEMA_ID: &str = "__value_schema_id";
 
-/// Dead-letter header: the error that sent the message to the dead-letter topic.
+/// Dead-letter header: the error that sent the message to the dead-letter topic (its chain of
+/// causes, cut at 4 KiB).
 pub const X_EVENT_ERROR: &str = "x-event-error";
 /// Dead-letter header: the kind of that error (`handler-error`, `decode-error`, ...).
 pub const X_EVENT_ERROR_KIND: &str = "x-event-error-kind";

@@ -14,11 +14,16 @@ use crate::telemetry::{RunOutcome, publish_span, sampling};
 use super::settle::{Pending, in_span};
 use super::{LoopContext, Settled};
 
-/// The dead-letter copy of a delivery: original headers, key and bytes, plus the reason.
+/// The longest `x-event-error` a dead letter carries: a handler's error text has no bound of
+/// its own, and a dead letter too large for its broker could never be published.
+const MAX_ERROR_LEN: usize = 4096;
+
+/// The dead-letter copy of a delivery: original headers, key and bytes, plus the reason (its
+/// text cut at 4 KiB).
 pub fn dead_letter_message(delivery: &Delivery, handler: &str, failure: &Failure) -> Message {
     let mut message = delivery.message().clone();
     let headers = &mut message.headers;
-    headers.insert(names::X_EVENT_ERROR, failure.describe());
+    headers.insert(names::X_EVENT_ERROR, bounded(failure.describe()));
     headers.insert(names::X_EVENT_ERROR_KIND, failure.kind().as_str());
     headers.insert(names::X_EVENT_ORIGINAL_TOPIC, delivery.topic());
     headers.insert(
@@ -34,6 +39,20 @@ pub fn dead_letter_message(delivery: &Delivery, handler: &str, failure: &Failure
         }
     }
     message
+}
+
+/// `error` cut to [`MAX_ERROR_LEN`] bytes (at a character boundary), saying so.
+fn bounded(mut error: String) -> String {
+    if error.len() > MAX_ERROR_LEN {
+        let total = error.len();
+        let mut cut = MAX_ERROR_LEN;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+        error.push_str(&format!("… (cut at {cut} of {total} bytes)"));
+    }
+    error
 }
 
 pub(super) async fn dead_letter<A: Acknowledge>(
@@ -147,4 +166,22 @@ pub(super) async fn dead_letter<A: Acknowledge>(
         Some((failure.kind(), failure.payload_kind())),
     );
     Settled::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary_and_says_so() {
+        assert_eq!(bounded("short".to_owned()), "short");
+        let long = "é".repeat(3000);
+        let cut = bounded(long);
+        assert!(cut.len() < MAX_ERROR_LEN + 40, "{}", cut.len());
+        assert!(
+            cut.ends_with("… (cut at 4096 of 6000 bytes)"),
+            "{}",
+            &cut[4000..]
+        );
+    }
 }
