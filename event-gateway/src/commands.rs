@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::connection::{Connection, Flow, Interrupted};
+use crate::connection::{Connection, Flow, Interrupted, Subscribed};
 use crate::frame::{Protocol, Reply};
 use crate::groups::{Group, INVALID_ID, JoinSettings, PendingSummary, Read, StreamId};
 
@@ -442,6 +442,14 @@ impl Connection {
                     self.reply(Reply::err(describe(&error)));
                     continue;
                 }
+                if !Subscribed::reserve(&self.shared) {
+                    let max = self.shared.config.max_subscriptions;
+                    self.reply(Reply::err(format!(
+                        "cannot subscribe to {name}: the gateway's connections already hold {max} \
+                         subscriptions (--max-subscriptions)"
+                    )));
+                    continue;
+                }
                 let sender = self.push_sender.clone();
                 let key = topic.clone();
                 let generation = self.next_generation;
@@ -464,10 +472,12 @@ impl Connection {
                 let options = SubscribeOptions::new().start_from(StartFrom::Latest);
                 match self.shared.broker.subscribe(&name, options, handler).await {
                     Ok(subscription) => {
+                        let subscribed = Subscribed::new(subscription, self.shared.clone());
                         self.subscriptions
-                            .insert(topic.clone(), (generation, subscription));
+                            .insert(topic.clone(), (generation, subscribed));
                     }
                     Err(error) => {
+                        Subscribed::unreserve(&self.shared);
                         self.reply(Reply::err(format!(
                             "cannot subscribe to {name}: {}",
                             describe(&error)

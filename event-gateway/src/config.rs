@@ -12,6 +12,7 @@ pub struct GatewayConfig {
     pub(crate) source: String,
     pub(crate) group_window: usize,
     pub(crate) max_groups: usize,
+    pub(crate) max_subscriptions: usize,
     pub(crate) subscriber_buffer: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_in_flight: usize,
@@ -27,6 +28,7 @@ impl Default for GatewayConfig {
             source: "event-gateway".to_owned(),
             group_window: 256,
             max_groups: 1024,
+            max_subscriptions: 4096,
             subscriber_buffer: 1024,
             drain_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
@@ -38,8 +40,9 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// The defaults: no password, 16 MiB arguments, `ce_source` `event-gateway`, 256 messages
-    /// per group, 1024 groups, 1024 per subscribing connection, 5 s to drain, 10 s before a message of a
-    /// closed connection goes to the next reader.
+    /// per group, 1024 groups, 4096 `SUBSCRIBE` subscriptions, 1024 messages per subscribing
+    /// connection, 5 s to drain, 10 s before a message of a closed connection goes to the next
+    /// reader.
     pub fn new() -> Self {
         GatewayConfig::default()
     }
@@ -84,6 +87,16 @@ impl GatewayConfig {
     #[must_use]
     pub fn max_groups(mut self, groups: usize) -> Self {
         self.max_groups = groups.max(1);
+        self
+    }
+
+    /// How many topics the gateway's connections hold subscribed at most, all together (each
+    /// `SUBSCRIBE` of a topic by a connection is a broker subscription of its own). A
+    /// subscription beyond it gets an error, so that clients subscribing to many topics
+    /// cannot make the gateway subscribe without bound.
+    #[must_use]
+    pub fn max_subscriptions(mut self, subscriptions: usize) -> Self {
+        self.max_subscriptions = subscriptions.max(1);
         self
     }
 

@@ -32,6 +32,44 @@ const WRITE_AT: usize = 64 * 1024;
 /// the `unsubscribe` reply), the topic and the payload.
 pub(crate) type Push = (u64, Bytes, Bytes);
 
+/// A `SUBSCRIBE` subscription, counted among the gateway's until it is dropped.
+pub(crate) struct Subscribed {
+    _subscription: Subscription,
+    shared: Arc<Shared>,
+}
+
+impl Subscribed {
+    /// Takes one of the gateway's `max_subscriptions`; `false` when none is left.
+    pub(crate) fn reserve(shared: &Shared) -> bool {
+        let max = shared.config.max_subscriptions;
+        shared
+            .subscribed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a reservation that found no subscription.
+    pub(crate) fn unreserve(shared: &Shared) {
+        shared.subscribed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A subscription made on a reservation.
+    pub(crate) fn new(subscription: Subscription, shared: Arc<Shared>) -> Self {
+        Subscribed {
+            _subscription: subscription,
+            shared,
+        }
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        Subscribed::unreserve(&self.shared);
+    }
+}
+
 /// Whether the connection goes on after a command.
 pub(crate) enum Flow {
     Continue,
@@ -50,7 +88,7 @@ pub(crate) struct Connection {
     pub(crate) authenticated: bool,
     pub(crate) name: Option<Bytes>,
     /// The broadcast subscriptions by topic, with their generation.
-    pub(crate) subscriptions: HashMap<Bytes, (u64, Subscription)>,
+    pub(crate) subscriptions: HashMap<Bytes, (u64, Subscribed)>,
     /// The generation of the next subscription.
     pub(crate) next_generation: u64,
     pub(crate) push_sender: mpsc::Sender<Push>,
@@ -95,6 +133,7 @@ impl Connection {
         let limits = Limits {
             max_bulk: shared.config.max_bulk,
             max_request: shared.config.max_bulk.saturating_mul(4).max(64 * 1024),
+            unauthenticated: false,
         };
         Connection {
             id,
@@ -143,7 +182,11 @@ impl Connection {
     async fn serve(&mut self) -> std::io::Result<()> {
         loop {
             loop {
-                match frame::next_request(&mut self.input, self.limits, &mut self.scan) {
+                let limits = frame::Limits {
+                    unauthenticated: !self.authenticated,
+                    ..self.limits
+                };
+                match frame::next_request(&mut self.input, limits, &mut self.scan) {
                     Ok(Some(args)) if args.is_empty() => {}
                     Ok(Some(args)) => {
                         if let Flow::Close = self.execute(args).await {
@@ -169,8 +212,10 @@ impl Connection {
             }
             self.flush().await?;
             self.input.reserve(16 * 1024);
+            // not biased: a subscription that always has a message must not keep the client's
+            // requests (an UNSUBSCRIBE, a PING) unread, nor a client that always sends keep its
+            // messages from it
             tokio::select! {
-                biased;
                 () = self.stop.cancelled() => {
                     self.settle_in_flight().await;
                     return self.flush().await;
@@ -182,13 +227,14 @@ impl Connection {
                         self.reply_owed(reply);
                     }
                 }
-                Some((generation, topic, payload)) = self.pushes.recv() => {
-                    if self.subscriptions.get(&topic).is_some_and(|(g, _)| *g == generation) {
-                        self.reply(Reply::Push(vec![
-                            Reply::bulk_static("message"),
-                            Reply::Bulk(topic),
-                            Reply::Bulk(payload),
-                        ]));
+                Some(push) = self.pushes.recv() => {
+                    self.push(push);
+                    // and what else waits, up to one write's worth: one write for all of them
+                    while self.output.len() < WRITE_AT {
+                        match self.pushes.try_recv() {
+                            Ok(push) => self.push(push),
+                            Err(_) => break,
+                        }
                     }
                 }
                 read = self.reader.read_buf(&mut self.input) => {
@@ -214,6 +260,21 @@ impl Connection {
         let bytes = self.in_flight_sizes.pop_front().unwrap_or(0);
         self.in_flight_bytes -= bytes;
         self.reply(reply);
+    }
+
+    /// Queues a subscription's message, unless it is from a subscription ended since.
+    fn push(&mut self, (generation, topic, payload): Push) {
+        if self
+            .subscriptions
+            .get(&topic)
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            self.reply(Reply::Push(vec![
+                Reply::bulk_static("message"),
+                Reply::Bulk(topic),
+                Reply::Bulk(payload),
+            ]));
+        }
     }
 
     /// Queues a reply behind those owed.

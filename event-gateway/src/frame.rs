@@ -50,6 +50,13 @@ pub enum ProtocolError {
         /// The limit.
         limit: usize,
     },
+    /// More than 10 arguments from a client that has not authenticated (as Redis refuses).
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedArguments,
+    /// An argument of more than 16 KiB from a client that has not authenticated (as Redis
+    /// refuses).
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulk,
     /// An array element that is not a bulk string.
     #[error("Protocol error: expected '$', got '{found}'")]
     ExpectedBulk {
@@ -72,7 +79,15 @@ pub enum ProtocolError {
 pub(crate) struct Limits {
     pub(crate) max_bulk: usize,
     pub(crate) max_request: usize,
+    /// The client has not authenticated (and a password is set): Redis's far smaller limits
+    /// apply, so that nobody holds a gateway's memory without the password.
+    pub(crate) unauthenticated: bool,
 }
+
+/// The most arguments of a request before authentication (Redis's limit).
+const UNAUTHENTICATED_ARGS: i64 = 10;
+/// The longest argument before authentication (Redis's limit).
+const UNAUTHENTICATED_BULK: u64 = 16 * 1024;
 
 /// How far the checks of an incomplete request got: they go on from there when more bytes
 /// arrive, instead of reading the request from its start again (which, for a request of a
@@ -149,6 +164,9 @@ fn multibulk(
         buf.advance(at);
         return Ok(Some(Vec::new()));
     }
+    if limits.unauthenticated && count > UNAUTHENTICATED_ARGS {
+        return Err(ProtocolError::UnauthenticatedArguments);
+    }
     if count as u64 > MAX_ARGS as u64 {
         return Err(ProtocolError::TooManyArguments {
             declared: count as u64,
@@ -170,6 +188,9 @@ fn multibulk(
             return Ok(None);
         };
         let len = u64::try_from(len).map_err(|_| ProtocolError::InvalidLength { what: "bulk" })?;
+        if limits.unauthenticated && len > UNAUTHENTICATED_BULK {
+            return Err(ProtocolError::UnauthenticatedBulk);
+        }
         if len > limits.max_bulk as u64 {
             return Err(ProtocolError::BulkTooLarge {
                 declared: len,
@@ -383,6 +404,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_bulk: 16,
         max_request: 64,
+        unauthenticated: false,
     };
 
     fn read(bytes: &[u8]) -> (Result<Option<Vec<Bytes>>, ProtocolError>, usize) {
@@ -484,6 +506,40 @@ mod tests {
         }
         assert!(buf.is_empty());
         assert_eq!((scan.seen, scan.at), (0, 0), "reset for the next request");
+    }
+
+    #[test]
+    fn before_authentication_requests_are_small() {
+        let limits = Limits {
+            max_bulk: 1 << 20,
+            max_request: 4 << 20,
+            unauthenticated: true,
+        };
+        let read =
+            |bytes: &[u8]| next_request(&mut BytesMut::from(bytes), limits, &mut Scan::default());
+        // refused from the prefix alone, before the bytes arrive
+        assert_eq!(
+            read(b"*11\r\n"),
+            Err(ProtocolError::UnauthenticatedArguments)
+        );
+        assert_eq!(
+            read(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n"),
+            Err(ProtocolError::UnauthenticatedBulk)
+        );
+        assert_eq!(read(b"*10\r\n"), Ok(None), "ten arguments are fine");
+        assert_eq!(read(b"*1\r\n$16384\r\n"), Ok(None), "and 16 KiB");
+        let authenticated = Limits {
+            unauthenticated: false,
+            ..limits
+        };
+        assert_eq!(
+            next_request(
+                &mut BytesMut::from(&b"*11\r\n"[..]),
+                authenticated,
+                &mut Scan::default()
+            ),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ OPTIONS:
   --source NAME            ce_source of messages published without one [default: event-gateway]
   --group-window N         messages a queue group holds at most, read or waiting [default: 256]
   --max-groups N           queue groups the gateway joins at most [default: 1024]
+  --max-subscriptions N    SUBSCRIBE subscriptions of all connections at most [default: 4096]
   --subscriber-buffer N    messages waiting for a slow SUBSCRIBE connection [default: 1024]
   --reclaim-after SECONDS  how long messages read on a closed connection stay its consumer's
                            before the next reader gets them [default: 10]
@@ -115,6 +116,10 @@ fn parse(
             "--max-groups" => {
                 let v = value()?;
                 config = config.max_groups(v.parse().map_err(|e| invalid(&v, &e))?);
+            }
+            "--max-subscriptions" => {
+                let v = value()?;
+                config = config.max_subscriptions(v.parse().map_err(|e| invalid(&v, &e))?);
             }
             "--subscriber-buffer" => {
                 let v = value()?;

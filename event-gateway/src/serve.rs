@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) connected: AtomicUsize,
     /// Connections waiting in a blocking command, for `INFO`.
     pub(crate) blocked: AtomicUsize,
+    /// `SUBSCRIBE` subscriptions held by all connections (at most `max_subscriptions`).
+    pub(crate) subscribed: AtomicUsize,
     pub(crate) last_id: Mutex<StreamId>,
 }
 
@@ -97,6 +99,7 @@ impl Gateway {
                 next_client: AtomicU64::new(1),
                 connected: AtomicUsize::new(0),
                 blocked: AtomicUsize::new(0),
+                subscribed: AtomicUsize::new(0),
                 last_id: Mutex::new(StreamId { ms: 0, seq: 0 }),
             }),
         }

@@ -160,3 +160,138 @@ async fn a_subscriber_that_stops_reading_slows_the_broker_not_the_gateway() {
     drop(stalled);
     gw.stop().await;
 }
+
+/// Reads from `socket` until what came ends a read with `needle` in it; all of it.
+async fn read_until(socket: &mut TcpStream, needle: &str) -> String {
+    let needle = needle.as_bytes();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = socket.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before {:?}", String::from_utf8_lossy(needle));
+            // only the new bytes (and the needle's length before them) can hold it
+            let from = got.len().saturating_sub(needle.len());
+            got.extend_from_slice(&buf[..n]);
+            if got[from..].windows(needle.len()).any(|w| w == needle) {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {:?} within 10 s", String::from_utf8_lossy(needle)));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_authentication_a_request_is_small_as_in_redis() {
+    let gw = TestGateway::start(Arc::new(MemoryBroker::new()), config().password("s3cret")).await;
+    // refused from the prefix alone, with Redis's words, and the connection ends
+    assert_eq!(
+        reply_then_close(&gw, b"*11\r\n").await,
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    assert_eq!(
+        reply_then_close(&gw, b"*2\r\n$4\r\nAUTH\r\n$16385\r\n").await,
+        "-ERR Protocol error: unauthenticated bulk length\r\n"
+    );
+    // once authenticated, the configured limits apply
+    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+    socket
+        .write_all(b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n")
+        .await
+        .unwrap();
+    read_until(&mut socket, "+OK\r\n").await;
+    let mut echo = b"*11\r\n$4\r\nECHO\r\n".to_vec();
+    for _ in 0..10 {
+        echo.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    socket.write_all(&echo).await.unwrap();
+    let reply = read_until(&mut socket, "\r\n").await;
+    assert!(reply.contains("wrong number of arguments"), "{reply}");
+    assert_eq!(ping(&mut socket).await, "+PONG\r\n");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_the_limit_are_refused() {
+    let gw = TestGateway::start(Arc::new(MemoryBroker::new()), config().max_subscriptions(2)).await;
+    let mut first = TcpStream::connect(gw.addr).await.unwrap();
+    first
+        .write_all(b"*4\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n")
+        .await
+        .unwrap();
+    let refused = "-ERR cannot subscribe to c: the gateway's connections already hold 2 \
+                   subscriptions (--max-subscriptions)\r\n";
+    let replies = read_until(&mut first, refused).await;
+    assert!(replies.contains("$1\r\nb\r\n:2\r\n"), "{replies}");
+    // the limit counts every connection's subscriptions
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    second
+        .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nd\r\n")
+        .await
+        .unwrap();
+    read_until(
+        &mut second,
+        "-ERR cannot subscribe to d: the gateway's connections already hold 2",
+    )
+    .await;
+    // one given up is one free
+    first
+        .write_all(b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$1\r\na\r\n")
+        .await
+        .unwrap();
+    read_until(&mut first, "unsubscribe").await;
+    second
+        .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nd\r\n")
+        .await
+        .unwrap();
+    read_until(&mut second, "$9\r\nsubscribe\r\n$1\r\nd\r\n:1\r\n").await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_subscription_does_not_keep_its_connection_s_requests_unread() {
+    let broker = Arc::new(MemoryBroker::builder().capacity(8).build());
+    let gw = TestGateway::start(broker.clone(), config().subscriber_buffer(4)).await;
+    let mut subscriber = TcpStream::connect(gw.addr).await.unwrap();
+    subscriber
+        .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nfeed\r\n")
+        .await
+        .unwrap();
+    read_until(&mut subscriber, ":1\r\n").await;
+    // a publisher that always has the next message ready, until the test ends; 1 MiB
+    // messages, so that each write to the subscriber takes a while
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = tokio::spawn({
+        let (broker, stop) = (broker.clone(), stop.clone());
+        let payload = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = broker.publish("feed", Message::new(payload.clone())).await;
+            }
+        }
+    });
+    // the subscriber reads nothing until the gateway's buffer for it is full and the broker
+    // holds the rest
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while broker.pending("feed") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the broker holds messages for the subscriber");
+    // the subscription's messages keep coming; the UNSUBSCRIBE is read and answered anyway
+    subscriber
+        .write_all(b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$4\r\nfeed\r\n")
+        .await
+        .unwrap();
+    read_until(
+        &mut subscriber,
+        "$11\r\nunsubscribe\r\n$4\r\nfeed\r\n:0\r\n",
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap();
+    gw.stop().await;
+}
