@@ -209,3 +209,61 @@ async fn dead_letters_nobody_subscribes_to_are_kept_and_bounded() {
     assert!(broker.unclaimed_dead_letters(&dead_letter_topic).is_empty());
     broker.disconnect().await.expect("disconnect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_waiting_for_room_is_kept_when_the_last_reader_leaves() {
+    let broker = MemoryBroker::builder().capacity(1).build();
+    broker.connect().await.expect("connect");
+    let topic = format!("{}.dlq", unique("left"));
+    // a reader of the dead-letter topic that holds the first dead letter in its handler
+    let hold = Arc::new(Semaphore::new(0));
+    let (seen_tx, mut seen) = Collector::new(WAIT);
+    let reader = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().drain_timeout(Duration::from_millis(10)),
+            handler_fn("holder", {
+                let hold = hold.clone();
+                move |d: Delivery| {
+                    let (hold, seen_tx) = (hold.clone(), seen_tx.clone());
+                    async move {
+                        let _ = seen_tx.send(d.payload().clone());
+                        let _ = hold.acquire().await;
+                        Outcome::Ack
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let dead_letter = |payload: &'static str| {
+        Message::new(payload).with_header(names::X_EVENT_ERROR, "handler failed")
+    };
+    broker
+        .publish(&topic, dead_letter("first"))
+        .await
+        .expect("publish");
+    seen.until("the first in its handler", |s| s.len() == 1)
+        .await;
+    // the queue's one slot is taken: this publish waits for room
+    let waiting = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(&topic, dead_letter("second")).await }
+    });
+    let topic = reader.topic().to_owned();
+    eventually("the second publish waits", || {
+        broker.waiting_publishes(&topic) == 1
+    })
+    .await;
+    // the only reader leaves (its handler abandoned after the drain timeout): the waiting
+    // dead letter has no queue left, and is kept rather than lost
+    reader.unsubscribe().await;
+    waiting.await.unwrap().expect("published");
+    let kept = broker.unclaimed_dead_letters(&topic);
+    assert_eq!(
+        kept.iter().map(|m| m.payload.clone()).collect::<Vec<_>>(),
+        ["second"]
+    );
+    hold.add_permits(1);
+    broker.disconnect().await.expect("disconnect");
+}

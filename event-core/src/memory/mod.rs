@@ -187,6 +187,12 @@ impl MemoryBroker {
         queues.iter().map(|q| q.slots.in_use()).sum()
     }
 
+    /// How many publishes to `topic` wait for room in a full queue.
+    pub fn waiting_publishes(&self, topic: &str) -> usize {
+        self.topic(topic)
+            .map_or(0, |topic| topic.waiting.load(Ordering::Acquire))
+    }
+
     fn topic(&self, topic: &str) -> Option<Arc<Topic>> {
         self.inner
             .topics
@@ -226,6 +232,7 @@ impl MemoryBroker {
         let sequence = state.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let queues = state.snapshot();
         let mut message = Some(message);
+        let mut delivered = false;
         for (i, queue) in queues.iter().enumerate() {
             if !queue.slots.try_take() {
                 let wait = queue.slots.take(&queue.closed);
@@ -251,6 +258,12 @@ impl MemoryBroker {
                 sequence,
                 attempt: 1,
             });
+            delivered = true;
+        }
+        if !delivered && let Some(message) = message {
+            // every queue left while this publish waited: a dead letter is kept, as one
+            // published to a topic without subscribers is
+            self.keep_if_dead_letter(topic, message);
         }
         Ok(Receipt::new(Position::sequence(sequence)))
     }
