@@ -1,6 +1,7 @@
 //! [`MemoryBrokerBuilder`]: the settings of a memory broker.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub struct MemoryBrokerBuilder {
     publish_timeout: Duration,
     batch_wait: Duration,
     unclaimed_capacity: usize,
+    shared: bool,
 }
 
 impl MemoryBrokerBuilder {
@@ -30,7 +32,15 @@ impl MemoryBrokerBuilder {
             publish_timeout: Duration::from_secs(30),
             batch_wait: DEFAULT_BATCH_WAIT,
             unclaimed_capacity: 1_000,
+            shared: false,
         }
+    }
+
+    /// The process-wide broker of [`MemoryBroker::shared`]: it closes when each `connect`
+    /// has had its `disconnect`.
+    pub(super) fn shared(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     /// How many dead letters the broker keeps per topic while nothing subscribes to that
@@ -104,6 +114,7 @@ impl MemoryBrokerBuilder {
                 unclaimed: Mutex::new(HashMap::new()),
                 unclaimed_capacity: self.unclaimed_capacity,
                 topics: RwLock::new(HashMap::default()),
+                users: self.shared.then(|| AtomicUsize::new(0)),
             }),
         }
     }

@@ -42,7 +42,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -98,6 +98,9 @@ struct Inner {
     unclaimed_capacity: usize,
     /// Looked up on every publish: a fast (seeded) hash instead of SipHash.
     topics: RwLock<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
+    /// A process-wide broker's connects not yet disconnected: one user's disconnect (one
+    /// service's shutdown) does not close it under the others. `None` for a broker of its own.
+    users: Option<AtomicUsize>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -128,7 +131,10 @@ impl MemoryBroker {
     }
 
     /// The process-wide broker named `name` (`""` is the default one, `memory://`), created on
-    /// first use. Services in one process that use `EVENT_BROKER=memory://` share it.
+    /// first use. Services in one process that use `EVENT_BROKER=memory://` share it; it
+    /// closes when each [`connect`](Broker::connect) has had its
+    /// [`disconnect`](Broker::disconnect), so that one service's shutdown does not close it
+    /// under the others.
     pub fn shared(name: &str) -> MemoryBroker {
         static SHARED: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
         let mut all = SHARED
@@ -136,7 +142,7 @@ impl MemoryBroker {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         all.entry(name.to_owned())
-            .or_insert_with(|| MemoryBroker::builder().name(name).build())
+            .or_insert_with(|| MemoryBroker::builder().name(name).shared().build())
             .clone()
     }
 
@@ -381,11 +387,25 @@ impl Broker for MemoryBroker {
     }
 
     async fn connect(&self) -> Result<(), BrokerError> {
+        if let Some(users) = &self.inner.users {
+            users.fetch_add(1, Ordering::AcqRel);
+        }
         self.inner.lifecycle.open();
         Ok(())
     }
 
     async fn disconnect(&self) -> Result<(), BrokerError> {
+        if let Some(users) = &self.inner.users {
+            let before = users
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(1))
+                })
+                .unwrap_or_default();
+            if before > 1 {
+                // others still use the process-wide broker
+                return Ok(());
+            }
+        }
         self.inner.lifecycle.close().await;
         Ok(())
     }

@@ -264,3 +264,31 @@ async fn publishes_reach_their_own_broker_and_topic_through_the_thread_cache() {
     send(&second, "same", "second, last".to_owned()).await;
     assert_eq!(next(&mut on_second).await, "second, last");
 }
+
+#[tokio::test]
+async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
+    let name = format!("two-users-{}", std::process::id());
+    let (a, b) = (MemoryBroker::shared(&name), MemoryBroker::shared(&name));
+    a.connect().await.unwrap();
+    b.connect().await.unwrap();
+    a.disconnect().await.unwrap();
+    // one service's shutdown leaves the other's broker open
+    b.publish("orders", Message::new("still open"))
+        .await
+        .expect("open");
+    b.disconnect().await.unwrap();
+    let refused = b.publish("orders", Message::new("closed")).await;
+    assert!(
+        matches!(
+            refused.unwrap_err().broker_error(),
+            BrokerError::Closed { .. }
+        ),
+        "closed by its last user"
+    );
+    // a broker of its own closes at its disconnect, as before
+    let own = MemoryBroker::new();
+    own.connect().await.unwrap();
+    own.connect().await.unwrap();
+    own.disconnect().await.unwrap();
+    assert!(own.publish("orders", Message::new("x")).await.is_err());
+}
