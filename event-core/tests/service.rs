@@ -103,6 +103,12 @@ fn duplicate_subscription_is_rejected_with_both_locations() {
         assert!(text.contains(&location), "{location} missing in: {text}");
     }
     assert!(text.contains("send_welcome"), "{text}");
+    // two closures of one function are two handlers, named by where they are
+    let closures = Service::builder("mailer")
+        .broker(MemoryBroker::new())
+        .subscribe_with(TOPIC, mailer(), |_: UserCreated| async {})
+        .subscribe_with(TOPIC, mailer(), |_: UserCreated| async {});
+    assert!(closures.build().is_ok(), "two closures are not duplicates");
     assert!(text.contains("(queue mailer)"), "{text}");
 }
 

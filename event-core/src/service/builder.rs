@@ -99,11 +99,20 @@ impl ServiceBuilder {
         Args: 'static,
         H: Handler<M, Args>,
     {
+        let location = Location::caller();
+        // every closure of one function has the same type name: its place tells them apart
+        // (in the duplicate check, in logs, in a dead letter's x-event-handler)
+        let type_name = std::any::type_name::<H>();
+        let name = if type_name.contains("{{closure}}") {
+            format!("{type_name}@{}:{}", location.file, location.line)
+        } else {
+            type_name.to_owned()
+        };
         self.subscribers.push(Planned {
             topic: topic.topic_name().to_owned(),
             options,
-            subscriber: ErasedSubscriber::new::<M, Args, H>(handler, std::any::type_name::<H>()),
-            location: Location::caller(),
+            subscriber: ErasedSubscriber::new::<M, Args, H>(handler, name),
+            location,
             registered: false,
         });
         self
