@@ -201,6 +201,13 @@ impl ConsumerTelemetry {
         metrics::counter!(name, labels).increment(1);
     }
 
+    /// An acknowledgement failed with a broker error of `error_kind`.
+    pub(crate) fn ack_failed(&self, error_kind: &'static str) {
+        let mut labels = self.labels.clone();
+        labels.push(Label::new(label::ERROR_KIND, error_kind));
+        metrics::counter!(metric::ACK_FAILURES, labels).increment(1);
+    }
+
     /// A dead-letter publish failed with a broker error of `error_kind`.
     pub(crate) fn dead_letter_failed(&self, error_kind: &'static str) {
         let mut labels = self.labels.clone();

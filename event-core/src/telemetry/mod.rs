@@ -170,6 +170,11 @@ pub mod metric {
     /// says how many are held). Labels as consumed, plus error_kind: the broker error's kind
     /// (`topic-not-found`, `unavailable`, `timeout`, …).
     pub const DEAD_LETTER_FAILURES: &str = "event_dead_letter_failures_total";
+    /// Counter: acknowledgements that failed (the broker refused one, or the connection was
+    /// gone): the broker delivers the message again. Labels as consumed, plus error_kind: the
+    /// broker error's kind. Backends that acknowledge in the background (RabbitMQ, NATS) log
+    /// their own failures there.
+    pub const ACK_FAILURES: &str = "event_ack_failures_total";
     /// Counter: messages that could not be decoded as the subscriber's type, by what the bytes
     /// looked like. Labels as consumed, plus payload_kind.
     pub const DECODE_ERRORS: &str = "event_decode_errors_total";

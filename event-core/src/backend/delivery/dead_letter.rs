@@ -158,7 +158,8 @@ pub(super) async fn dead_letter<A: Acknowledge>(
     drop(stalled);
     let (_, acker) = pending.take();
     if let Err(error) = in_span(&span, acker.ack()).await {
-        tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge after dead-lettering failed; the broker will redeliver");
+        // the dead letter is out; the original comes again, and is dead-lettered again
+        super::settle::ack_failed(ctx, &span, &error);
     }
     ctx.telemetry.settled(
         &span,

@@ -11,7 +11,9 @@ use futures_util::FutureExt;
 use tracing::Span;
 
 use crate::backend::{Acknowledge, Incoming};
-use crate::broker::{Delivery, Failure, FailureKind, HandlerPanicked, Outcome, RawHandler};
+use crate::broker::{
+    BrokerError, Delivery, Failure, FailureKind, HandlerPanicked, Outcome, RawHandler,
+};
 use crate::telemetry::RunOutcome;
 
 use super::dead_letter::dead_letter;
@@ -88,7 +90,7 @@ pub(super) async fn process<A: Acknowledge>(
                 // acknowledgement, which may wait on the broker
                 pending.delivery = None;
                 if let Err(error) = in_span(&span, acker.ack()).await {
-                    tracing::warn!(parent: &span, topic = %ctx.topic, %error, "acknowledge failed; the broker will redeliver");
+                    ack_failed(ctx, &span, &error);
                 }
                 ctx.telemetry.settled(&span, RunOutcome::Acked, None);
                 return Settled::Done;
@@ -149,6 +151,29 @@ async fn back_off<A: Acknowledge>(
             Some(Settled::Returned)
         }
     }
+}
+
+/// Counts a failed acknowledgement, and logs it (once per 10 s per topic and handler, with
+/// how many were not logged: a broker that is gone fails every one).
+pub(super) fn ack_failed(ctx: &LoopContext, span: &Span, error: &BrokerError) {
+    ctx.telemetry.ack_failed(error.kind());
+    ctx.log.error(
+        (
+            ctx.topic.to_string(),
+            ctx.handler.name().to_owned(),
+            "ack-failed",
+        ),
+        |suppressed| {
+            tracing::warn!(
+                parent: span,
+                topic = %ctx.topic,
+                handler = ctx.handler.name(),
+                %error,
+                suppressed_since_last = suppressed,
+                "acknowledge failed; the broker will deliver the message again"
+            );
+        },
+    );
 }
 
 /// Polls `future` inside `span`, entering it for each poll only (no guard is held across an
