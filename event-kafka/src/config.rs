@@ -218,8 +218,7 @@ impl KafkaBrokerBuilder {
 
     /// How many fetched messages of one partition may wait for a handler (default 512). A
     /// partition that reaches it and does not drain to half within 50 ms (a stuck or slow key,
-    /// not a burst), or reaches twice it meanwhile, is paused, alone, until half of them are
-    /// taken; the others keep flowing.
+    /// not a burst) is paused, alone, until half of them are taken; the others keep flowing.
     pub fn max_buffered_per_partition(mut self, n: usize) -> Self {
         self.max_buffered_per_partition = n.max(1);
         self

@@ -15,9 +15,9 @@
 //! **Backpressure per partition**: when [`max_buffered_per_partition`] records of one
 //! partition wait for a handler and do not drain to half of that within [`PAUSE_GRACE`] (a
 //! burst from one fetch does), that partition alone is paused (librdkafka stops fetching it)
-//! until half of them are taken; the other partitions keep flowing, during the grace too (the
-//! poller does not wait for it), and a partition that reaches twice the limit within the
-//! grace is paused at once. So a stalled key holds its
+//! until half of them are taken; the other partitions keep flowing (during the grace their
+//! records wait in librdkafka: the poller waits, as reading on is what would fill the
+//! partition further). So a stalled key holds its
 //! own partition, never the subscription.
 //!
 //! **Revocation waits for in-flight work**: when a rebalance takes partitions away, their

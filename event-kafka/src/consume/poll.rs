@@ -26,15 +26,20 @@ use crate::wire::{Batch, Copies};
 /// How long one poll of the poller thread blocks: the longest a stop waits for it.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a full partition has to drain to half before the poller pauses it.
+/// How long the poller waits for a full partition to drain to half before it pauses it.
 ///
 /// Pausing is not free: librdkafka drops the partition's records it fetched ahead, and a
 /// resume fetches them again, a round trip that may wait behind a long-polled fetch. A
 /// partition whose handlers merely lag behind a burst (every fetch brings hundreds of records
 /// at once) drains in far less than this, and is never paused; one held by a stuck or slow
 /// key does not, and is paused after this long, from then on costing the others nothing.
-/// The poller does not wait for it: it goes on reading every partition meanwhile, and pauses
-/// at once a partition that reaches twice its read-ahead limit within the grace.
+///
+/// The poller waits on purpose: not reading is what holds a partition whose handlers merely
+/// lag back without pausing it (reading on, it would file the records librdkafka holds, four
+/// times faster than a handler takes them, and pause at once). The others wait with it, at
+/// most this long per time a partition fills; their records stay in librdkafka's queue
+/// meanwhile. Tried the other way (reading on, pausing after the grace or at twice the
+/// limit): typed consume fell from 72 % to 40–49 % of the raw loop (64 B, BENCHMARKS.md).
 pub(super) const PAUSE_GRACE: Duration = Duration::from_millis(50);
 
 /// The most records the poller files at once.
@@ -88,23 +93,6 @@ impl Shared {
                 ps.paused = change != Flow::Pause;
             }
         }
-    }
-
-    /// Pauses each partition of `filling` that is still full after [`PAUSE_GRACE`], or at
-    /// twice its read-ahead limit already; forgets those that drained to half (or were
-    /// paused or revoked meanwhile).
-    fn pause_the_full(&self, consumer: &KafkaConsumer, filling: &mut Vec<(i32, Instant)>) {
-        let limit = self.settings.max_buffered;
-        filling.retain(
-            |&(partition, since)| match self.waiting_while_full(partition) {
-                None => false,
-                Some(waiting) if waiting >= 2 * limit || since.elapsed() >= PAUSE_GRACE => {
-                    self.apply_flow(consumer, partition, true);
-                    false
-                }
-                Some(_) => true,
-            },
-        );
     }
 
     /// Hands the offsets stored since the last call to librdkafka, which commits them with its
@@ -377,9 +365,6 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
     let mut last_store = Instant::now();
     let mut batch = Vec::with_capacity(RECEIVE_BATCH);
     let mut full = Vec::new();
-    // partitions at their read-ahead limit, and since when: each is paused if it is still
-    // full after PAUSE_GRACE
-    let mut filling: Vec<(i32, Instant)> = Vec::new();
     let mut copies = Copies::default();
     while !stop.load(Ordering::Acquire) {
         // finished offsets reach librdkafka here, at most every STORE_INTERVAL, rather than
@@ -389,13 +374,7 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
             shared.store_offsets(consumer);
             last_store = Instant::now();
         }
-        // a partition in its grace is looked at again when the grace ends
-        let wait = filling
-            .iter()
-            .map(|(_, since)| PAUSE_GRACE.saturating_sub(since.elapsed()))
-            .min()
-            .map_or(POLL_INTERVAL, |grace| grace.min(POLL_INTERVAL));
-        match consumer.poll(wait) {
+        match consumer.poll(POLL_INTERVAL) {
             Some(Ok(record)) => {
                 // one topic reference, one clock reading and shared copy buffers per batch
                 let mut copying = Batch::new(&shared.settings.topic, std::mem::take(&mut copies));
@@ -418,18 +397,14 @@ pub(super) fn poll(consumer: &KafkaConsumer, shared: &Shared, stop: &AtomicBool)
                 }
                 copies = copying.into_copies();
                 shared.receive(&mut batch, &mut full);
-                let now = Instant::now();
                 for partition in full.drain(..) {
-                    if !filling.iter().any(|(p, _)| *p == partition) {
-                        filling.push((partition, now));
+                    if !shared.drains_within(partition, PAUSE_GRACE) {
+                        shared.apply_flow(consumer, partition, true);
                     }
                 }
             }
             Some(Err(error)) => log_error(&error),
             None => {}
-        }
-        if !filling.is_empty() {
-            shared.pause_the_full(consumer, &mut filling);
         }
     }
     shared.store_offsets(consumer);

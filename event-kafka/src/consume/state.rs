@@ -84,6 +84,8 @@ pub(super) struct Shared {
     state: Mutex<State>,
     /// Signalled when a revoking partition's last running record settles.
     settled: Condvar,
+    /// Signalled when a partition's waiting records drop to half the read-ahead.
+    drained: Condvar,
     /// Held while a pause or resume is decided and applied, so that the two never reorder.
     pub(super) flow: Mutex<()>,
     pub(super) ready_signal: Notify,
@@ -224,6 +226,7 @@ impl Shared {
             settings,
             state: Mutex::new(State::default()),
             settled: Condvar::new(),
+            drained: Condvar::new(),
             flow: Mutex::new(()),
             ready_signal: Notify::new(),
             assignments: watch::Sender::new(0),
@@ -357,16 +360,23 @@ impl Shared {
         }
     }
 
-    /// How many records of `partition` wait for a handler, while it is above half its
-    /// read-ahead and unpaused (a pause may stop it); `None` otherwise.
-    pub(super) fn waiting_while_full(&self, partition: i32) -> Option<usize> {
+    /// Waits up to `grace` for a full `partition` to drain to half its read-ahead; `false`
+    /// when it did not (and is still held, unpaused).
+    pub(super) fn drains_within(&self, partition: i32, grace: Duration) -> bool {
         let limit = self.settings.max_buffered;
+        let full = |state: &State| {
+            !state.closed
+                && state
+                    .partitions
+                    .get(&partition)
+                    .is_some_and(|ps| ps.stays_full(limit))
+        };
         let state = self.lock();
-        state
-            .partitions
-            .get(&partition)
-            .filter(|ps| !state.closed && ps.stays_full(limit))
-            .map(|ps| ps.queued)
+        let (state, _) = self
+            .drained
+            .wait_timeout_while(state, grace, |state| full(state))
+            .unwrap_or_else(|p| p.into_inner());
+        !full(&state)
     }
 
     /// Takes the next record whose lane is free; also returns its partition when fetching it
@@ -388,6 +398,9 @@ impl Shared {
             };
             ps.queued -= 1;
             ps.running += 1;
+            if ps.queued == self.settings.max_buffered / 2 {
+                self.drained.notify_all();
+            }
             let resume = (ps.flow(self.settings.max_buffered) == Some(Flow::Resume))
                 .then_some(next.partition);
             return Some(Ok((next, resume)));
@@ -563,6 +576,7 @@ impl Shared {
     pub(super) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        self.drained.notify_all();
         state
             .partitions
             .values_mut()
