@@ -8,14 +8,18 @@
 //! ```
 //!
 //! Runs, for 64 B and 1 KiB events (`bench.v1.Tick`), each on its own fresh topic:
-//! - `publish raw`: `FutureProducer::send_result` of the pre-encoded bytes with the same
-//!   header set a typed publish writes, up to `WINDOW` delivery reports outstanding;
+//! - `publish raw`: the best loop a user of rdkafka writes for the same events: per event it
+//!   encodes the `Tick` and sends it with `FutureProducer::send_result` and the header set a
+//!   typed publish writes (each event's own id and time, made before the clock starts, as the
+//!   application's code makes them), up to `WINDOW` delivery reports outstanding; `publish
+//!   raw prebuilt` (the row `vs pre`, for reference) sends payloads encoded before the clock
+//!   starts, with one fixed header set, which no producer of new events can do;
 //! - `publish typed`: `Publisher<Tick>::publish` (id, time, headers, encode, produce, delivery
 //!   report), `WINDOW` publishes in flight in a `FuturesUnordered` (each enqueued by the call);
 //! - `consume raw`: the faster of two raw loops, each in a new group reading the topic from
-//!   the start, storing each offset after a no-op "handler" and committing every second (what
-//!   a careful raw consumer does): a `StreamConsumer` awaited on the runtime, and a
-//!   `BaseConsumer` polled on a thread of its own; a third loop, the `BaseConsumer` one reading
+//!   the start, decoding each record's `Tick` for a no-op "handler", then storing its offset
+//!   and committing every second (what a careful raw consumer does): a `StreamConsumer`
+//!   awaited on the runtime, and a `BaseConsumer` polled on a thread of its own; a third loop, the `BaseConsumer` one reading
 //!   each record's headers too, is printed beside them but not taken as the raw side;
 //! - `consume typed`: a `Service` with a no-op `async fn(Tick)` handler in a new group, from
 //!   the start (decode, delivery loop, offset store after the handler).
@@ -163,19 +167,33 @@ fn typed_like_headers() -> Vec<(&'static str, Bytes)> {
     ]
 }
 
-async fn publish_raw(n: u64, size: usize) -> f64 {
+/// The raw publish loop; `prebuilt` sends payloads encoded before the clock starts and one
+/// fixed header set, else each `Tick` is encoded as it is sent, with its own id and time.
+async fn publish_raw(n: u64, size: usize, prebuilt: bool) -> f64 {
     let admin = broker().await;
     let topic = topic(&admin, "pubraw").await;
     let producer = raw_producer();
-    let payloads: Vec<Bytes> = (0..n)
-        .map(|i| tick(i, size).encode_to_vec().into())
-        .collect();
+    let ticks: Vec<Tick> = (0..n).map(|i| tick(i, size)).collect();
+    let payloads: Vec<Bytes> = if prebuilt {
+        ticks.iter().map(|t| t.encode_to_vec().into()).collect()
+    } else {
+        Vec::new()
+    };
     let headers = typed_like_headers();
+    // each event's id and time, as the application's code makes them
+    let (ids, times): (Vec<String>, Vec<String>) = (0..n)
+        .map(|i| {
+            (
+                format!("01a2006b-4b28-76c4-ac5d-{i:012x}"),
+                format!("2026-11-21T23:00:{:02}.{:03}Z", i / 1000 % 60, i % 1000),
+            )
+        })
+        .unzip();
     // one record first, as the typed side looks the topic up before it times: the producer
     // then knows the topic's partitions and leaders
     producer
         .send(
-            FutureRecord::<(), _>::to(&topic).payload(&payloads[0][..]),
+            FutureRecord::<(), _>::to(&topic).payload(&ticks[0].encode_to_vec()),
             Duration::from_secs(10),
         )
         .await
@@ -183,17 +201,29 @@ async fn publish_raw(n: u64, size: usize) -> f64 {
         .expect("warm-up record");
     let t = Instant::now();
     let mut in_flight = FuturesUnordered::new();
-    for payload in &payloads {
+    for (i, tick) in ticks.iter().enumerate() {
+        let encoded;
+        let payload: &[u8] = if prebuilt {
+            &payloads[i]
+        } else {
+            encoded = tick.encode_to_vec();
+            &encoded
+        };
         let h = headers
             .iter()
             .fold(OwnedHeaders::new_with_capacity(6), |h, (k, v)| {
+                let value: &[u8] = match *k {
+                    "ce_id" if !prebuilt => ids[i].as_bytes(),
+                    "ce_time" if !prebuilt => times[i].as_bytes(),
+                    _ => v,
+                };
                 h.insert(Header {
                     key: k,
-                    value: Some(&v[..]),
+                    value: Some(value),
                 })
             });
         let record = FutureRecord::<(), _>::to(&topic)
-            .payload(&payload[..])
+            .payload(payload)
             .headers(h);
         let delivery = producer
             .send_result(record)
@@ -279,8 +309,9 @@ async fn consume_raw_stream(topic: &str, n: u64) -> Measured {
     for _ in 0..n {
         let record = consumer.recv().await.expect("record");
         first.get_or_insert_with(Started::now);
-        // the no-op handler, then the offset store a careful consumer does after it
-        std::hint::black_box(record.payload());
+        // the no-op handler of the decoded event, then the offset store a careful consumer
+        // does after it
+        std::hint::black_box(Tick::decode(record.payload().unwrap_or_default()).expect("a Tick"));
         consumer.store_offset_from_message(&record).expect("store");
     }
     first.expect("records").finish(n)
@@ -301,7 +332,9 @@ async fn consume_raw_base(topic: &str, n: u64, headers: bool) -> Measured {
             };
             let record = record.expect("record");
             first.get_or_insert_with(Started::now);
-            std::hint::black_box(record.payload());
+            std::hint::black_box(
+                Tick::decode(record.payload().unwrap_or_default()).expect("a Tick"),
+            );
             if headers && let Some(headers) = record.headers() {
                 for header in headers.iter() {
                     std::hint::black_box((header.key, header.value));
@@ -472,17 +505,20 @@ fn main() {
             if only.as_deref().is_some_and(|o| o != "publish") {
                 break;
             }
-            let (mut raw, mut typed) = (Vec::new(), Vec::new());
+            let (mut raw, mut prebuilt, mut typed) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 if round % 2 == 0 {
-                    raw.push(publish_raw(n, size).await);
+                    raw.push(publish_raw(n, size, false).await);
+                    prebuilt.push(publish_raw(n, size, true).await);
                     typed.push(publish_typed(n, size).await);
                 } else {
                     typed.push(publish_typed(n, size).await);
-                    raw.push(publish_raw(n, size).await);
+                    prebuilt.push(publish_raw(n, size, true).await);
+                    raw.push(publish_raw(n, size, false).await);
                 }
             }
             row("publish", size, &raw, &typed);
+            row("  vs pre", size, &prebuilt, &typed);
         }
         for size in [64usize, 1024] {
             if only.as_deref().is_some_and(|o| o != "consume") {
