@@ -296,7 +296,11 @@ impl Shared {
     pub(super) fn receive(&self, batch: &mut Vec<Fetched>, full: &mut Vec<i32>) {
         let mut state = self.lock();
         let State {
-            partitions, ready, ..
+            partitions,
+            ready,
+            next_generation,
+            store_pending,
+            ..
         } = &mut *state;
         let mut readied = false;
         for Fetched {
@@ -314,23 +318,29 @@ impl Shared {
             if let Some(next) = ps.next_offset
                 && offset < next
             {
-                if ps.unfinished.contains(&offset) {
-                    // received already: it is in a lane or a handler
-                    continue;
-                }
-                // the fetch position went back: librdkafka reset it (`auto.offset.reset`)
-                // because the log no longer reaches the committed offset (the topic was made
-                // again, or an unclean leader election cut the log). What comes from here on
-                // is new; skipping it, and committing past it, would lose it.
+                // the fetch position went back (librdkafka hands out each offset once, in
+                // order, unless it moved): it reset it (`auto.offset.reset`) because the log
+                // no longer reaches the committed offset (the topic was made again, an
+                // unclean leader election cut the log). What comes from here on is new, and
+                // skipping it, or committing past it, would lose it. So the partition starts
+                // again from here, as if assigned anew: a new generation (the acks of records
+                // still in a handler are ignored), its waiting records dropped (they come
+                // again), and this offset stored for commit.
                 tracing::warn!(
                     topic = %self.settings.topic,
                     partition,
                     offset,
                     expected = next,
-                    "the partition's position went back (its log was cut or made again): handling from this offset"
+                    "the partition's position went back (its log was cut or made again): handling it again from this offset"
                 );
-                ps.next_offset = Some(offset);
-                ps.stored = ps.stored.min(offset);
+                *next_generation += 1;
+                let old =
+                    std::mem::replace(ps, PartitionState::new(*next_generation, Some(offset)));
+                ps.paused = old.paused;
+                ps.lag = old.lag;
+                ps.store_pending = true;
+                *store_pending = true;
+                ready.retain(|r| r.partition != partition);
             }
             ps.unfinished.insert(offset);
             ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -681,15 +691,29 @@ mod tests {
     }
 
     #[test]
-    fn a_record_received_twice_while_in_flight_is_filed_once() {
+    fn a_position_that_went_back_into_the_records_in_flight_starts_them_again() {
         let shared = shared();
         shared.assigned([(0, Some(10))]);
         let mut full = Vec::new();
-        shared.receive(&mut vec![fetched(10), fetched(11)], &mut full);
-        shared.receive(&mut vec![fetched(11)], &mut full);
-        assert_eq!((handle_next(&shared), handle_next(&shared)), (10, 11));
-        assert!(shared.take_ready().is_none(), "11 was filed once");
-        assert_eq!(stored(&shared), Some(12));
+        shared.receive(&mut vec![fetched(10), fetched(11), fetched(12)], &mut full);
+        // 10 is in a handler when the position goes back to 11
+        let (first, _) = shared.take_ready().expect("a record").expect("open");
+        shared.receive(&mut vec![fetched(11), fetched(12)], &mut full);
+        assert_eq!(stored(&shared), Some(11), "the new position is committed");
+        // the old 10's outcome belongs to the generation before: it moves nothing
+        let acker = super::super::Acker {
+            shared: shared.clone(),
+            partition: first.partition,
+            generation: first.generation,
+            lane: first.lane,
+            offset: 10,
+        };
+        shared.settle(&acker, None);
+        assert_eq!(stored(&shared), None);
+        // 11 and 12 are handled once each, from the new position
+        assert_eq!((handle_next(&shared), handle_next(&shared)), (11, 12));
+        assert!(shared.take_ready().is_none(), "each filed once");
+        assert_eq!(stored(&shared), Some(13));
     }
 
     #[test]
