@@ -1,7 +1,6 @@
 //! [`MemoryBrokerBuilder`]: the settings of a memory broker.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -114,8 +113,9 @@ impl MemoryBrokerBuilder {
                 unclaimed: Mutex::new(HashMap::new()),
                 unclaimed_capacity: self.unclaimed_capacity,
                 topics: RwLock::new(HashMap::default()),
-                users: self.shared.then(|| AtomicUsize::new(0)),
+                users: self.shared.then(|| tokio::sync::Mutex::new(0)),
             }),
+            connected: Arc::default(),
         }
     }
 }

@@ -42,7 +42,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -85,6 +85,9 @@ const BROKER_NAME: &str = "memory";
 #[derive(Clone)]
 pub struct MemoryBroker {
     inner: Arc<Inner>,
+    /// Whether this handle (and its clones) connected: a process-wide broker counts each
+    /// handle once, whatever it calls.
+    connected: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -98,9 +101,11 @@ struct Inner {
     unclaimed_capacity: usize,
     /// Looked up on every publish: a fast (seeded) hash instead of SipHash.
     topics: RwLock<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
-    /// A process-wide broker's connects not yet disconnected: one user's disconnect (one
-    /// service's shutdown) does not close it under the others. `None` for a broker of its own.
-    users: Option<AtomicUsize>,
+    /// How many handles of a process-wide broker are connected: one user's disconnect (one
+    /// service's shutdown) does not close it under the others. Held across the last user's
+    /// close, so that a connect meanwhile waits and opens it again. `None` for a broker of
+    /// its own.
+    users: Option<tokio::sync::Mutex<usize>>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -131,19 +136,25 @@ impl MemoryBroker {
     }
 
     /// The process-wide broker named `name` (`""` is the default one, `memory://`), created on
-    /// first use. Services in one process that use `EVENT_BROKER=memory://` share it; it
-    /// closes when each [`connect`](Broker::connect) has had its
-    /// [`disconnect`](Broker::disconnect), so that one service's shutdown does not close it
-    /// under the others.
+    /// first use. Services in one process that use `EVENT_BROKER=memory://` share it. Each call
+    /// returns a handle of its own (clones of a handle are that handle): the broker closes
+    /// when every handle that [connected](Broker::connect) has
+    /// [disconnected](Broker::disconnect), so that one service's shutdown does not close it
+    /// under the others. A handle that never connected closes it only when no handle is
+    /// connected.
     pub fn shared(name: &str) -> MemoryBroker {
         static SHARED: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
         let mut all = SHARED
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        all.entry(name.to_owned())
-            .or_insert_with(|| MemoryBroker::builder().name(name).shared().build())
-            .clone()
+        let broker = all
+            .entry(name.to_owned())
+            .or_insert_with(|| MemoryBroker::builder().name(name).shared().build());
+        MemoryBroker {
+            inner: broker.inner.clone(),
+            connected: Arc::default(),
+        }
     }
 
     /// Builds a broker from a `memory://NAME?capacity=N&publish_timeout_ms=N&batch_wait_us=N`
@@ -387,24 +398,31 @@ impl Broker for MemoryBroker {
     }
 
     async fn connect(&self) -> Result<(), BrokerError> {
-        if let Some(users) = &self.inner.users {
-            users.fetch_add(1, Ordering::AcqRel);
+        let Some(users) = &self.inner.users else {
+            self.inner.lifecycle.open();
+            return Ok(());
+        };
+        // waits for a close under way, then opens again
+        let mut users = users.lock().await;
+        if !self.connected.swap(true, Ordering::AcqRel) {
+            *users += 1;
         }
         self.inner.lifecycle.open();
         Ok(())
     }
 
     async fn disconnect(&self) -> Result<(), BrokerError> {
-        if let Some(users) = &self.inner.users {
-            let before = users
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    Some(n.saturating_sub(1))
-                })
-                .unwrap_or_default();
-            if before > 1 {
-                // others still use the process-wide broker
-                return Ok(());
-            }
+        let Some(users) = &self.inner.users else {
+            self.inner.lifecycle.close().await;
+            return Ok(());
+        };
+        let mut users = users.lock().await;
+        if self.connected.swap(false, Ordering::AcqRel) {
+            *users -= 1;
+        }
+        if *users > 0 {
+            // other handles still use the process-wide broker
+            return Ok(());
         }
         self.inner.lifecycle.close().await;
         Ok(())

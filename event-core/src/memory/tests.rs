@@ -276,6 +276,15 @@ async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
     b.publish("orders", Message::new("still open"))
         .await
         .expect("open");
+    // a handle that never connected, or one that disconnected already, closes nothing
+    MemoryBroker::shared(&name).disconnect().await.unwrap();
+    a.disconnect().await.unwrap();
+    a.connect().await.unwrap();
+    a.connect().await.unwrap();
+    a.disconnect().await.unwrap();
+    b.publish("orders", Message::new("still open"))
+        .await
+        .expect("open");
     b.disconnect().await.unwrap();
     let refused = b.publish("orders", Message::new("closed")).await;
     assert!(
