@@ -241,10 +241,8 @@ rabbitmq_start() {
 rabbitmq_stop() {
     if command -v rabbitmqctl > /dev/null && rabbitmqctl status > /dev/null 2>&1; then
         say "stopping RabbitMQ"
-        # given the node's pid file, rabbitmqctl waits until the process has ended
-        local pidfile=("$RABBITMQ_DATA/rabbit@$(hostname -s).pid")
-        [[ -f ${pidfile[0]} ]] || pidfile=()
-        rabbitmqctl stop "${pidfile[@]}" > /dev/null 2>&1 || true
+        # `shutdown` waits until the node's process has ended (`stop` does not)
+        rabbitmqctl shutdown > /dev/null 2>&1 || true
     fi
     # Erlang's port mapper, which the node started and leaves behind
     if command -v epmd > /dev/null && epmd -names > /dev/null 2>&1; then

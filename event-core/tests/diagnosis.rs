@@ -425,7 +425,7 @@ async fn go_micro_kafka_envelope_is_diagnosed() {
         },
         fragments: &[
             "go-micro JSON envelope (content type \"application/protobuf\", topic \"users.created\"",
-            "which this subscription does not unwrap: add wire=go-micro",
+            "which this subscription did not unwrap: add wire=go-micro",
         ],
     })
     .await;

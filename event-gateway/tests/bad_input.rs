@@ -269,6 +269,8 @@ async fn a_busy_subscription_does_not_keep_its_connection_s_requests_unread() {
         async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = broker.publish("feed", Message::new(payload.clone())).await;
+                // once nothing subscribes, a publish does not wait: let the others run
+                tokio::task::yield_now().await;
             }
         }
     });

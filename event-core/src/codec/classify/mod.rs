@@ -128,11 +128,13 @@ impl PayloadKind {
             }
             PayloadKind::GoMicroEnvelope { .. } => {
                 "a go-micro Kafka/NATS producer wrapped the message in its JSON envelope \
-                 ({\"Header\":…,\"Body\":\"<base64>\"}), which this subscription does not \
+                 ({\"Header\":…,\"Body\":\"<base64>\"}), which this subscription did not \
                  unwrap: add wire=go-micro to the kafka:// or nats:// URL \
                  (KafkaBrokerBuilder::go_micro_envelope(true), \
-                 NatsBrokerBuilder::go_micro_envelope(true)) to read go-micro's envelope, or have \
-                 the producer publish the bare message"
+                 NatsBrokerBuilder::go_micro_envelope(true)) to read go-micro's envelope (with \
+                 it on already, this envelope is malformed: a Header value that is not a \
+                 string, or a Body that is not base64), or have the producer publish the bare \
+                 message"
             }
             PayloadKind::ConfluentFramed {
                 header_mode: true, ..
