@@ -670,7 +670,7 @@ impl Connection {
                 return Some(Ok(self.streams_reply(found)));
             }
             let Some(deadline) = deadline else {
-                return Some(Ok(Reply::Null));
+                return Some(Ok(Reply::NullArray));
             };
             let woken = futures_util::future::select_all(offered);
             let waited = match deadline {
@@ -678,7 +678,7 @@ impl Connection {
                     let timed = tokio::time::timeout_at(deadline, woken);
                     match self.wait_for(timed).await {
                         Ok(Ok(_)) => continue,
-                        Ok(Err(_)) => return Some(Ok(Reply::Null)),
+                        Ok(Err(_)) => return Some(Ok(Reply::NullArray)),
                         Err(interrupted) => interrupted,
                     }
                 }
@@ -690,7 +690,7 @@ impl Connection {
             return match waited {
                 Interrupted::Closed => Some(Err(Close(None))),
                 // a blocked read of a stopping gateway times out, as if nothing came
-                Interrupted::Stopping => Some(Ok(Reply::Null)),
+                Interrupted::Stopping => Some(Ok(Reply::NullArray)),
             };
         }
     }
@@ -740,7 +740,12 @@ impl Connection {
                 consumers,
             } = group.pending_summary();
             let Some((low, high)) = range else {
-                return Reply::Array(vec![Reply::Int(0), Reply::Null, Reply::Null, Reply::Null]);
+                return Reply::Array(vec![
+                    Reply::Int(0),
+                    Reply::Null,
+                    Reply::Null,
+                    Reply::NullArray,
+                ]);
             };
             return Reply::Array(vec![
                 Reply::Int(count as i64),

@@ -282,6 +282,8 @@ pub(crate) enum Reply {
     Bulk(Bytes),
     /// RESP2 `$-1`, RESP3 `_`.
     Null,
+    /// RESP2 `*-1` (what Redis answers for a read that found nothing), RESP3 `_`.
+    NullArray,
     /// An array.
     Array(Vec<Reply>),
     /// RESP3 map; RESP2 a flat array of keys and values.
@@ -326,36 +328,55 @@ impl Reply {
 
     /// Appends the reply to `out`.
     pub(crate) fn write(self, protocol: Protocol, out: &mut BytesMut) {
-        // encoding a frame we built cannot fail: the buffer is grown to fit first
-        let written = match protocol {
-            Protocol::Resp2 => {
-                redis_protocol::resp2::encode::extend_encode(out, &self.into_resp2(), false)
+        match protocol {
+            Protocol::Resp2 => self.write_resp2(out),
+            Protocol::Resp3 => {
+                // encoding a frame we built cannot fail: the buffer is grown to fit first
+                let written = redis_protocol::resp3::encode::complete::extend_encode(
+                    out,
+                    &self.into_resp3(),
+                    false,
+                );
+                debug_assert!(written.is_ok(), "{written:?}");
             }
-            Protocol::Resp3 => redis_protocol::resp3::encode::complete::extend_encode(
-                out,
-                &self.into_resp3(),
-                false,
-            ),
-        };
-        debug_assert!(written.is_ok(), "{written:?}");
+        }
     }
 
-    fn into_resp2(self) -> Frame2 {
+    /// Appends the reply in RESP2, written here: RESP2's null array (`*-1`), which Redis
+    /// answers for a read that found nothing, has no frame in the protocol crate.
+    fn write_resp2(self, out: &mut BytesMut) {
+        use std::fmt::Write as _;
+        // writing to a BytesMut cannot fail
         match self {
-            Reply::Simple(text) => Frame2::SimpleString(Bytes::from_static(text.as_bytes())),
-            Reply::Error(text) => Frame2::Error(Reply::error_line(text).into()),
-            Reply::Int(n) => Frame2::Integer(n),
-            Reply::Bulk(bytes) => Frame2::BulkString(bytes),
-            Reply::Null => Frame2::Null,
-            Reply::Array(items) | Reply::Push(items) => {
-                Frame2::Array(items.into_iter().map(Reply::into_resp2).collect())
+            Reply::Simple(text) => {
+                let _ = write!(out, "+{text}\r\n");
             }
-            Reply::Map(pairs) => Frame2::Array(
-                pairs
-                    .into_iter()
-                    .flat_map(|(k, v)| [k.into_resp2(), v.into_resp2()])
-                    .collect(),
-            ),
+            Reply::Error(text) => {
+                let _ = write!(out, "-{}\r\n", Reply::error_line(text));
+            }
+            Reply::Int(n) => {
+                let _ = write!(out, ":{n}\r\n");
+            }
+            Reply::Bulk(bytes) => {
+                let _ = write!(out, "${}\r\n", bytes.len());
+                out.extend_from_slice(&bytes);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(items) | Reply::Push(items) => {
+                let _ = write!(out, "*{}\r\n", items.len());
+                for item in items {
+                    item.write_resp2(out);
+                }
+            }
+            Reply::Map(pairs) => {
+                let _ = write!(out, "*{}\r\n", pairs.len() * 2);
+                for (key, value) in pairs {
+                    key.write_resp2(out);
+                    value.write_resp2(out);
+                }
+            }
         }
     }
 
@@ -377,7 +398,7 @@ impl Reply {
                 data: bytes,
                 attributes: None,
             },
-            Reply::Null => Frame3::Null,
+            Reply::Null | Reply::NullArray => Frame3::Null,
             Reply::Array(items) => Frame3::Array {
                 data: items.into_iter().map(Reply::into_resp3).collect(),
                 attributes: None,

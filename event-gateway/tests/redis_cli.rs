@@ -149,6 +149,106 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
     gw.stop().await;
 }
 
+/// One request on `socket`, in RESP; its reply's bytes, read until they make one whole reply.
+fn exchange(socket: &mut std::net::TcpStream, request: &[&str], resp3: bool) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut bytes = format!("*{}\r\n", request.len()).into_bytes();
+    for arg in request {
+        bytes.extend(format!("${}\r\n{arg}\r\n", arg.len()).into_bytes());
+    }
+    socket.write_all(&bytes).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let complete = if resp3 {
+            redis_protocol::resp3::decode::complete::decode(&reply)
+                .is_ok_and(|f| f.is_some_and(|(_, used)| used == reply.len()))
+        } else {
+            redis_protocol::resp2::decode::decode(&reply)
+                .is_ok_and(|f| f.is_some_and(|(_, used)| used == reply.len()))
+        };
+        if complete {
+            return reply;
+        }
+        let n = socket
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("after {:?}: {e}", String::from_utf8_lossy(&reply)));
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads that find nothing get the very bytes redis-server sends (RESP2's null array, `*-1`,
+/// where a null bulk string would read the same in most clients), in RESP2 and in RESP3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_reads_get_the_bytes_redis_server_sends() {
+    let reference: std::net::SocketAddr = std::env::var("EVENT_TEST_REDIS")
+        .unwrap_or_else(|_| "127.0.0.1:6379".to_owned())
+        .parse()
+        .expect("EVENT_TEST_REDIS is host:port");
+    let gw = gateway(config()).await;
+    let addr = gw.addr;
+    blocking(move || {
+        let key = format!("event-gateway-empty-{}", std::process::id());
+        let connect = |at| {
+            let socket = std::net::TcpStream::connect(at)
+                .unwrap_or_else(|e| panic!("{at} (scripts/brokers.sh start redis): {e}"));
+            // a reply that never completes fails the test instead of hanging it
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            socket
+        };
+        let (mut redis, mut ours) = (connect(reference), connect(addr));
+        let reads: [&[&str]; 3] = [
+            &["XPENDING", &key, "g"],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "COUNT",
+                "1",
+                "STREAMS",
+                &key,
+                ">",
+            ],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "10",
+                "STREAMS",
+                &key,
+                ">",
+            ],
+        ];
+        let create = ["XGROUP", "CREATE", &key, "g", "$", "MKSTREAM"];
+        assert_eq!(exchange(&mut redis, &create, false), b"+OK\r\n");
+        assert_eq!(exchange(&mut ours, &create, false), b"+OK\r\n");
+        for resp3 in [false, true] {
+            if resp3 {
+                exchange(&mut redis, &["HELLO", "3"], true);
+                exchange(&mut ours, &["HELLO", "3"], true);
+            }
+            for request in reads {
+                let want = exchange(&mut redis, request, resp3);
+                assert_eq!(
+                    String::from_utf8_lossy(&exchange(&mut ours, request, resp3)),
+                    String::from_utf8_lossy(&want),
+                    "{request:?}, RESP{}",
+                    if resp3 { 3 } else { 2 }
+                );
+            }
+        }
+        assert_eq!(redis_cli(reference, &["DEL", &key]).trim(), "(integer) 1");
+    })
+    .await;
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_is_required_before_anything_else() {
     let gw = gateway(config().password("s3cret")).await;
