@@ -947,20 +947,25 @@ struct XReadGroup {
     streams: Vec<(String, Option<StreamId>)>,
 }
 
+/// Reads `XREADGROUP`'s arguments as Redis does: its options in any order (a later `GROUP`
+/// replacing an earlier one), then the streams.
 fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
-    if !is(&args[1], "group") {
-        return Err(syntax());
-    }
-    let (group, consumer) = (text(&args[2]), text(&args[3]));
+    let mut group_and_consumer = None;
     let mut count = usize::MAX;
     let mut block = None;
     let mut no_ack = false;
-    let mut at = 4;
+    let mut at = 1;
     loop {
         let Some(arg) = args.get(at) else {
             return Err(syntax());
         };
-        if is(arg, "count") {
+        if is(arg, "group") {
+            let (Some(group), Some(consumer)) = (args.get(at + 1), args.get(at + 2)) else {
+                return Err(syntax());
+            };
+            group_and_consumer = Some((text(group), text(consumer)));
+            at += 3;
+        } else if is(arg, "count") {
             let n = args.get(at + 1).and_then(int_arg).ok_or_else(not_integer)?;
             count = if n <= 0 { usize::MAX } else { n as usize };
             at += 2;
@@ -990,6 +995,9 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
             "Unbalanced 'xreadgroup' list of streams: for each stream key an ID or '>' must be specified.",
         ));
     }
+    let Some((group, consumer)) = group_and_consumer else {
+        return Err(Reply::err("Missing GROUP option for XREADGROUP"));
+    };
     let (topics, ids) = rest.split_at(rest.len() / 2);
     let streams = topics
         .iter()
@@ -997,6 +1005,12 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
         .map(|(topic, id)| {
             let after = if id.as_ref() == b">" {
                 None
+            } else if id.as_ref() == b"$" {
+                return Err(Reply::err(
+                    "The $ ID is meaningless in the context of XREADGROUP: you want to read the \
+                     history of this consumer by specifying a proper ID, or use the > ID to get \
+                     new messages. The $ ID would just return an empty result set.",
+                ));
             } else {
                 Some(StreamId::parse(id).ok_or_else(|| Reply::err(INVALID_ID))?)
             };

@@ -140,6 +140,22 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             let got = same(request);
             assert!(!got.contains("(error)"), "{request}: {got}");
         }
+        // XREADGROUP's options in any order, as Redis takes them; a missing GROUP, and `$`
+        for request in [
+            "XREADGROUP COUNT 1 GROUP g c STREAMS {key} >",
+            "XREADGROUP NOACK COUNT 1 GROUP x y GROUP g c STREAMS {key} >",
+        ] {
+            let got = same(request);
+            assert!(!got.contains("(error)"), "{request}: {got}");
+        }
+        for request in [
+            "XREADGROUP COUNT 1 BLOCK 1 NOACK STREAMS {key} >",
+            "XREADGROUP GROUP g c COUNT 1 GROUP STREAMS {key} >",
+            "XREADGROUP GROUP g c STREAMS {key} $",
+        ] {
+            let got = same(request);
+            assert!(got.contains("(error)"), "{request}: {got}");
+        }
         // the ids of an XACK of a group that is there are read
         assert!(same("XACK {key} g bad-id").contains("(error) "));
         assert_eq!(same("XACK {key} other bad-id").trim(), "(integer) 0");
