@@ -41,6 +41,10 @@ const COMMANDS: &[(&str, i64, &[&str])] = &[
     ("xpending", -3, &["readonly"]),
 ];
 
+/// The Redis version whose replies the gateway gives (`HELLO`'s `version`, `INFO`'s
+/// `redis_version`).
+const REDIS_VERSION: &str = "7.0.0";
+
 /// Commands a RESP2 connection may send while it has subscriptions.
 const IN_SUBSCRIBE_MODE: &[&str] = &[
     "subscribe",
@@ -313,8 +317,14 @@ impl Connection {
                 Reply::bulk_static("server"),
                 Reply::bulk_static("event-gateway"),
             ),
+            // the Redis version whose commands it answers, as `INFO` says: clients that decide
+            // what to send by the version (RESP3, stream options) read it here
             (
                 Reply::bulk_static("version"),
+                Reply::bulk_static(REDIS_VERSION),
+            ),
+            (
+                Reply::bulk_static("event_gateway_version"),
                 Reply::bulk_static(env!("CARGO_PKG_VERSION")),
             ),
             (
@@ -379,7 +389,7 @@ impl Connection {
         let shared = &self.shared;
         let groups = shared.groups.all();
         Reply::text(format!(
-            "# Server\r\nredis_version:7.0.0\r\nevent_gateway_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Broker\r\nbroker:{}\r\nbroker_address:{}\r\ngroups:{}\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nevent_gateway_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n\r\n# Broker\r\nbroker:{}\r\nbroker_address:{}\r\ngroups:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             shared.connected.load(std::sync::atomic::Ordering::Relaxed),
             shared.blocked.load(std::sync::atomic::Ordering::Relaxed),

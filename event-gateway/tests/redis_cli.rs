@@ -247,7 +247,13 @@ async fn empty_reads_get_the_bytes_redis_server_sends() {
         for resp3 in [false, true] {
             if resp3 {
                 exchange(&mut redis, &["HELLO", "3"], true);
-                exchange(&mut ours, &["HELLO", "3"], true);
+                let hello = exchange(&mut ours, &["HELLO", "3"], true);
+                // the version of Redis whose replies it gives, as INFO says
+                let hello = String::from_utf8_lossy(&hello);
+                assert!(
+                    hello.contains("$7\r\nversion\r\n$5\r\n7.0.0\r\n"),
+                    "{hello}"
+                );
             }
             for request in reads {
                 let want = exchange(&mut redis, request, resp3);
