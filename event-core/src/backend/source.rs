@@ -42,6 +42,16 @@ pub trait Acknowledge: Send + 'static {
     {
         let _ = delivery;
     }
+
+    /// Whether the message is still this subscriber's to settle (the default: always). A
+    /// backend whose broker takes messages away while their handlers run (Kafka, when a
+    /// rebalance revokes the partition and its revoke timeout passed) says `false` once it
+    /// has: the loop then neither runs the handler again nor dead-letters the message (its
+    /// new owner does either), and gives it back. Asked only after a failure, so it may
+    /// take a lock.
+    fn owned(&self) -> bool {
+        true
+    }
 }
 
 /// Where a subscription's messages come from.

@@ -23,7 +23,9 @@
 //! **Revocation waits for in-flight work**: when a rebalance takes partitions away, their
 //! records not yet handed to a handler are dropped (the next owner reads them), the records in
 //! a handler or a retry backoff get [`revoke_timeout`] to finish, what finished is committed,
-//! and only then are the partitions let go. Eager (`range`, `roundrobin`) and cooperative
+//! and only then are the partitions let go. A record of theirs still in a handler after that
+//! is the next owner's: if its handler fails, it is neither retried nor dead-lettered here
+//! (its acker is no longer [owned](event_core::backend::Acknowledge::owned)). Eager (`range`, `roundrobin`) and cooperative
 //! (`cooperative-sticky`) assignment both work; with cooperative assignment only the
 //! partitions that move are revoked: the others stay assigned, and their records waiting
 //! here stay in line (librdkafka drops what it fetched ahead of them while a rebalance
@@ -333,5 +335,11 @@ impl Acknowledge for Acker {
 
     fn abandon(self, delivery: Delivery) {
         self.shared.settle(&self, Some(delivery));
+    }
+
+    /// `false` once the record's partition was revoked (after its revoke timeout, or lost)
+    /// or assigned again: a retry or a dead letter of it is its new owner's.
+    fn owned(&self) -> bool {
+        self.shared.owns(self.partition, self.generation)
     }
 }

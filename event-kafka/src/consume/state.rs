@@ -418,6 +418,15 @@ impl Shared {
         closed.then_some(Err(()))
     }
 
+    /// Whether `partition` is still held under `generation`: not revoked (a revoke in
+    /// progress still waits for it), nor assigned again since.
+    pub(super) fn owns(&self, partition: i32, generation: u64) -> bool {
+        self.lock()
+            .partitions
+            .get(&partition)
+            .is_some_and(|ps| ps.generation == generation)
+    }
+
     /// Records the outcome of one record; frees its lane.
     pub(super) fn settle(&self, acked: &Acker, done: Option<Delivery>) {
         let mut state = self.lock();
@@ -688,6 +697,27 @@ mod tests {
             rdkafka::Offset::Offset(o) => Some(o),
             other => panic!("stored {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_record_is_owned_until_its_partition_is_revoked() {
+        let shared = shared();
+        shared.assigned([(0, Some(10))]);
+        shared.receive(&mut vec![fetched(10)], &mut Vec::new());
+        let (ready, _) = shared.take_ready().expect("a record").expect("open");
+        let acker = super::super::Acker {
+            shared: shared.clone(),
+            partition: 0,
+            generation: ready.generation,
+            lane: ready.lane,
+            offset: 10,
+        };
+        use event_core::backend::Acknowledge as _;
+        assert!(acker.owned());
+        let _ = shared.revoke(&[0], Duration::ZERO);
+        assert!(!acker.owned(), "revoked");
+        shared.assigned([(0, Some(10))]);
+        assert!(!acker.owned(), "assigned again: a new generation's");
     }
 
     #[test]

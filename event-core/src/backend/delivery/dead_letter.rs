@@ -138,6 +138,11 @@ pub(super) async fn dead_letter<A: Acknowledge>(
                     },
                 );
                 message = error.into_message();
+                if !pending.owned() {
+                    // its new owner dead-letters it: this one is held no more
+                    drop(stalled.take());
+                    return super::settle::let_go(ctx, pending).await;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = ctx.stop.token.cancelled() => {

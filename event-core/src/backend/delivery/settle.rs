@@ -39,6 +39,11 @@ impl<A: Acknowledge> Pending<A> {
             .expect("pending delivery present until settled")
     }
 
+    /// Whether the message is still the subscriber's ([`Acknowledge::owned`]).
+    pub(super) fn owned(&self) -> bool {
+        self.acker.as_ref().is_none_or(Acknowledge::owned)
+    }
+
     pub(super) fn take(&mut self) -> (Delivery, A) {
         (
             self.delivery.take().expect("settled once"),
@@ -122,13 +127,34 @@ pub(super) async fn process<A: Acknowledge>(
                 // every message, several times larger
                 match Box::pin(back_off(ctx, pending, backoff)).await {
                     Some(settled) => return settled,
+                    None if !pending.owned() => return Box::pin(let_go(ctx, pending)).await,
                     None => continue,
                 }
             }
             Outcome::Retry(failure) | Outcome::DeadLetter(failure) => failure,
         };
+        if !pending.owned() {
+            return Box::pin(let_go(ctx, pending)).await;
+        }
         return Box::pin(dead_letter(ctx, pending, failure, span)).await;
     }
+}
+
+/// Gives back a failed message the broker took away meanwhile ([`Acknowledge::owned`]):
+/// its new owner runs it again, or dead-letters it.
+pub(super) async fn let_go<A: Acknowledge>(ctx: &LoopContext, pending: &mut Pending<A>) -> Settled {
+    let (delivery, acker) = pending.take();
+    tracing::debug!(
+        topic = %ctx.topic,
+        handler = ctx.handler.name(),
+        position = %delivery.position(),
+        "the broker took this failed message away (its partition went to another member): \
+         neither retried nor dead-lettered here"
+    );
+    if let Err(error) = acker.nack(delivery).await {
+        tracing::warn!(topic = %ctx.topic, %error, "giving a message back failed");
+    }
+    Settled::Returned
 }
 
 /// Waits `backoff` before the next attempt; if the loop is stopped meanwhile, gives the

@@ -1,8 +1,11 @@
-//! An acknowledgement that fails is counted (`event_ack_failures_total`, by the broker error's
-//! kind) and the loop goes on with the next message: a backend whose every ack fails, as when
-//! its connection is gone.
+//! What the delivery loop does with what a backend's acknowledger says, on a toy backend:
+//! an acknowledgement that fails is counted (`event_ack_failures_total`, by the broker error's
+//! kind) and the loop goes on with the next message (every ack fails, as when the connection
+//! is gone); a failed message the broker took away (`Acknowledge::owned` is `false`, as for a
+//! revoked Kafka partition) is given back, neither retried nor dead-lettered.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,18 +19,31 @@ use event_core::broker::{
 use event_core::telemetry::{label, metric};
 use event_core::testkit::{self, Collector, unique};
 
-/// Delivers what was published before the subscription; every acknowledgement fails.
+/// Delivers what was published before the subscription, once; its acknowledgements do what
+/// `acks` says.
 #[derive(Clone, Debug)]
 struct Unacked {
     log: Arc<Mutex<Vec<(String, Message)>>>,
     lifecycle: Arc<Lifecycle>,
+    acks: Arc<Acks>,
 }
 
-struct Source(VecDeque<Delivery>);
-struct FailingAck;
+/// How the toy's acknowledgements behave, and what they were asked.
+#[derive(Debug, Default)]
+struct Acks {
+    fail: AtomicBool,
+    taken_away: AtomicBool,
+    nacks: AtomicUsize,
+}
 
-impl Acknowledge for FailingAck {
+struct Source(VecDeque<Delivery>, Arc<Acks>);
+struct Ack(Arc<Acks>);
+
+impl Acknowledge for Ack {
     async fn ack(self) -> Result<(), BrokerError> {
+        if !self.0.fail.load(Ordering::Acquire) {
+            return Ok(());
+        }
         Err(BrokerError::Unavailable {
             broker: "unacked",
             address: "in-process".into(),
@@ -35,17 +51,21 @@ impl Acknowledge for FailingAck {
         })
     }
     async fn nack(self, _delivery: Delivery) -> Result<(), BrokerError> {
+        self.0.nacks.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+    fn owned(&self) -> bool {
+        !self.0.taken_away.load(Ordering::Acquire)
     }
 }
 
 impl DeliverySource for Source {
-    type Acker = FailingAck;
-    async fn next(&mut self) -> Option<Incoming<FailingAck>> {
+    type Acker = Ack;
+    async fn next(&mut self) -> Option<Incoming<Ack>> {
         match self.0.pop_front() {
             Some(delivery) => Some(Incoming {
                 delivery,
-                acker: FailingAck,
+                acker: Ack(self.1.clone()),
             }),
             None => std::future::pending().await,
         }
@@ -92,7 +112,7 @@ impl Broker for Unacked {
                     .map(|(i, (_, m))| {
                         Delivery::new(topic, m.clone(), Position::sequence(i as u64 + 1))
                     });
-            Ok(Source(deliveries.collect()))
+            Ok(Source(deliveries.collect(), self.acks.clone()))
         };
         self.lifecycle
             .subscribe(Arc::new(self.clone()), topic, options, handler, open)
@@ -100,13 +120,21 @@ impl Broker for Unacked {
     }
 }
 
+impl Unacked {
+    fn new() -> Self {
+        Unacked {
+            log: Arc::default(),
+            lifecycle: Arc::new(Lifecycle::new("unacked", "in-process")),
+            acks: Arc::default(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_acknowledgements_are_counted_and_the_loop_goes_on() {
     let metrics = testkit::metrics::install();
-    let broker = Unacked {
-        log: Arc::default(),
-        lifecycle: Arc::new(Lifecycle::new("unacked", "in-process")),
-    };
+    let broker = Unacked::new();
+    broker.acks.fail.store(true, Ordering::Release);
     broker.connect().await.unwrap();
     let topic = unique("unacked");
     for n in 0..3 {
@@ -142,4 +170,51 @@ async fn failed_acknowledgements_are_counted_and_the_loop_goes_on() {
     );
     assert_eq!(failures, 3);
     broker.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_taken_away_is_given_back_not_retried_nor_dead_lettered() {
+    let broker = Unacked::new();
+    broker.connect().await.unwrap();
+    let topic = unique("taken");
+    broker.publish(&topic, Message::new("0")).await.unwrap();
+    broker.publish(&topic, Message::new("1")).await.unwrap();
+    let (tx, mut seen) = Collector::new(Duration::from_secs(10));
+    let sub = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().retry(event_core::broker::RetryPolicy::exponential(
+                5,
+                Duration::from_millis(1),
+            )),
+            handler_fn("failing", {
+                let acks = broker.acks.clone();
+                move |d: Delivery| {
+                    let (tx, acks) = (tx.clone(), acks.clone());
+                    async move {
+                        let _ = tx.send(d.payload().clone());
+                        if d.payload() == "0" {
+                            // its partition goes to another member while it runs
+                            acks.taken_away.store(true, Ordering::Release);
+                            Outcome::retry("failed")
+                        } else {
+                            Outcome::dead_letter("not for us")
+                        }
+                    }
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    // "0" runs once and is given back; "1", taken away too by then, is not dead-lettered
+    let handled = seen.until("both ran", |s| s.len() == 2).await;
+    assert_eq!(handled, ["0", "1"]);
+    sub.unsubscribe().await;
+    assert_eq!(broker.acks.nacks.load(Ordering::Acquire), 2);
+    let log = broker.log.lock().unwrap();
+    assert!(
+        log.iter().all(|(t, _)| *t == topic),
+        "nothing was dead-lettered: {:?}",
+        log.iter().map(|(t, _)| t).collect::<Vec<_>>()
+    );
 }
