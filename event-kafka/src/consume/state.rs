@@ -142,6 +142,8 @@ pub(super) struct PartitionState {
     pub(super) paused: bool,
     /// Being revoked: nothing more is handed out; running records may finish.
     revoking: bool,
+    /// Its position went back, and the poller waits for the old log's records past it.
+    went_back: bool,
     /// The partition's consumer lag gauge, once a statistics report has set it.
     pub(super) lag: Option<Gauge>,
 }
@@ -166,6 +168,7 @@ impl PartitionState {
             store_pending: false,
             paused: false,
             revoking: false,
+            went_back: false,
             lag: None,
         }
     }
@@ -188,7 +191,12 @@ impl PartitionState {
 
     /// The offset a commit may name: the lowest unfinished one, else the next to fetch.
     pub(super) fn committable(&self) -> Option<i64> {
-        self.unfinished.first().copied().or(self.next_offset)
+        // (every unfinished offset is below the next one, but while a position that went
+        // back waits for the old log's records past it)
+        match (self.unfinished.first().copied(), self.next_offset) {
+            (Some(first), Some(next)) => Some(first.min(next)),
+            (first, next) => first.or(next),
+        }
     }
 
     /// Messages of the partition not finished yet, from a statistics report: the end offset
@@ -290,18 +298,86 @@ impl Shared {
         }
     }
 
+    /// The fetch position of `partition` went back to `from`: librdkafka hands out each
+    /// offset once, in order, unless it moved, and it moves back only when it resets the
+    /// position (`auto.offset.reset`) because the log no longer reaches it (the topic was made
+    /// again, an unclean leader election cut the log). What comes from `from` on is new:
+    /// skipping it, or committing past it, would lose it.
+    ///
+    /// So the partition goes on from `from`, committed at once (or at a lower unfinished
+    /// record). The records of the old log at or past `from` that are still waiting or in a
+    /// handler share offsets with the new ones, so the poller waits for them to finish
+    /// first (as a revoke waits, up to the revoke timeout); those below `from` stay as they
+    /// are. Order per key holds: the new records queue behind the old ones in their lanes.
+    fn went_back<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        partition: i32,
+        from: i64,
+    ) -> MutexGuard<'a, State> {
+        let State {
+            partitions,
+            store_pending,
+            ..
+        } = &mut *state;
+        let Some(ps) = partitions.get_mut(&partition) else {
+            return state;
+        };
+        tracing::warn!(
+            topic = %self.settings.topic,
+            partition,
+            offset = from,
+            expected = ?ps.next_offset,
+            "the partition's position went back (its log was cut or made again): handling it from this offset"
+        );
+        ps.next_offset = Some(from);
+        if let Some(commit_to) = ps.committable() {
+            ps.stored = commit_to;
+            ps.store_pending = true;
+            *store_pending = true;
+        }
+        let cut_log_unfinished = |state: &State| {
+            state
+                .partitions
+                .get(&partition)
+                .is_some_and(|ps| !ps.revoking && ps.unfinished.range(from..).next().is_some())
+        };
+        if !cut_log_unfinished(&state) {
+            return state;
+        }
+        if let Some(ps) = state.partitions.get_mut(&partition) {
+            ps.went_back = true;
+        }
+        let (mut state, waited) = self
+            .settled
+            .wait_timeout_while(state, self.settings.revoke_timeout, |state| {
+                cut_log_unfinished(state)
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ps) = state.partitions.get_mut(&partition) {
+            ps.went_back = false;
+            if waited.timed_out() && !ps.revoking {
+                let left: Vec<i64> = ps.unfinished.range(from..).copied().collect();
+                tracing::warn!(
+                    topic = %self.settings.topic,
+                    partition,
+                    offsets = ?left,
+                    timeout = ?self.settings.revoke_timeout,
+                    "records of the cut log still unfinished after the revoke timeout: their outcome may settle the new records of the same offsets"
+                );
+                for offset in left {
+                    ps.unfinished.remove(&offset);
+                }
+            }
+        }
+        state
+    }
+
     /// Files fetched records under their lanes, under one lock and with one wake-up of the
     /// delivery loop; adds to `full` each partition whose read-ahead is full now (fetching it
     /// should pause unless it drains soon).
     pub(super) fn receive(&self, batch: &mut Vec<Fetched>, full: &mut Vec<i32>) {
         let mut state = self.lock();
-        let State {
-            partitions,
-            ready,
-            next_generation,
-            store_pending,
-            ..
-        } = &mut *state;
         let mut readied = false;
         for Fetched {
             partition,
@@ -310,38 +386,22 @@ impl Shared {
             delivery,
         } in batch.drain(..)
         {
-            let Some(ps) = partitions.get_mut(&partition).filter(|ps| !ps.revoking) else {
+            let went_back = match state.partitions.get(&partition) {
                 // the partition was revoked while this record was in flight: its new owner
                 // reads it
+                None => continue,
+                Some(ps) if ps.revoking => continue,
+                Some(ps) => ps.next_offset.is_some_and(|next| offset < next),
+            };
+            if went_back {
+                state = self.went_back(state, partition, offset);
+            }
+            let State {
+                partitions, ready, ..
+            } = &mut *state;
+            let Some(ps) = partitions.get_mut(&partition).filter(|ps| !ps.revoking) else {
                 continue;
             };
-            if let Some(next) = ps.next_offset
-                && offset < next
-            {
-                // the fetch position went back (librdkafka hands out each offset once, in
-                // order, unless it moved): it reset it (`auto.offset.reset`) because the log
-                // no longer reaches the committed offset (the topic was made again, an
-                // unclean leader election cut the log). What comes from here on is new, and
-                // skipping it, or committing past it, would lose it. So the partition starts
-                // again from here, as if assigned anew: a new generation (the acks of records
-                // still in a handler are ignored), its waiting records dropped (they come
-                // again), and this offset stored for commit.
-                tracing::warn!(
-                    topic = %self.settings.topic,
-                    partition,
-                    offset,
-                    expected = next,
-                    "the partition's position went back (its log was cut or made again): handling it again from this offset"
-                );
-                *next_generation += 1;
-                let old =
-                    std::mem::replace(ps, PartitionState::new(*next_generation, Some(offset)));
-                ps.paused = old.paused;
-                ps.lag = old.lag;
-                ps.store_pending = true;
-                *store_pending = true;
-                ready.retain(|r| r.partition != partition);
-            }
             ps.unfinished.insert(offset);
             ps.next_offset = Some(ps.next_offset.map_or(offset + 1, |n| n.max(offset + 1)));
             ps.queued += 1;
@@ -468,6 +528,10 @@ impl Shared {
             return;
         }
         ps.unfinished.remove(&acked.offset);
+        if ps.went_back {
+            // the poller waits for the old log's records
+            self.settled.notify_all();
+        }
         if let Some(commit_to) = ps.committable()
             && commit_to > ps.stored
         {
@@ -721,16 +785,20 @@ mod tests {
     }
 
     #[test]
-    fn a_position_that_went_back_into_the_records_in_flight_starts_them_again() {
+    fn a_position_that_went_back_into_the_records_in_flight_waits_for_them() {
         let shared = shared();
         shared.assigned([(0, Some(10))]);
-        let mut full = Vec::new();
-        shared.receive(&mut vec![fetched(10), fetched(11), fetched(12)], &mut full);
-        // 10 is in a handler when the position goes back to 11
+        shared.receive(
+            &mut vec![fetched(10), fetched(11), fetched(12)],
+            &mut Vec::new(),
+        );
+        // 10 is in a handler when the log is cut at 11 and the position goes back there
         let (first, _) = shared.take_ready().expect("a record").expect("open");
-        shared.receive(&mut vec![fetched(11), fetched(12)], &mut full);
-        assert_eq!(stored(&shared), Some(11), "the new position is committed");
-        // the old 10's outcome belongs to the generation before: it moves nothing
+        let reset = std::thread::spawn({
+            let shared = shared.clone();
+            move || shared.receive(&mut vec![fetched(11), fetched(12)], &mut Vec::new())
+        });
+        // the old log's 10, 11 and 12 finish (the poller waits for the two past the cut)
         let acker = super::super::Acker {
             shared: shared.clone(),
             partition: first.partition,
@@ -739,8 +807,10 @@ mod tests {
             offset: 10,
         };
         shared.settle(&acker, None);
-        assert_eq!(stored(&shared), None);
-        // 11 and 12 are handled once each, from the new position
+        assert_eq!((handle_next(&shared), handle_next(&shared)), (11, 12));
+        reset.join().unwrap();
+        assert_eq!(stored(&shared), Some(11), "committed at the new position");
+        // and the new 11 and 12 are handled, each once
         assert_eq!((handle_next(&shared), handle_next(&shared)), (11, 12));
         assert!(shared.take_ready().is_none(), "each filed once");
         assert_eq!(stored(&shared), Some(13));
