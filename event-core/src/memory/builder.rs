@@ -35,8 +35,8 @@ impl MemoryBrokerBuilder {
         }
     }
 
-    /// The process-wide broker of [`MemoryBroker::shared`]: it closes when each `connect`
-    /// has had its `disconnect`.
+    /// The process-wide broker of [`MemoryBroker::shared`]: it closes when every handle that
+    /// connected has disconnected.
     pub(super) fn shared(mut self) -> Self {
         self.shared = true;
         self

@@ -82,12 +82,22 @@ const BROKER_NAME: &str = "memory";
 /// let broker = MemoryBroker::builder().capacity(4096).publish_timeout(Duration::from_secs(5)).build();
 /// # let _ = broker;
 /// ```
-#[derive(Clone)]
 pub struct MemoryBroker {
     inner: Arc<Inner>,
-    /// Whether this handle (and its clones) connected: a process-wide broker counts each
-    /// handle once, whatever it calls.
+    /// Whether this handle connected: a process-wide broker counts each handle once, however
+    /// often it connects.
     connected: Arc<AtomicBool>,
+}
+
+/// A clone is a handle of its own: of a process-wide broker, each clone that connects counts
+/// as one user (two services given clones of one handle both keep it open).
+impl Clone for MemoryBroker {
+    fn clone(&self) -> Self {
+        MemoryBroker {
+            inner: self.inner.clone(),
+            connected: Arc::default(),
+        }
+    }
 }
 
 struct Inner {
@@ -137,7 +147,7 @@ impl MemoryBroker {
 
     /// The process-wide broker named `name` (`""` is the default one, `memory://`), created on
     /// first use. Services in one process that use `EVENT_BROKER=memory://` share it. Each call
-    /// returns a handle of its own (clones of a handle are that handle): the broker closes
+    /// (and each clone) is a handle of its own: the broker closes
     /// when every handle that [connected](Broker::connect) has
     /// [disconnected](Broker::disconnect), so that one service's shutdown does not close it
     /// under the others. A handle that never connected closes it only when no handle is

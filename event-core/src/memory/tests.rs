@@ -294,6 +294,17 @@ async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
         ),
         "closed by its last user"
     );
+    // two services given clones of one handle each keep it open
+    let shared = MemoryBroker::shared(&format!("{name}-clones"));
+    let (one, two) = (shared.clone(), shared.clone());
+    one.connect().await.unwrap();
+    two.connect().await.unwrap();
+    one.disconnect().await.unwrap();
+    two.publish("orders", Message::new("open"))
+        .await
+        .expect("open");
+    two.disconnect().await.unwrap();
+    assert!(two.publish("orders", Message::new("x")).await.is_err());
     // a broker of its own closes at its disconnect, as before
     let own = MemoryBroker::new();
     own.connect().await.unwrap();

@@ -104,6 +104,10 @@ pub(super) async fn process<A: Acknowledge>(
                 if !failure.kind().is_permanent()
                     && ctx.retry.should_retry(pending.delivery().attempt()) =>
             {
+                if !pending.owned() {
+                    // not retried at all: no backoff for a message that is not ours
+                    return Box::pin(let_go(ctx, pending)).await;
+                }
                 ctx.telemetry.settled(
                     &span,
                     RunOutcome::Retried,
