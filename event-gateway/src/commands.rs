@@ -975,6 +975,10 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
             };
             group_and_consumer = Some((text(group), text(consumer)));
             at += 3;
+        } else if args.get(at + 1).is_none() {
+            // an option without its value, or STREAMS without streams, is one Redis does not
+            // know there
+            return Err(syntax());
         } else if is(arg, "count") {
             let n = args.get(at + 1).and_then(int_arg).ok_or_else(not_integer)?;
             count = if n <= 0 { usize::MAX } else { n as usize };
@@ -1002,7 +1006,8 @@ fn parse_xreadgroup(args: &[Bytes]) -> Result<XReadGroup, Reply> {
     let rest = &args[at..];
     if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err(Reply::err(
-            "Unbalanced 'xreadgroup' list of streams: for each stream key an ID or '>' must be specified.",
+            // Redis 7.0's words (whose version the gateway gives)
+            "Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
         ));
     }
     let Some((group, consumer)) = group_and_consumer else {

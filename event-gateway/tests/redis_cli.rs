@@ -152,6 +152,10 @@ async fn malformed_requests_get_the_errors_redis_server_gives() {
             "XREADGROUP COUNT 1 BLOCK 1 NOACK STREAMS {key} >",
             "XREADGROUP GROUP g c COUNT 1 GROUP STREAMS {key} >",
             "XREADGROUP GROUP g c STREAMS {key} $",
+            "XREADGROUP GROUP g c STREAMS {key} > COUNT",
+            "XREADGROUP GROUP g c COUNT 1 STREAMS",
+            "XREADGROUP GROUP g c NOACK NOACK COUNT",
+            "XREADGROUP GROUP g c COUNT 1 BLOCK",
         ] {
             let got = same(request);
             assert!(got.contains("(error)"), "{request}: {got}");
