@@ -81,16 +81,22 @@ async fn connection_commands_answer_as_redis_does() {
     gw.stop().await;
 }
 
+/// The redis-server the gateway's replies are compared with: `EVENT_TEST_REDIS`, which
+/// `scripts/brokers.sh` starts on 127.0.0.1:6379.
+fn reference_redis() -> std::net::SocketAddr {
+    std::env::var("EVENT_TEST_REDIS")
+        .unwrap_or_else(|_| "127.0.0.1:6379".to_owned())
+        .parse()
+        .expect("EVENT_TEST_REDIS is host:port")
+}
+
 /// The same malformed requests to redis-server itself (`EVENT_TEST_REDIS`, which
 /// `scripts/brokers.sh` starts on 127.0.0.1:6379) and to the gateway get the same error
 /// replies, and take the same odd values (a negative count or idle time) alike. The key is
 /// one no other test makes, deleted from Redis at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_the_errors_redis_server_gives() {
-    let reference: std::net::SocketAddr = std::env::var("EVENT_TEST_REDIS")
-        .unwrap_or_else(|_| "127.0.0.1:6379".to_owned())
-        .parse()
-        .expect("EVENT_TEST_REDIS is host:port");
+    let reference = reference_redis();
     let gw = gateway(config()).await;
     let addr = gw.addr;
     blocking(move || {
@@ -202,10 +208,7 @@ fn exchange(socket: &mut std::net::TcpStream, request: &[&str], resp3: bool) -> 
 /// where a null bulk string would read the same in most clients), in RESP2 and in RESP3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_reads_get_the_bytes_redis_server_sends() {
-    let reference: std::net::SocketAddr = std::env::var("EVENT_TEST_REDIS")
-        .unwrap_or_else(|_| "127.0.0.1:6379".to_owned())
-        .parse()
-        .expect("EVENT_TEST_REDIS is host:port");
+    let reference = reference_redis();
     let gw = gateway(config()).await;
     let addr = gw.addr;
     blocking(move || {
