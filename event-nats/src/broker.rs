@@ -202,7 +202,9 @@ impl Inner {
             State::Closed => return Err(self.lifecycle.closed_error()),
             State::Idle => {}
         }
-        let session = self.connect_session().await?;
+        // boxed: connecting is kilobytes of future state that every publish's future would
+        // carry for the one publish that connects
+        let session = Box::pin(self.connect_session()).await?;
         *state = State::Up(session.clone());
         *self.up.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)

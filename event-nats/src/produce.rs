@@ -215,3 +215,21 @@ pub(crate) async fn publish_core(
         Err(error) => fail(message, error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use event_core::broker::{Broker, Message};
+
+    /// Every publish allocates its future: a slow path's state held inline (connecting, or
+    /// looking a stream up, each kilobytes) once made it 7 KiB, allocated and copied per
+    /// message. Those paths are boxed; this keeps them so.
+    #[test]
+    fn a_publish_future_is_small() {
+        let broker = crate::NatsBroker::builder("nats://127.0.0.1:4222")
+            .build()
+            .expect("builds");
+        let publishing = broker.publish("a", Message::new("x"));
+        let size = std::mem::size_of_val(&*publishing);
+        assert!(size <= 2048, "a publish future is {size} bytes");
+    }
+}

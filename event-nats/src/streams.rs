@@ -83,6 +83,19 @@ impl Streams {
         if let Some(stream) = self.known(topic) {
             return Ok(stream);
         }
+        // boxed: the requests below are kilobytes of future state, and every publish's future
+        // holds this one (while the stream is known, it is never polled past the line above)
+        Box::pin(self.find_or_make(config, js, topic, dead_letter_of)).await
+    }
+
+    /// [`Streams::resolve`] for a topic whose stream is not remembered.
+    async fn find_or_make(
+        &self,
+        config: &Config,
+        js: &Context,
+        topic: &str,
+        dead_letter_of: Option<&str>,
+    ) -> Result<String, BrokerError> {
         if let Some(stream) = lookup(config, js, topic).await? {
             self.remember(topic, &stream);
             return Ok(stream);
