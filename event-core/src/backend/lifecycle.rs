@@ -154,20 +154,28 @@ impl Lifecycle {
 
     /// Stops every subscription and waits until each has drained, then closes: publishing
     /// fails from then on. Returns whether it was open.
+    ///
+    /// A close whose future was dropped before the drain ended (a caller's timeout) leaves
+    /// the subscriptions draining on their own; the next `close` waits for them and finishes
+    /// the close (and returns `false`: the lifecycle was no longer open).
     pub async fn close(&self) -> bool {
-        let runs = {
+        let (runs, was_open) = {
             let runs = self.runs();
-            if self
+            match self
                 .phase
                 .compare_exchange(OPEN, CLOSING, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
             {
-                return false;
+                Ok(_) => (runs.clone(), true),
+                Err(CLOSING) => (runs.clone(), false),
+                Err(_) => return false,
             }
-            runs.clone()
         };
         runs.shutdown().await;
-        self.phase.store(CLOSED, Ordering::Release);
-        true
+        // from CLOSING only: with two closes under way, the first to finish closes, and an
+        // `open` that follows it is not undone by the second
+        let _ = self
+            .phase
+            .compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        was_open
     }
 }

@@ -312,3 +312,39 @@ async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
     own.disconnect().await.unwrap();
     assert!(own.publish("orders", Message::new("x")).await.is_err());
 }
+
+/// A disconnect given up on (its future dropped while a handler still runs, as a caller's
+/// timeout does) leaves the subscription draining; the next disconnect waits for it and
+/// closes, and the broker connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_given_up_on_is_finished_by_the_next() {
+    let broker = MemoryBroker::new();
+    broker.connect().await.unwrap();
+    let (release, mut received, _subscription) = held_subscriber(&broker).await;
+    send(&broker, "burst", "held".to_owned()).await;
+    assert_eq!(next(&mut received).await, "held");
+    {
+        let mut closing = std::pin::pin!(broker.disconnect());
+        let polled = futures_util::poll!(closing.as_mut());
+        assert!(polled.is_pending(), "the handler still holds its message");
+    }
+    let finishing = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.disconnect().await }
+    });
+    release.add_permits(1);
+    finishing.await.expect("joins").expect("disconnects");
+    let refused = broker.publish("burst", Message::new("closed")).await;
+    assert!(
+        matches!(
+            refused.unwrap_err().broker_error(),
+            BrokerError::Closed { .. }
+        ),
+        "the second disconnect finished the close"
+    );
+    broker.connect().await.unwrap();
+    let (release, mut received, _subscription) = held_subscriber(&broker).await;
+    send(&broker, "burst", "again".to_owned()).await;
+    assert_eq!(next(&mut received).await, "again");
+    release.add_permits(1);
+}
