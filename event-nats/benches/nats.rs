@@ -10,8 +10,10 @@
 //! Settings (environment): `EVENTS` messages per run (5,000), `WINDOW` publishes in flight
 //! (64), `PREFETCH` messages a consumer pulls ahead (64), `ROUNDS` (3), `ONLY` = `publish` or
 //! `consume` (both), `ROW` = `typed`, `raw async-nats` or `raw prebuilt` (all; one row, e.g.
-//! under `perf`). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for
-//! the run and deleted after it.
+//! under `perf`), `THREADS` (set: each row also prints the CPU time each thread used, the
+//! main thread, named after the binary, that runs the rows' loops apart from the runtime's
+//! workers). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for the run
+//! and deleted after it.
 //!
 //! Each row also counts, per message, the allocations the whole process made while its clock
 //! ran (the counting allocator of `bench-alloc`) and the CPU time all its threads used
@@ -357,6 +359,7 @@ struct Started {
     at: Instant,
     allocations: u64,
     cpu: Duration,
+    threads: Vec<(String, Duration)>,
 }
 
 /// What a row measured.
@@ -386,11 +389,21 @@ impl Started {
         Started {
             allocations: event_bench_alloc::allocations(),
             cpu: cpu(),
+            threads: event_bench_alloc::thread_cpu_times().unwrap_or_default(),
             at: Instant::now(),
         }
     }
 
     fn stop(self) -> Measured {
+        if std::env::var("THREADS").is_ok() {
+            let after = event_bench_alloc::thread_cpu_times().unwrap_or_default();
+            let line: Vec<String> = after
+                .iter()
+                .zip(&self.threads)
+                .map(|((name, a), (_, b))| format!("{name} {:?}", a.saturating_sub(*b)))
+                .collect();
+            eprintln!("threads: {}", line.join(", "));
+        }
         Measured {
             elapsed: self.at.elapsed(),
             allocations: event_bench_alloc::allocations() - self.allocations,

@@ -552,7 +552,16 @@ impl Broker for NatsBroker {
         };
         match self.inner.config.mode {
             Mode::JetStream => crate::produce::publish(&self.inner, &session, topic, message).await,
-            Mode::Core => crate::produce::publish_core(&self.inner, &session, topic, message).await,
+            // boxed: the JetStream path is the one to keep small
+            Mode::Core => {
+                Box::pin(crate::produce::publish_core(
+                    &self.inner,
+                    &session,
+                    topic,
+                    message,
+                ))
+                .await
+            }
         }
     }
 
