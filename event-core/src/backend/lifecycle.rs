@@ -18,7 +18,8 @@ const CLOSED: u8 = 2;
 /// The open/closed state of a backend and the delivery loops of its subscriptions.
 ///
 /// A backend keeps one, made open, and
-/// - calls [`Lifecycle::open`] in [`Broker::connect`] (which reopens it after a disconnect),
+/// - calls [`Lifecycle::open`] in [`Broker::connect`] (which reopens it after a disconnect,
+///   or after one given up on once its subscriptions have drained),
 /// - checks [`Lifecycle::check_open`] before it publishes,
 /// - subscribes through [`Lifecycle::subscribe`], which validates the topic and queue group,
 ///   refuses while closing or closed, opens the backend's source and runs the shared delivery
@@ -68,11 +69,14 @@ impl Lifecycle {
     }
 
     /// Opens a closed lifecycle again; returns whether it was closed. An open one is left as
-    /// it is.
+    /// it is, and so is one whose close is under way. A close given up on (its future
+    /// dropped) counts as closed once its subscriptions have drained.
     pub fn open(&self) -> bool {
         let mut runs = self.runs();
-        if self.phase.load(Ordering::Acquire) != CLOSED {
-            return false;
+        match self.phase.load(Ordering::Acquire) {
+            CLOSED => {}
+            CLOSING if runs.drained() => {}
+            _ => return false,
         }
         *runs = Runs::default();
         self.phase.store(OPEN, Ordering::Release);
@@ -171,11 +175,14 @@ impl Lifecycle {
             }
         };
         runs.shutdown().await;
-        // from CLOSING only: with two closes under way, the first to finish closes, and an
-        // `open` that follows it is not undone by the second
-        let _ = self
-            .phase
-            .compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        // only the runs this close drained: after an `open` (and perhaps a close of its own
+        // under way) a slower close of the runs before leaves the phase alone
+        let current = self.runs();
+        if current.same(&runs) {
+            let _ =
+                self.phase
+                    .compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        }
         was_open
     }
 }

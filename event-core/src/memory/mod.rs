@@ -113,8 +113,8 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
     /// How many handles of a process-wide broker are connected: one user's disconnect (one
     /// service's shutdown) does not close it under the others. Held across the last user's
-    /// close, so that a connect meanwhile waits and opens it again. `None` for a broker of
-    /// its own.
+    /// close, so that a connect meanwhile waits and opens it again (a close given up on lets
+    /// it go: see [`Lifecycle::open`]). `None` for a broker of its own.
     users: Option<tokio::sync::Mutex<usize>>,
 }
 

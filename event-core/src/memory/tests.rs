@@ -313,9 +313,16 @@ async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
     assert!(own.publish("orders", Message::new("x")).await.is_err());
 }
 
-/// A disconnect given up on (its future dropped while a handler still runs, as a caller's
-/// timeout does) leaves the subscription draining; the next disconnect waits for it and
-/// closes, and the broker connects again.
+/// Starts a disconnect of `broker` and gives up on it (drops its future, as a caller's
+/// timeout does) while the held subscriber's handler still has its message.
+async fn give_up_on_a_disconnect(broker: &MemoryBroker) {
+    let mut closing = std::pin::pin!(broker.disconnect());
+    let polled = futures_util::poll!(closing.as_mut());
+    assert!(polled.is_pending(), "the handler still holds its message");
+}
+
+/// A disconnect given up on leaves the subscription draining; the next disconnect waits for
+/// the drain, then closes, and the broker connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_given_up_on_is_finished_by_the_next() {
     let broker = MemoryBroker::new();
@@ -323,17 +330,15 @@ async fn a_disconnect_given_up_on_is_finished_by_the_next() {
     let (release, mut received, _subscription) = held_subscriber(&broker).await;
     send(&broker, "burst", "held".to_owned()).await;
     assert_eq!(next(&mut received).await, "held");
-    {
-        let mut closing = std::pin::pin!(broker.disconnect());
-        let polled = futures_util::poll!(closing.as_mut());
-        assert!(polled.is_pending(), "the handler still holds its message");
-    }
-    let finishing = tokio::spawn({
-        let broker = broker.clone();
-        async move { broker.disconnect().await }
-    });
+    give_up_on_a_disconnect(&broker).await;
+    let mut finishing = std::pin::pin!(broker.disconnect());
+    let polled = futures_util::poll!(finishing.as_mut());
+    assert!(
+        polled.is_pending(),
+        "the second disconnect waits for the drain"
+    );
     release.add_permits(1);
-    finishing.await.expect("joins").expect("disconnects");
+    finishing.await.expect("disconnects");
     let refused = broker.publish("burst", Message::new("closed")).await;
     assert!(
         matches!(
@@ -342,6 +347,25 @@ async fn a_disconnect_given_up_on_is_finished_by_the_next() {
         ),
         "the second disconnect finished the close"
     );
+    broker.connect().await.unwrap();
+    let (release, mut received, _subscription) = held_subscriber(&broker).await;
+    send(&broker, "burst", "again".to_owned()).await;
+    assert_eq!(next(&mut received).await, "again");
+    release.add_permits(1);
+}
+
+/// A disconnect given up on, whose subscription has drained since: a connect opens the
+/// broker again, with no second disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_after_a_disconnect_given_up_on_opens_once_drained() {
+    let broker = MemoryBroker::new();
+    broker.connect().await.unwrap();
+    let (release, mut received, subscription) = held_subscriber(&broker).await;
+    send(&broker, "burst", "held".to_owned()).await;
+    assert_eq!(next(&mut received).await, "held");
+    give_up_on_a_disconnect(&broker).await;
+    release.add_permits(1);
+    subscription.unsubscribe().await;
     broker.connect().await.unwrap();
     let (release, mut received, _subscription) = held_subscriber(&broker).await;
     send(&broker, "burst", "again".to_owned()).await;

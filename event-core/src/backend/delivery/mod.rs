@@ -102,6 +102,16 @@ impl Runs {
     }
 
     /// Stops every subscription and waits until each has drained.
+    /// Whether `other` is a handle of these same runs (not of the runs an `open` made since).
+    pub(crate) fn same(&self, other: &Runs) -> bool {
+        Arc::ptr_eq(&self.shutting_down, &other.shutting_down)
+    }
+
+    /// Whether a shutdown began and every loop has ended since.
+    pub(crate) fn drained(&self) -> bool {
+        self.tracker.is_closed() && self.tracker.is_empty()
+    }
+
     pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.token.cancel();
