@@ -10,9 +10,8 @@
 //! Settings (environment): `EVENTS` messages per run (5,000), `WINDOW` publishes in flight
 //! (64), `PREFETCH` messages a consumer pulls ahead (64), `ROUNDS` (3), `ONLY` = `publish` or
 //! `consume` (both), `ROW` = `typed`, `raw async-nats` or `raw prebuilt` (all; one row, e.g.
-//! under `perf`), `THREADS` (set: each row also prints the CPU time each thread used, the
-//! main thread, named after the binary, that runs the rows' loops apart from the runtime's
-//! workers). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for the run
+//! under `perf`), `THREADS` (set: each row also prints the CPU time of the main thread, which
+//! runs the rows' loops, and of the other threads together: the runtime's workers). The stream is `EVENT_BENCH` (subjects `bench.>`, file storage), made for the run
 //! and deleted after it.
 //!
 //! Each row also counts, per message, the allocations the whole process made while its clock
@@ -359,7 +358,27 @@ struct Started {
     at: Instant,
     allocations: u64,
     cpu: Duration,
-    threads: Vec<(String, Duration)>,
+    /// With `THREADS`: the CPU time of the main thread and of the others, together.
+    threads: Option<(Duration, Duration)>,
+}
+
+/// The CPU time of the main thread (named after the binary) and of every other thread
+/// together, when `THREADS` is set.
+fn main_and_others() -> Option<(Duration, Duration)> {
+    std::env::var_os("THREADS")?;
+    let main = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))?;
+    let mut split = (Duration::ZERO, Duration::ZERO);
+    for (name, cpu) in event_bench_alloc::thread_cpu_times()? {
+        // the kernel keeps 15 bytes of a thread's name
+        if main.starts_with(&name) {
+            split.0 += cpu;
+        } else {
+            split.1 += cpu;
+        }
+    }
+    Some(split)
 }
 
 /// What a row measured.
@@ -387,29 +406,30 @@ fn cpu() -> Duration {
 impl Started {
     fn now() -> Started {
         Started {
+            threads: main_and_others(),
             allocations: event_bench_alloc::allocations(),
             cpu: cpu(),
-            threads: event_bench_alloc::thread_cpu_times().unwrap_or_default(),
             at: Instant::now(),
         }
     }
 
     fn stop(self) -> Measured {
-        if std::env::var("THREADS").is_ok() {
-            let after = event_bench_alloc::thread_cpu_times().unwrap_or_default();
-            let line: Vec<String> = after
-                .iter()
-                .zip(&self.threads)
-                .map(|((name, a), (_, b))| format!("{name} {:?}", a.saturating_sub(*b)))
-                .collect();
-            eprintln!("threads: {}", line.join(", "));
-        }
-        Measured {
+        let measured = Measured {
             elapsed: self.at.elapsed(),
             allocations: event_bench_alloc::allocations() - self.allocations,
             cpu: cpu() - self.cpu,
             first: None,
+        };
+        if let (Some((main, others)), Some((main_after, others_after))) =
+            (self.threads, main_and_others())
+        {
+            eprintln!(
+                "threads: main {:.2?}, the others {:.2?}",
+                main_after.saturating_sub(main),
+                others_after.saturating_sub(others)
+            );
         }
+        measured
     }
 }
 

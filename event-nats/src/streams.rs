@@ -83,8 +83,8 @@ impl Streams {
         if let Some(stream) = self.known(topic) {
             return Ok(stream);
         }
-        // boxed: the requests below are kilobytes of future state, and every publish's future
-        // holds this one (while the stream is known, it is never polled past the line above)
+        // boxed: the requests below are kilobytes of future state, which every future that
+        // may call this (a publish's among them) would otherwise carry inline
         Box::pin(self.find_or_make(config, js, topic, dead_letter_of)).await
     }
 
