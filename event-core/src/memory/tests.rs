@@ -313,24 +313,37 @@ async fn a_process_wide_broker_stays_open_until_its_last_user_disconnects() {
     assert!(own.publish("orders", Message::new("x")).await.is_err());
 }
 
-/// Starts a disconnect of `broker` and gives up on it (drops its future, as a caller's
-/// timeout does) while the held subscriber's handler still has its message.
-async fn give_up_on_a_disconnect(broker: &MemoryBroker) {
-    let mut closing = std::pin::pin!(broker.disconnect());
-    let polled = futures_util::poll!(closing.as_mut());
-    assert!(polled.is_pending(), "the handler still holds its message");
+/// A connected broker whose held subscriber has a message in its handler, and a disconnect
+/// of it given up on meanwhile (its future dropped, as a caller's timeout does): the semaphore
+/// that lets the handler finish, and the subscription.
+async fn a_disconnect_given_up_on() -> (MemoryBroker, Arc<tokio::sync::Semaphore>, Subscription) {
+    let broker = MemoryBroker::new();
+    broker.connect().await.unwrap();
+    let (release, mut received, subscription) = held_subscriber(&broker).await;
+    send(&broker, "burst", "held".to_owned()).await;
+    assert_eq!(next(&mut received).await, "held");
+    {
+        let mut closing = std::pin::pin!(broker.disconnect());
+        let polled = futures_util::poll!(closing.as_mut());
+        assert!(polled.is_pending(), "the handler still holds its message");
+    }
+    (broker, release, subscription)
+}
+
+/// Connects `broker` and checks that a new subscription gets a message.
+async fn opens_again(broker: &MemoryBroker) {
+    broker.connect().await.unwrap();
+    let (release, mut received, _subscription) = held_subscriber(broker).await;
+    send(broker, "burst", "again".to_owned()).await;
+    assert_eq!(next(&mut received).await, "again");
+    release.add_permits(1);
 }
 
 /// A disconnect given up on leaves the subscription draining; the next disconnect waits for
 /// the drain, then closes, and the broker connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_given_up_on_is_finished_by_the_next() {
-    let broker = MemoryBroker::new();
-    broker.connect().await.unwrap();
-    let (release, mut received, _subscription) = held_subscriber(&broker).await;
-    send(&broker, "burst", "held".to_owned()).await;
-    assert_eq!(next(&mut received).await, "held");
-    give_up_on_a_disconnect(&broker).await;
+    let (broker, release, _subscription) = a_disconnect_given_up_on().await;
     let mut finishing = std::pin::pin!(broker.disconnect());
     let polled = futures_util::poll!(finishing.as_mut());
     assert!(
@@ -347,28 +360,15 @@ async fn a_disconnect_given_up_on_is_finished_by_the_next() {
         ),
         "the second disconnect finished the close"
     );
-    broker.connect().await.unwrap();
-    let (release, mut received, _subscription) = held_subscriber(&broker).await;
-    send(&broker, "burst", "again".to_owned()).await;
-    assert_eq!(next(&mut received).await, "again");
-    release.add_permits(1);
+    opens_again(&broker).await;
 }
 
 /// A disconnect given up on, whose subscription has drained since: a connect opens the
 /// broker again, with no second disconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_after_a_disconnect_given_up_on_opens_once_drained() {
-    let broker = MemoryBroker::new();
-    broker.connect().await.unwrap();
-    let (release, mut received, subscription) = held_subscriber(&broker).await;
-    send(&broker, "burst", "held".to_owned()).await;
-    assert_eq!(next(&mut received).await, "held");
-    give_up_on_a_disconnect(&broker).await;
+    let (broker, release, subscription) = a_disconnect_given_up_on().await;
     release.add_permits(1);
     subscription.unsubscribe().await;
-    broker.connect().await.unwrap();
-    let (release, mut received, _subscription) = held_subscriber(&broker).await;
-    send(&broker, "burst", "again".to_owned()).await;
-    assert_eq!(next(&mut received).await, "again");
-    release.add_permits(1);
+    opens_again(&broker).await;
 }
