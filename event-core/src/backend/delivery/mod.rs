@@ -101,7 +101,6 @@ impl Runs {
         )
     }
 
-    /// Stops every subscription and waits until each has drained.
     /// Whether `other` is a handle of these same runs (not of the runs an `open` made since).
     pub(crate) fn same(&self, other: &Runs) -> bool {
         Arc::ptr_eq(&self.shutting_down, &other.shutting_down)
@@ -112,6 +111,7 @@ impl Runs {
         self.tracker.is_closed() && self.tracker.is_empty()
     }
 
+    /// Stops every subscription and waits until each has drained.
     pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.token.cancel();
