@@ -25,6 +25,9 @@ pub(crate) use name::{Role, known};
 pub use value::HeaderValue;
 use value::{INLINE, ValueRepr};
 
+/// One header: its name and value, as [`Headers::split_shared`] gives them.
+pub type HeaderEntry = (HeaderName, HeaderValue);
+
 /// Ordered header multimap with case-insensitive lookup.
 ///
 /// ```
@@ -226,6 +229,16 @@ impl Headers {
             shared: self.shared.iter(),
             entries: self.entries.iter(),
         }
+    }
+
+    /// The entries in two parts, in the order [`iter`](Self::iter) gives them: those every
+    /// message of the publisher that made these headers carries (its source, type, content
+    /// type and so on), then this message's own. The first part is made once per publisher
+    /// and never freed, so its address names it for as long as the process runs: a backend
+    /// can translate it into its broker's form once, and only the second part per message.
+    /// Headers not made by a publisher have no shared part.
+    pub fn split_shared(&self) -> (&'static [HeaderEntry], &[HeaderEntry]) {
+        (self.shared, &self.entries)
     }
 
     /// Number of entries.
