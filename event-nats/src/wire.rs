@@ -30,7 +30,7 @@ use std::fmt;
 use bytes::Bytes;
 use event_core::backend::{Position, PositionKind, go_micro};
 use event_core::broker::{BrokerError, Message};
-use event_core::headers::{HeaderName, HeaderValue, Headers, names};
+use event_core::headers::{HeaderEntry, HeaderName, HeaderValue, Headers, names};
 
 use crate::error::NatsBackendError;
 
@@ -265,6 +265,28 @@ pub(crate) fn received(
     from_nats(headers, payload)
 }
 
+/// The names of [`KNOWN_NAMES`] written to a map so far (a bit per index): the first value of
+/// a known name is inserted (one hash; there is nothing to append to), any other appended.
+#[derive(Default)]
+struct KnownWritten(u32);
+
+impl KnownWritten {
+    fn put(
+        &mut self,
+        map: &mut async_nats::HeaderMap,
+        (name, known): (async_nats::HeaderName, Option<usize>),
+        text: String,
+    ) {
+        match known {
+            Some(i) if self.0 & (1 << i) == 0 => {
+                self.0 |= 1 << i;
+                map.insert(name, nats_value(text));
+            }
+            _ => map.append(name, nats_value(text)),
+        }
+    }
+}
+
 /// The NATS headers `message` is published to `topic` with (see the module documentation);
 /// `None` when there are none.
 ///
@@ -284,6 +306,100 @@ pub(crate) fn to_nats(
     to_nats_with_id(message, jetstream, dedup)
 }
 
+/// `value` as the text it travels as, when it travels as it is (see [`travels_as_is`]).
+fn as_is(value: &[u8]) -> Option<&str> {
+    if travels_as_is(value) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// Whether a message's header `name` is one of those [`to_nats_with_id`] writes from the key,
+/// the escapes and the id rather than from the header itself.
+fn written_below(name: &str, jetstream: bool) -> bool {
+    // the first letter first: most names start with neither
+    match name.as_bytes().first() {
+        Some(b'x' | b'X') => {
+            name.eq_ignore_ascii_case(KEY_HEADER) || name.eq_ignore_ascii_case(ESCAPED_HEADER)
+        }
+        Some(b'n' | b'N') => jetstream && name.eq_ignore_ascii_case(MSG_ID_HEADER),
+        _ => false,
+    }
+}
+
+/// Writes `entries` into `map`, all of them as they are; `false` (with some written) when one
+/// must be escaped.
+fn put_as_is(
+    map: &mut async_nats::HeaderMap,
+    known_written: &mut KnownWritten,
+    entries: &[HeaderEntry],
+    jetstream: bool,
+) -> Result<bool, NatsBackendError> {
+    for (name, value) in entries {
+        let name = name.as_str();
+        if written_below(name, jetstream) {
+            continue;
+        }
+        let Some(text) = as_is(value.as_bytes()) else {
+            return Ok(false);
+        };
+        known_written.put(map, nats_name(name)?, text.to_owned());
+    }
+    Ok(true)
+}
+
+/// A publisher's shared headers (see [`Headers::split_shared`]) in NATS form, for each
+/// message's map to start from: `None` when one of them does not travel as it is (the
+/// message is then written whole, escapes and all).
+type SharedNats = Option<(async_nats::HeaderMap, KnownWritten)>;
+
+/// How many publishers' shared headers a thread keeps in NATS form.
+const SHARED_KEPT: usize = 64;
+
+/// Which shared headers, for which mode: their address and length, and whether JetStream's.
+type SharedKey = (usize, usize, bool);
+
+thread_local! {
+    /// The shared headers translated so far on this thread.
+    static SHARED_NATS: std::cell::RefCell<Vec<(SharedKey, SharedNats)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The map a message whose shared headers are `shared` starts from: a copy of their NATS form,
+/// made once per thread (a copy of a map costs no hashing, and it is already as large as
+/// the shared headers need), with the known names it holds.
+fn start_from_shared(
+    shared: &'static [HeaderEntry],
+    jetstream: bool,
+) -> Result<SharedNats, NatsBackendError> {
+    let key = (shared.as_ptr() as usize, shared.len(), jetstream);
+    let copy = |made: &SharedNats| {
+        made.as_ref()
+            .map(|(map, known)| (map.clone(), KnownWritten(known.0)))
+    };
+    let found = SHARED_NATS.with_borrow(|kept| {
+        kept.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, made)| copy(made))
+    });
+    if let Some(found) = found {
+        return Ok(found);
+    }
+    let mut map = async_nats::HeaderMap::new();
+    let mut known_written = KnownWritten::default();
+    let made =
+        put_as_is(&mut map, &mut known_written, shared, jetstream)?.then_some((map, known_written));
+    let copied = copy(&made);
+    SHARED_NATS.with_borrow_mut(|kept| {
+        if kept.len() == SHARED_KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, made));
+    });
+    Ok(copied)
+}
+
 /// [`to_nats`] with the `Nats-Msg-Id` given (see [`publish_dedup_id`]).
 pub(crate) fn to_nats_with_id(
     message: &Message,
@@ -293,48 +409,53 @@ pub(crate) fn to_nats_with_id(
     if message.headers.is_empty() && message.key.is_none() && dedup.is_none() {
         return Ok(None);
     }
-    let mut map = async_nats::HeaderMap::new();
-    let written_below = |name: &str| {
-        name.eq_ignore_ascii_case(KEY_HEADER)
-            || name.eq_ignore_ascii_case(ESCAPED_HEADER)
-            || (jetstream && name.eq_ignore_ascii_case(MSG_ID_HEADER))
+    // the common case, every value text that travels as it is (what the framework writes):
+    // the publisher's shared headers translated once, this message's own checked once each
+    let (shared, own) = message.headers.split_shared();
+    let start = if shared.is_empty() {
+        Some((async_nats::HeaderMap::new(), KnownWritten::default()))
+    } else {
+        start_from_shared(shared, jetstream)?
     };
-    // escaping is listed per name (receiving decodes every value of a listed name), so a name
-    // one of whose values must be escaped has all of them escaped
     let mut escaped: Vec<&str> = Vec::new();
-    for (name, value) in message.headers.iter() {
-        let name = name.as_str();
-        if !written_below(name)
-            && !travels_as_is(value.as_bytes())
-            && !escaped.iter().any(|n| n.eq_ignore_ascii_case(name))
-        {
-            escaped.push(name);
+    let fast = match start {
+        Some((mut map, mut known_written)) => {
+            put_as_is(&mut map, &mut known_written, own, jetstream)?.then_some(map)
         }
-    }
-    // the known names written so far (bits of their index in KNOWN_NAMES)
-    let mut seen: u32 = 0;
-    for (name, value) in message.headers.iter() {
-        let name = name.as_str();
-        if written_below(name) {
-            // written below from the key, the escapes and the id
-            continue;
-        }
-        let (nats, known) = nats_name(name)?;
-        let as_is = !escaped.iter().any(|n| n.eq_ignore_ascii_case(name));
-        let text = if as_is {
-            value.to_str().expect("checked").to_owned()
-        } else {
-            percent_encode(value.as_bytes())
-        };
-        match known {
-            // the first of a known name: nothing to append to (one hash, not two)
-            Some(i) if seen & (1 << i) == 0 => {
-                seen |= 1 << i;
-                map.insert(nats, nats_value(text));
+        None => None,
+    };
+    let mut map = match fast {
+        Some(map) => map,
+        None => {
+            // escaping is listed per name (receiving decodes every value of a listed name),
+            // so a name one of whose values must be escaped has all of them escaped: two
+            // passes over the whole message
+            let mut map = async_nats::HeaderMap::new();
+            let mut known_written = KnownWritten::default();
+            for (name, value) in message.headers.iter() {
+                let name = name.as_str();
+                if !written_below(name, jetstream)
+                    && !travels_as_is(value.as_bytes())
+                    && !escaped.iter().any(|n| n.eq_ignore_ascii_case(name))
+                {
+                    escaped.push(name);
+                }
             }
-            _ => map.append(nats, nats_value(text)),
+            for (name, value) in message.headers.iter() {
+                let name = name.as_str();
+                if written_below(name, jetstream) {
+                    continue;
+                }
+                let text = if escaped.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    percent_encode(value.as_bytes())
+                } else {
+                    value.to_str().expect("checked").to_owned()
+                };
+                known_written.put(&mut map, nats_name(name)?, text);
+            }
+            map
         }
-    }
+    };
     if let Some(key) = &message.key {
         if travels_as_is(key) {
             let text = std::str::from_utf8(key).expect("checked").to_owned();
@@ -422,9 +543,20 @@ pub(crate) fn from_nats(headers: Option<&async_nats::HeaderMap>, payload: Bytes)
 ///
 /// [`BrokerError::InvalidTopic`] for wildcards (`*`, `>`) and empty tokens.
 pub(crate) fn check_subject(topic: &str) -> Result<(), BrokerError> {
-    let reason = if topic.split('.').any(str::is_empty) {
+    // one pass over the bytes (every publish checks its topic): each token's first byte and
+    // length
+    let mut empty = false;
+    let mut wildcard = false;
+    for token in topic.as_bytes().split(|&b| b == b'.') {
+        match token {
+            [] => empty = true,
+            [b'*' | b'>'] => wildcard = true,
+            _ => {}
+        }
+    }
+    let reason = if empty {
         "a NATS subject has no empty tokens (no leading, trailing or doubled '.')"
-    } else if topic.split('.').any(|t| t == "*" || t == ">") {
+    } else if wildcard {
         "a topic is a literal NATS subject: '*' and '>' are wildcards"
     } else {
         return Ok(());
@@ -627,6 +759,51 @@ mod tests {
         let back = from_nats(Some(&map), message.payload.clone());
         assert_eq!(back.key.as_deref(), Some(&b"\xff\x00key"[..]));
         assert_eq!(sorted(&back.headers), sorted(&message.headers));
+    }
+
+    /// A publisher's message (shared headers, then its own) and the same message with every
+    /// header its own.
+    fn published_and_unshared(source: &str, own: &[(&str, &str)]) -> (Message, Message) {
+        let publisher = event_core::Publisher::<event_proto::bench::v1::Tick>::new(
+            std::sync::Arc::new(event_core::memory::MemoryBroker::new()),
+            source,
+            "orders.placed",
+        );
+        let mut published = publisher.encode(&Default::default(), None);
+        for (name, value) in own {
+            published.headers.append(*name, *value);
+        }
+        assert!(!published.headers.split_shared().0.is_empty(), "shared");
+        let mut unshared = Message::new(published.payload.clone());
+        for (name, value) in published.headers.iter() {
+            unshared.headers.append(name.clone(), value.clone());
+        }
+        assert!(unshared.headers.split_shared().0.is_empty());
+        (published, unshared)
+    }
+
+    #[test]
+    fn a_publisher_s_shared_headers_are_written_as_its_own_are() {
+        for own in [
+            &[][..],
+            &[("tenant", "t-1"), ("tenant", "t-2")][..],
+            // one of the shared names again, and a value to escape: the whole message escaped
+            &[("ce_source", "again"), ("note", "a\nb")][..],
+            &[("ce_type", "line\nbreak")][..],
+        ] {
+            // a source that must be escaped: its messages are written whole
+            for source in ["orders", " spaced source "] {
+                // twice: the shared headers translated, then found translated
+                for _ in 0..2 {
+                    let (published, unshared) = published_and_unshared(source, own);
+                    let fast = to_nats("orders.placed", &published, true).unwrap().unwrap();
+                    let whole = to_nats("orders.placed", &unshared, true).unwrap().unwrap();
+                    assert_eq!(fast, whole, "{source:?} {own:?}");
+                    let back = from_nats(Some(&fast), published.payload.clone());
+                    assert_eq!(sorted(&back.headers), sorted(&published.headers), "{own:?}");
+                }
+            }
+        }
     }
 
     #[test]
