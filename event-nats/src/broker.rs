@@ -291,8 +291,13 @@ impl Inner {
                 });
             }
         };
+        // backpressure off: a publish past the PubAcks in flight async-nats keeps gets an
+        // error it retries after a pause (`produce::publish`) instead of a wait no timeout
+        // of async-nats's bounds
         let js = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(config.request_timeout)
+            .ack_timeout(config.request_timeout)
+            .backpressure_on_inflight(false)
             .build(client.clone());
         let barrier = match config.mode {
             Mode::JetStream => None,

@@ -89,7 +89,19 @@ pub(crate) async fn publish(
                 .await?
                 .await
         });
-        let error = match tokio::time::timeout_at(deadline.into(), attempt).await {
+        // async-nats bounds both halves of an attempt by the request timeout (handing the
+        // message to the connection, and the PubAck), and with backpressure off
+        // (`Inner::connect_session`) nothing else in it waits: while the deadline is further
+        // away than both, a timer of ours (one more entry in tokio's timer wheel per publish)
+        // would never fire first
+        let bounded = deadline.saturating_duration_since(Instant::now())
+            >= config.request_timeout.saturating_mul(2);
+        let outcome = if bounded {
+            Ok(attempt.await)
+        } else {
+            tokio::time::timeout_at(deadline.into(), attempt).await
+        };
+        let error = match outcome {
             Ok(Ok(ack)) => {
                 if ack.duplicate {
                     tracing::debug!(
@@ -131,6 +143,26 @@ pub(crate) async fn publish(
                     return fail(message, error);
                 }
                 provisioned = true;
+            }
+            PublishErrorKind::MaxAckPending => {
+                // the context's 5,000 PubAcks in flight: one of them settles within the
+                // request timeout
+                let wait = backoff.next_delay();
+                tracing::debug!(
+                    topic,
+                    "as many publishes as async-nats keeps await their PubAck; again in {wait:?}"
+                );
+                if Instant::now() + wait >= deadline {
+                    return fail(
+                        message,
+                        BrokerError::Timeout {
+                            broker: BROKER_NAME,
+                            operation: "publish (waiting for room among the PubAcks in flight)",
+                            timeout: config.publish_timeout,
+                        },
+                    );
+                }
+                tokio::time::sleep(wait).await;
             }
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                 // the server may or may not have it: the same id again, after a pause
