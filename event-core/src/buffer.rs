@@ -41,12 +41,7 @@ impl Chunks {
     fn next(&mut self) {
         self.current.clear();
         if !self.current.try_reclaim(ENCODE_CHUNK) {
-            let used = std::mem::take(&mut self.current);
-            if self.used.len() == KEPT_CHUNKS {
-                // freed with its last payload
-                self.used.pop_front();
-            }
-            self.used.push_back(used);
+            let busy = std::mem::take(&mut self.current);
             // the oldest first: the likeliest to be free
             let free = self
                 .used
@@ -54,8 +49,15 @@ impl Chunks {
                 .position(|c| c.try_reclaim(ENCODE_CHUNK));
             self.current = match free.and_then(|i| self.used.remove(i)) {
                 Some(chunk) => chunk,
-                None => BytesMut::with_capacity(ENCODE_CHUNK),
+                None => {
+                    if self.used.len() == KEPT_CHUNKS {
+                        // every one busy: the oldest is freed with its last payload
+                        self.used.pop_front();
+                    }
+                    BytesMut::with_capacity(ENCODE_CHUNK)
+                }
             };
+            self.used.push_back(busy);
         }
         let capacity = self.current.capacity();
         self.current.resize(capacity, 0);
@@ -140,6 +142,29 @@ mod tests {
             assert_ne!(fourth.as_ptr(), first_start);
             assert_ne!(fourth.as_ptr(), second[0].as_ptr());
             drop((rest, third, hog));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn payloads_in_flight_across_more_chunks_than_are_kept_stay_intact() {
+        std::thread::spawn(|| {
+            // a window of live payloads spanning about twelve chunks, more than are kept:
+            // chunks are written over, dropped and made while payloads come and go
+            let window = 12 * ENCODE_CHUNK / 500;
+            let mut live = std::collections::VecDeque::new();
+            for i in 0..20_000u32 {
+                let data = vec![(i % 251) as u8; 400 + (i % 200) as usize];
+                live.push_back((cut(&data), data));
+                if live.len() > window {
+                    let (bytes, data) = live.pop_front().expect("full");
+                    assert_eq!(bytes, data, "cut {}", i as usize - window);
+                }
+            }
+            for (bytes, data) in live {
+                assert_eq!(bytes, data);
+            }
         })
         .join()
         .unwrap();
