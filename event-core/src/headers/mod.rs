@@ -233,10 +233,14 @@ impl Headers {
 
     /// The entries in two parts, in the order [`iter`](Self::iter) gives them: those every
     /// message of the publisher that made these headers carries (its source, type, content
-    /// type and so on), then this message's own. The first part is made once per publisher
-    /// and never freed, so its address names it for as long as the process runs: a backend
-    /// can translate it into its broker's form once, and only the second part per message.
-    /// Headers not made by a publisher have no shared part.
+    /// type and so on), then this message's own. The first part is made once per source,
+    /// message type and content type, shared by every publisher of them, and never freed, so
+    /// its address names it for as long as the process runs: a backend can translate it into
+    /// its broker's form once, and only the second part per message.
+    ///
+    /// The first part may be empty for any message: headers not made by a publisher have
+    /// none, nor have those of a process past the number of such triples it shares, nor
+    /// headers in which a shared entry was changed or removed (they own every entry then).
     pub fn split_shared(&self) -> (&'static [HeaderEntry], &[HeaderEntry]) {
         (self.shared, &self.entries)
     }

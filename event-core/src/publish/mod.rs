@@ -244,7 +244,7 @@ fn shared_headers(
 }
 
 /// A header entry.
-type Entry = (HeaderName, HeaderValue);
+type Entry = crate::headers::HeaderEntry;
 
 /// Header entries made once and kept for the life of the process.
 type SharedHeaders = &'static [Entry];
