@@ -72,7 +72,15 @@ pub(crate) struct Connected {
     pub(crate) js: async_nats::jetstream::Context,
     /// Core NATS mode: a round trip that proves the server processed what came before.
     pub(crate) barrier: Option<Barrier>,
+    /// A place for each of the [`PUBACKS_IN_FLIGHT`] publishes `js` waits for at once: a
+    /// publish takes one before it hands its message over, and waits for one (under its
+    /// deadline) when every one is taken.
+    pub(crate) pubacks: tokio::sync::Semaphore,
 }
+
+/// How many JetStream publishes of one connection wait for their PubAck at once (as many as
+/// async-nats keeps by default).
+pub(crate) const PUBACKS_IN_FLIGHT: usize = 5_000;
 
 impl fmt::Debug for NatsBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -291,12 +299,14 @@ impl Inner {
                 });
             }
         };
-        // backpressure off: a publish past the PubAcks in flight async-nats keeps gets an
-        // error it retries after a pause (`produce::publish`) instead of a wait no timeout
-        // of async-nats's bounds
+        // async-nats's own wait for a place among the PubAcks in flight has no timeout: it
+        // is off, and a publish waits for one of ours instead (`Connected::pubacks`), under
+        // its deadline. `ack_timeout` bounds how long the PubAck of a publish dropped midway
+        // (its caller gave up) keeps its place.
         let js = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(config.request_timeout)
             .ack_timeout(config.request_timeout)
+            .max_ack_inflight(PUBACKS_IN_FLIGHT)
             .backpressure_on_inflight(false)
             .build(client.clone());
         let barrier = match config.mode {
@@ -307,6 +317,7 @@ impl Inner {
             client,
             js,
             barrier,
+            pubacks: tokio::sync::Semaphore::new(PUBACKS_IN_FLIGHT),
         }))
     }
 

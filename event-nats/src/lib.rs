@@ -117,7 +117,8 @@
 //!   failure the message is given back in the
 //!   [`PublishError`](event_core::broker::PublishError). A PubAck that does not come
 //!   (connection lost, server restarting) is awaited again with the same `Nats-Msg-Id` until
-//!   `publish_timeout_ms`: kept once if it was stored.
+//!   `publish_timeout_ms`: kept once if it was stored. At most 5,000 publishes of one
+//!   connection wait for their PubAck at once; more wait for room, within the same timeout.
 //! - **Consume**: explicit acknowledgements, only after the handler's outcome (the shared
 //!   delivery loop of `event-core`). A failing handler is retried in place with the
 //!   subscription's backoff, then dead-lettered with the `x-event-*` headers and

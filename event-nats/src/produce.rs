@@ -1,6 +1,6 @@
 //! Publishing: to JetStream with a PubAck per message, or to core NATS with a round trip.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -11,6 +11,10 @@ use crate::BROKER_NAME;
 use crate::broker::{Inner, Session, client_error};
 use crate::error::NatsBackendError;
 use crate::wire;
+
+/// How much further than async-nats's own timeouts a deadline must be for a publish attempt
+/// to go without a timer of ours.
+const TIMER_MARGIN: Duration = Duration::from_millis(50);
 
 fn backend(error: NatsBackendError) -> BrokerError {
     BrokerError::Backend {
@@ -67,6 +71,30 @@ pub(crate) async fn publish(
     let started = Instant::now();
     let deadline = started + config.publish_timeout;
     let mut backoff = Backoff::between(config.reconnect_min, config.reconnect_max);
+    // a place among the PubAcks in flight, waited for only when every one is taken (boxed
+    // there: a wait rarely taken, kept out of every publish's future)
+    let _place = match session.pubacks.try_acquire() {
+        Ok(place) => place,
+        Err(_) => match Box::pin(tokio::time::timeout_at(
+            deadline.into(),
+            session.pubacks.acquire(),
+        ))
+        .await
+        {
+            Ok(Ok(place)) => place,
+            // timed out (the semaphore is never closed)
+            Ok(Err(_)) | Err(_) => {
+                return fail(
+                    message,
+                    BrokerError::Timeout {
+                        broker: BROKER_NAME,
+                        operation: "publish (waiting for room among the PubAcks in flight)",
+                        timeout: config.publish_timeout,
+                    },
+                );
+            }
+        },
+    };
     let mut provisioned = false;
     loop {
         let mut publish = PublishMessage::build().payload(payload.clone());
@@ -90,12 +118,12 @@ pub(crate) async fn publish(
                 .await
         });
         // async-nats bounds both halves of an attempt by the request timeout (handing the
-        // message to the connection, and the PubAck), and with backpressure off
+        // message to the connection, and the PubAck), and with its backpressure off
         // (`Inner::connect_session`) nothing else in it waits: while the deadline is further
-        // away than both, a timer of ours (one more entry in tokio's timer wheel per publish)
-        // would never fire first
+        // away than both (and a margin for the timers' rounding), a timer of ours (one more
+        // entry in tokio's timer wheel per publish) would not fire first
         let bounded = deadline.saturating_duration_since(Instant::now())
-            >= config.request_timeout.saturating_mul(2);
+            >= config.request_timeout.saturating_mul(2) + TIMER_MARGIN;
         let outcome = if bounded {
             Ok(attempt.await)
         } else {
@@ -145,8 +173,8 @@ pub(crate) async fn publish(
                 provisioned = true;
             }
             PublishErrorKind::MaxAckPending => {
-                // the context's 5,000 PubAcks in flight: one of them settles within the
-                // request timeout
+                // every place taken though this publish holds one of ours: the PubAcks of
+                // publishes dropped midway keep theirs, each for at most the request timeout
                 let wait = backoff.next_delay();
                 tracing::debug!(
                     topic,
