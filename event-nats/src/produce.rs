@@ -71,6 +71,11 @@ pub(crate) async fn publish(
     let started = Instant::now();
     let deadline = started + config.publish_timeout;
     let mut backoff = Backoff::between(config.reconnect_min, config.reconnect_max);
+    let no_room = || BrokerError::Timeout {
+        broker: BROKER_NAME,
+        operation: "publish (waiting for room among the PubAcks in flight)",
+        timeout: config.publish_timeout,
+    };
     // a place among the PubAcks in flight, waited for only when every one is taken (boxed
     // there: a wait rarely taken, kept out of every publish's future)
     let _place = match session.pubacks.try_acquire() {
@@ -83,16 +88,7 @@ pub(crate) async fn publish(
         {
             Ok(Ok(place)) => place,
             // timed out (the semaphore is never closed)
-            Ok(Err(_)) | Err(_) => {
-                return fail(
-                    message,
-                    BrokerError::Timeout {
-                        broker: BROKER_NAME,
-                        operation: "publish (waiting for room among the PubAcks in flight)",
-                        timeout: config.publish_timeout,
-                    },
-                );
-            }
+            Ok(Err(_)) | Err(_) => return fail(message, no_room()),
         },
     };
     let mut provisioned = false;
@@ -181,14 +177,7 @@ pub(crate) async fn publish(
                     "as many publishes as async-nats keeps await their PubAck; again in {wait:?}"
                 );
                 if Instant::now() + wait >= deadline {
-                    return fail(
-                        message,
-                        BrokerError::Timeout {
-                            broker: BROKER_NAME,
-                            operation: "publish (waiting for room among the PubAcks in flight)",
-                            timeout: config.publish_timeout,
-                        },
-                    );
+                    return fail(message, no_room());
                 }
                 tokio::time::sleep(wait).await;
             }
