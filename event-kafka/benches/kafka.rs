@@ -24,6 +24,9 @@
 //! - `consume typed`: a `Service` with a no-op `async fn(Tick)` handler in a new group, from
 //!   the start (decode, delivery loop, offset store after the handler).
 //!
+//! Publish rows also print the CPU time per record (every thread of the process, first publish
+//! to last delivery report) of each loop.
+//!
 //! Raw and typed alternate `ROUNDS` times (raw first in odd rounds, typed first in even ones);
 //! each row prints the median rate of each side and the median of the rounds' typed/raw
 //! ratios. Consume rates are measured from the first record to the last, so the group join is
@@ -169,7 +172,7 @@ fn typed_like_headers() -> Vec<(&'static str, Bytes)> {
 
 /// The raw publish loop; `prebuilt` sends payloads encoded before the clock starts and one
 /// fixed header set, else each `Tick` is encoded as it is sent, with its own id and time.
-async fn publish_raw(n: u64, size: usize, prebuilt: bool) -> f64 {
+async fn publish_raw(n: u64, size: usize, prebuilt: bool) -> Measured {
     let admin = broker().await;
     let topic = topic(&admin, "pubraw").await;
     let producer = raw_producer();
@@ -199,7 +202,7 @@ async fn publish_raw(n: u64, size: usize, prebuilt: bool) -> f64 {
         .await
         .map_err(|(e, _)| e)
         .expect("warm-up record");
-    let t = Instant::now();
+    let started = Started::now();
     let mut in_flight = FuturesUnordered::new();
     for (i, tick) in ticks.iter().enumerate() {
         let encoded;
@@ -241,10 +244,10 @@ async fn publish_raw(n: u64, size: usize, prebuilt: bool) -> f64 {
     while let Some(r) = in_flight.next().await {
         r.expect("delivery");
     }
-    n as f64 / t.elapsed().as_secs_f64()
+    started.finish(n)
 }
 
-async fn publish_typed(n: u64, size: usize) -> f64 {
+async fn publish_typed(n: u64, size: usize) -> Measured {
     let broker = broker().await;
     let topic = topic(&broker, "pubtyped").await;
     let publisher: Publisher<Tick> =
@@ -254,7 +257,7 @@ async fn publish_typed(n: u64, size: usize) -> f64 {
         .publish(&messages[0])
         .await
         .expect("warm-up event");
-    let t = Instant::now();
+    let started = Started::now();
     let mut in_flight = FuturesUnordered::new();
     for msg in &messages {
         // enqueued by the call itself, as `send_result` does
@@ -266,7 +269,7 @@ async fn publish_typed(n: u64, size: usize) -> f64 {
     while let Some(r) = in_flight.next().await {
         r.expect("publish");
     }
-    n as f64 / t.elapsed().as_secs_f64()
+    started.finish(n)
 }
 
 /// A topic holding `n` typed events.
@@ -443,9 +446,15 @@ impl Started {
     /// The run of `n` records that started here and ended now.
     fn finish(&self, n: u64) -> Measured {
         let elapsed = self.at.elapsed();
-        let cpu = self.cpu.zip(cpu_time()).map(|(before, after)| {
-            [0, 1].map(|i| (after[i] - before[i]).as_secs_f64() * 1e6 / n as f64)
-        });
+        // none when a thread ended in between (its time left the sum): a lower total is no
+        // measurement
+        let cpu = self
+            .cpu
+            .zip(cpu_time())
+            .filter(|(before, after)| (0..2).all(|i| after[i] >= before[i]))
+            .map(|(before, after)| {
+                [0, 1].map(|i| (after[i] - before[i]).as_secs_f64() * 1e6 / n as f64)
+            });
         Measured {
             rate: n as f64 / elapsed.as_secs_f64(),
             cpu,
@@ -517,8 +526,19 @@ fn main() {
                     raw.push(publish_raw(n, size, false).await);
                 }
             }
-            row("publish", size, &raw, &typed);
-            row("  vs pre", size, &prebuilt, &typed);
+            let cpu = |runs: &[Measured]| median(runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect());
+            if typed.iter().any(|m| m.cpu.is_some()) {
+                println!(
+                    "  CPU per record, first publish to last report, medians: raw {:.2} µs, \
+                     raw prebuilt {:.2} µs, typed {:.2} µs",
+                    cpu(&raw),
+                    cpu(&prebuilt),
+                    cpu(&typed)
+                );
+            }
+            let rates = |runs: &[Measured]| runs.iter().map(|m| m.rate).collect::<Vec<_>>();
+            row("publish", size, &rates(&raw), &rates(&typed));
+            row("  vs pre", size, &rates(&prebuilt), &rates(&typed));
         }
         for size in [64usize, 1024] {
             if only.as_deref().is_some_and(|o| o != "consume") {
