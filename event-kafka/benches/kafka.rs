@@ -526,7 +526,11 @@ fn main() {
                     raw.push(publish_raw(n, size, false).await);
                 }
             }
-            let cpu = |runs: &[Measured]| median(runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect());
+            // NaN when no run of a loop had a reading
+            let cpu = |runs: &[Measured]| {
+                let readings: Vec<f64> = runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect();
+                if readings.is_empty() { f64::NAN } else { median(readings) }
+            };
             if typed.iter().any(|m| m.cpu.is_some()) {
                 println!(
                     "  CPU per record, first publish to last report, medians: raw {:.2} µs, \
