@@ -462,7 +462,11 @@ impl Started {
     }
 }
 
+/// The median; NaN for no values (a loop none of whose runs had a CPU reading).
 fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len() % 2 == 1 {
@@ -526,10 +530,8 @@ fn main() {
                     raw.push(publish_raw(n, size, false).await);
                 }
             }
-            // NaN when no run of a loop had a reading
             let cpu = |runs: &[Measured]| {
-                let readings: Vec<f64> = runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect();
-                if readings.is_empty() { f64::NAN } else { median(readings) }
+                median(runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect())
             };
             if typed.iter().any(|m| m.cpu.is_some()) {
                 println!(
