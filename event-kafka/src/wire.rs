@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use event_core::backend::{Position, PositionKind, go_micro};
 use event_core::broker::{Delivery, Message};
-use event_core::headers::{HeaderName, Headers};
+use event_core::headers::{HeaderName, Headers, names};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
 
 fn render_offset(position: &Position, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,13 +172,29 @@ fn read_headers(
     })
 }
 
+/// A message's headers as a record's, but a `correlation-id` that only repeats the message's
+/// id: a chain's first message carries its id once, and a reader takes the id for a missing
+/// correlation id (as [`Context::from_headers`](event_core::Context::from_headers) does), so
+/// the record loses nothing and every consumer parses one header less.
 pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
-    message.headers.iter().fold(
-        OwnedHeaders::new_with_capacity(message.headers.len()),
-        |headers, (name, value)| {
-            headers.insert(Header {
+    let headers = &message.headers;
+    // only a single one: of two, the one left would be read instead
+    let repeated_id = match headers.message_id_value() {
+        Some(id) if headers.get_all(names::CORRELATION_ID).count() == 1 => {
+            headers.get(names::CORRELATION_ID) == Some(id)
+        }
+        _ => false,
+    };
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |record, (name, value)| {
+            if repeated_id && name.matches(names::CORRELATION_ID) {
+                return record;
+            }
+            let value = value.as_bytes();
+            record.insert(Header {
                 key: name.as_str(),
-                value: Some(value.as_bytes()),
+                value: Some(value),
             })
         },
     )
@@ -186,6 +202,11 @@ pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use event_core::Context;
+    use event_core::broker::Message;
+    use event_core::headers::Headers;
+
     use super::{COPIES_CHUNK, COPIES_LARGEST, Copies};
 
     #[test]
@@ -235,6 +256,49 @@ mod tests {
             "the long copy took nothing of the shared buffer"
         );
         assert!(copies.copy(b"").is_empty());
+    }
+
+    /// The header names of the record `headers` makes, in order.
+    fn record_names(headers: Headers) -> Vec<String> {
+        use rdkafka::message::Headers as _;
+        let mut message = Message::new(Bytes::from_static(b"payload"));
+        message.headers = headers;
+        let record = super::record_headers(&message);
+        record.iter().map(|h| h.key.to_owned()).collect()
+    }
+
+    #[test]
+    fn a_correlation_id_that_repeats_the_message_id_is_left_out() {
+        const ID: &str = "0190f4c2-0000-7000-8000-000000000001";
+        let mut chain_start = Headers::default();
+        chain_start.append("ce_id", ID);
+        chain_start.append("ce_type", "shop.v1.OrderPlaced");
+        chain_start.append("correlation-id", ID);
+        chain_start.append("tenant", "t-1");
+        // read back, the chain still starts at the message id
+        assert_eq!(
+            Context::from_headers(&chain_start).correlation_id(),
+            Some(ID)
+        );
+        assert_eq!(record_names(chain_start), ["ce_id", "ce_type", "tenant"]);
+
+        // a correlation id of its own, and two of them, are kept as they are
+        let mut own = Headers::default();
+        own.append("ce_id", ID);
+        own.append("Correlation-ID", "root");
+        assert_eq!(record_names(own), ["ce_id", "Correlation-ID"]);
+        let mut two = Headers::default();
+        two.append("ce_id", ID);
+        two.append("correlation-id", ID);
+        two.append("correlation-id", "root");
+        assert_eq!(
+            record_names(two),
+            ["ce_id", "correlation-id", "correlation-id"]
+        );
+        // without an id there is nothing it could repeat
+        let mut no_id = Headers::default();
+        no_id.append("correlation-id", ID);
+        assert_eq!(record_names(no_id), ["correlation-id"]);
     }
 
     #[test]
