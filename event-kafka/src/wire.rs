@@ -172,7 +172,7 @@ fn read_headers(
     })
 }
 
-/// A message's headers as a record's, but a `correlation-id` that only repeats the message's
+/// A message's headers as a record's, except a `correlation-id` that only repeats the message's
 /// id: a chain's first message carries its id once, and a reader takes the id for a missing
 /// correlation id (as [`Context::from_headers`](event_core::Context::from_headers) does), so
 /// the record loses nothing and every consumer parses one header less.
