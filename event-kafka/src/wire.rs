@@ -173,18 +173,11 @@ fn read_headers(
 }
 
 /// A message's headers as a record's, except a `correlation-id` that only repeats the message's
-/// id: a chain's first message carries its id once, and a reader takes the id for a missing
-/// correlation id (as [`Context::from_headers`](event_core::Context::from_headers) does), so
+/// id ([`Headers::correlation_repeats_id`]): a chain's first message carries its id once, so
 /// the record loses nothing and every consumer parses one header less.
 pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
     let headers = &message.headers;
-    // only a single one: of two, the one left would be read instead
-    let repeated_id = match headers.message_id_value() {
-        Some(id) if headers.get_all(names::CORRELATION_ID).count() == 1 => {
-            headers.get(names::CORRELATION_ID) == Some(id)
-        }
-        _ => false,
-    };
+    let repeated_id = headers.correlation_repeats_id();
     headers.iter().fold(
         OwnedHeaders::new_with_capacity(headers.len()),
         |record, (name, value)| {

@@ -50,7 +50,7 @@ fn go_micro_name(name: &str) -> Option<&'static str> {
 pub fn to_envelope(topic: &str, message: &Message) -> Bytes {
     let mut header = Map::new();
     let mut has_micro_id = false;
-    let id = message.headers.message_id();
+    let repeated_id = message.headers.correlation_repeats_id();
     for (name, value) in message.headers.iter() {
         let Ok(value) = value.to_str() else {
             continue;
@@ -60,7 +60,7 @@ pub fn to_envelope(topic: &str, message: &Message) -> Bytes {
             continue;
         }
         // a chain's first message: the reader's context takes the id for a missing one
-        if name.eq_ignore_ascii_case(names::CORRELATION_ID) && Some(value) == id {
+        if repeated_id && name.eq_ignore_ascii_case(names::CORRELATION_ID) {
             continue;
         }
         let wire = go_micro_name(name).unwrap_or(name);

@@ -276,6 +276,21 @@ impl Headers {
         })
     }
 
+    /// Whether the one `correlation-id` (any case) only repeats the message id, as on the
+    /// first message of a chain: a transport may leave it out, since a reader takes the
+    /// message id for a missing correlation id (as [`Context::from_headers`] does). `false`
+    /// with no id, and with several correlation ids (of two, the one left would be read
+    /// instead).
+    ///
+    /// [`Context::from_headers`]: crate::Context::from_headers
+    pub fn correlation_repeats_id(&self) -> bool {
+        let mut correlation = self.get_all(names::CORRELATION_ID);
+        match (correlation.next(), correlation.next()) {
+            (Some(only), None) => self.message_id_value() == Some(only),
+            _ => false,
+        }
+    }
+
     /// The message id as text.
     pub fn message_id(&self) -> Option<&str> {
         self.message_id_value().and_then(|v| v.to_str().ok())
@@ -429,6 +444,29 @@ mod tests {
         assert_eq!(xs, ["1", "2"]);
         let order: Vec<_> = h.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(order, ["Micro-Id", "x", "X"]);
+    }
+
+    #[test]
+    fn a_correlation_id_repeats_the_id_only_when_it_is_the_one_equal_to_it() {
+        let headers = |pairs: &[(&str, &str)]| -> Headers { pairs.iter().copied().collect() };
+        let id = "0190f4c2-0000-7000-8000-000000000001";
+        assert!(headers(&[("ce_id", id), ("Correlation-ID", id)]).correlation_repeats_id());
+        // the best-ranked id is the one it must repeat
+        assert!(
+            headers(&[("Micro-Id", "other"), ("correlation-id", id), ("ce_id", id)])
+                .correlation_repeats_id()
+        );
+        assert!(!headers(&[("ce_id", id), ("correlation-id", "root")]).correlation_repeats_id());
+        assert!(
+            !headers(&[
+                ("ce_id", id),
+                ("correlation-id", id),
+                ("correlation-id", "root")
+            ])
+            .correlation_repeats_id()
+        );
+        assert!(!headers(&[("correlation-id", id)]).correlation_repeats_id());
+        assert!(!headers(&[("ce_id", id)]).correlation_repeats_id());
     }
 
     #[test]
