@@ -184,10 +184,9 @@ pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
             if repeated_id && name.matches(names::CORRELATION_ID) {
                 return record;
             }
-            let value = value.as_bytes();
             record.insert(Header {
                 key: name.as_str(),
-                value: Some(value),
+                value: Some(value.as_bytes()),
             })
         },
     )
@@ -262,6 +261,8 @@ mod tests {
 
     #[test]
     fn a_correlation_id_that_repeats_the_message_id_is_left_out() {
+        // when it only repeats the id is `Headers::correlation_repeats_id`'s (tested in
+        // event-core); here, that the record leaves out that header and keeps the others
         const ID: &str = "0190f4c2-0000-7000-8000-000000000001";
         let mut chain_start = Headers::default();
         chain_start.append("ce_id", ID);
@@ -275,23 +276,10 @@ mod tests {
         );
         assert_eq!(record_names(chain_start), ["ce_id", "ce_type", "tenant"]);
 
-        // a correlation id of its own, and two of them, are kept as they are
         let mut own = Headers::default();
         own.append("ce_id", ID);
         own.append("Correlation-ID", "root");
         assert_eq!(record_names(own), ["ce_id", "Correlation-ID"]);
-        let mut two = Headers::default();
-        two.append("ce_id", ID);
-        two.append("correlation-id", ID);
-        two.append("correlation-id", "root");
-        assert_eq!(
-            record_names(two),
-            ["ce_id", "correlation-id", "correlation-id"]
-        );
-        // without an id there is nothing it could repeat
-        let mut no_id = Headers::default();
-        no_id.append("correlation-id", ID);
-        assert_eq!(record_names(no_id), ["correlation-id"]);
     }
 
     #[test]
