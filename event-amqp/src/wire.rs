@@ -82,7 +82,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use event_core::backend::{Position, PositionKind};
@@ -483,7 +483,9 @@ pub(crate) fn from_amqp(
 ) -> Received {
     let empty = FieldTable::default();
     let table = props.headers().as_ref().unwrap_or(&empty);
-    let mut headers = Headers::with_capacity(table.inner().len() + 2);
+    // room for the table and the six properties `fill_from_properties` may add, so that the
+    // vector never grows
+    let mut headers = Headers::with_capacity(table.inner().len() + 6);
     let mut key = None;
     let mut delivery_count = None;
     read_cloudevents(table, &mut headers);
@@ -624,44 +626,49 @@ fn is_empty_array(value: &AMQPValue) -> bool {
 }
 
 fn fill_from_properties(headers: &mut Headers, props: &BasicProperties) {
-    // presence is tested by value, not as text: a header that is not UTF-8 is still there,
+    // names made once, so that no read looks them up; values copied in place where they fit.
+    // Presence is tested by value, not as text: a header that is not UTF-8 is still there,
     // and the property must not be added beside it again on every hop
+    const CONTENT_TYPE: HeaderName = HeaderName::from_static(names::CONTENT_TYPE);
+    const CE_ID: HeaderName = HeaderName::from_static(names::CE_ID);
+    const CE_TYPE: HeaderName = HeaderName::from_static(names::CE_TYPE);
+    const CE_SOURCE: HeaderName = HeaderName::from_static(names::CE_SOURCE);
+    const CE_TIME: HeaderName = HeaderName::from_static(names::CE_TIME);
+    const CORRELATION_ID: HeaderName = HeaderName::from_static(names::CORRELATION_ID);
     if let Some(v) = props.content_type()
         && headers.content_type_value().is_none()
     {
-        headers.append(names::CONTENT_TYPE, v.as_str());
+        headers.append_copied(CONTENT_TYPE, v.as_str().as_bytes());
     }
     if let Some(v) = props.message_id()
         && headers.message_id_value().is_none()
     {
-        headers.append(names::CE_ID, v.as_str());
+        headers.append_copied(CE_ID, v.as_str().as_bytes());
     }
     if let Some(v) = props.kind()
         && headers.message_type_value().is_none()
     {
-        headers.append(names::CE_TYPE, v.as_str());
+        headers.append_copied(CE_TYPE, v.as_str().as_bytes());
     }
     if let Some(v) = props.app_id()
         && !headers.contains(names::CE_SOURCE)
     {
-        headers.append(names::CE_SOURCE, v.as_str());
+        headers.append_copied(CE_SOURCE, v.as_str().as_bytes());
     }
     if let Some(secs) = props.timestamp()
         && !headers.contains(names::CE_TIME)
     {
-        // RFC 3339 ends at year 9999; a larger value (a producer writing milliseconds, or
-        // garbage) is kept as the number it is rather than turned into a date
-        const YEAR_10000: u64 = 253_402_300_800;
-        let value = match SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(*secs)) {
-            Some(time) if *secs < YEAR_10000 => humantime::format_rfc3339_millis(time).to_string(),
-            _ => secs.to_string(),
-        };
-        headers.append(names::CE_TIME, value);
+        match event_core::backend::rfc3339_millis(*secs, 0) {
+            Some(text) => headers.append_copied(CE_TIME, &text),
+            // RFC 3339 ends at year 9999; a larger value (a producer writing milliseconds, or
+            // garbage) is kept as the number it is rather than turned into a date
+            None => headers.append(CE_TIME, secs.to_string()),
+        }
     }
     if let Some(v) = props.correlation_id()
         && !headers.contains(names::CORRELATION_ID)
     {
-        headers.append(names::CORRELATION_ID, v.as_str());
+        headers.append_copied(CORRELATION_ID, v.as_str().as_bytes());
     }
 }
 
@@ -769,6 +776,7 @@ mod tests {
     use super::*;
 
     use std::sync::Arc;
+    use std::time::Duration;
 
     use event_core::Context;
 

@@ -120,3 +120,33 @@ pub use crate::broker::{
 pub use crate::ratelimit::RateLimitedLog;
 pub use crate::register_broker_scheme;
 pub use delivery::dead_letter_message;
+
+use crate::publish::id::{TIME_LEN, format_rfc3339_millis};
+
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// A time `secs` seconds and `millis` milliseconds after the Unix epoch as RFC 3339 text in
+/// UTC with milliseconds, the form publishers write in `ce_time`: for a backend whose broker
+/// carries the time as a number (AMQP's `timestamp` property, in seconds) and that hands it to
+/// handlers as that header. Written in place, without an allocation.
+///
+/// `None` after 9999-12-31T23:59:59.999Z, which RFC 3339 cannot write, or for `millis`
+/// above 999.
+///
+/// ```
+/// let text = event_core::backend::rfc3339_millis(1_787_228_096, 5).unwrap();
+/// assert_eq!(&text, b"2026-08-20T12:14:56.005Z");
+/// let last = event_core::backend::rfc3339_millis(253_402_300_799, 999).unwrap();
+/// assert_eq!(&last, b"9999-12-31T23:59:59.999Z");
+/// assert_eq!(event_core::backend::rfc3339_millis(253_402_300_800, 0), None);
+/// assert_eq!(event_core::backend::rfc3339_millis(0, 1000), None);
+/// ```
+pub fn rfc3339_millis(secs: u64, millis: u32) -> Option<[u8; 24]> {
+    if secs > LAST_RFC3339_SECOND || millis > 999 {
+        return None;
+    }
+    let mut text = [0; TIME_LEN];
+    format_rfc3339_millis(secs, millis, &mut text);
+    Some(text)
+}

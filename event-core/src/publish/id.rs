@@ -6,7 +6,7 @@ use crate::hex::hex_lower;
 
 /// A hyphenated UUID: 32 hex digits and 4 hyphens.
 const ID_LEN: usize = 36;
-const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
+pub(crate) const TIME_LEN: usize = "2026-08-20T12:34:56.789Z".len();
 
 /// A new UUID v7 message id (hyphenated, lower case) and the current time (RFC 3339, UTC,
 /// milliseconds), from one clock reading. The id's timestamp is that time, except after the
@@ -101,7 +101,7 @@ fn hyphenated(bytes: &[u8; 16]) -> [u8; ID_LEN] {
 
 /// Writes the time `secs` and `millis` after the Unix epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`
 /// (24 bytes) into `out`.
-fn format_rfc3339_millis(secs: u64, millis: u32, out: &mut [u8]) {
+pub(crate) fn format_rfc3339_millis(secs: u64, millis: u32, out: &mut [u8]) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);

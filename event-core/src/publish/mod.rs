@@ -15,7 +15,7 @@ use crate::headers::{HeaderName, HeaderValue, Headers, known};
 use crate::telemetry::PublishTelemetry;
 use tracing::Instrument;
 
-mod id;
+pub(crate) mod id;
 
 use id::new_id_and_time;
 
