@@ -20,11 +20,16 @@
 //! the first publish to the last confirm):
 //! - `typed`: `Publisher<Tick>::publish` (encode, headers, mandatory publish, confirm). One row
 //!   per entry of [`TYPED_PUBLISH`] (a label and a broker URL query, e.g. a wire profile);
-//! - `raw lapin, same properties`: `basic_publish` (mandatory, one confirm channel) of the same
-//!   bytes with the properties and header table our publisher writes for them, taken from the
-//!   backend's own mapping (`event_amqp::__fuzz::to_amqp` of one encoded message, the default
-//!   wire profile), so it follows the wire format as it changes;
-//! - `raw lapin, delivery_mode only`: the same with no property but `delivery_mode` 2;
+//! - `raw lapin, same properties`: the best loop a user of lapin writes for the same events:
+//!   per event it encodes the `Tick` and sends it with `basic_publish` (mandatory, one confirm
+//!   channel) and the properties our publisher writes, with that event's own `message_id` and
+//!   `timestamp` (made before the clock starts, as the application's code makes them). The
+//!   properties come from the backend's own mapping (`event_amqp::__fuzz::to_amqp` of one
+//!   encoded message, the default wire profile), so they follow the wire format as it changes;
+//! - `raw lapin, same properties, prebuilt`: the same properties with one id for every message,
+//!   and bytes encoded before the clock starts, which no producer of new events can do (for
+//!   reference: the baseline of the rounds before 2026-12-03);
+//! - `raw lapin, delivery_mode only`: prebuilt bytes with no property but `delivery_mode` 2;
 //! - `raw lapin, delivery_mode only, not mandatory`: and not mandatory either, what the peer
 //!   sends;
 //! - `RustStream`: `ruststream-lapin`'s confirms publisher (`LapinPublish::confirms()`,
@@ -68,7 +73,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use prost::Message as _;
 use tokio::sync::Notify;
@@ -451,6 +456,61 @@ async fn raw_publish(
     t.elapsed()
 }
 
+/// Raw lapin as an application publishes new events: per event, `msg` encoded and sent with
+/// `template`'s properties, the event's own id (`ids`, one per publish) and the time.
+async fn raw_publish_encoding(
+    channel: &Channel,
+    topic: &str,
+    msg: &Tick,
+    template: &BasicProperties,
+    ids: Vec<ShortString>,
+    window: usize,
+) -> Duration {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let t = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for id in ids {
+        if in_flight.len() >= window {
+            in_flight.next().await;
+        }
+        let payload = msg.encode_to_vec();
+        let properties = template
+            .clone()
+            .with_message_id(id)
+            .with_timestamp(since_epoch);
+        in_flight.push(async move {
+            let confirm = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    topic.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &payload,
+                    properties,
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+            assert!(confirm.is_ack());
+        });
+    }
+    while in_flight.next().await.is_some() {}
+    t.elapsed()
+}
+
+/// `n` message ids, as an application makes them before it publishes.
+fn message_ids(n: usize) -> Vec<ShortString> {
+    (0..n)
+        .map(|i| ShortString::from(format!("01a2006b-4b28-76c4-ac5d-{i:012x}")))
+        .collect()
+}
+
 /// Typed: `n` publishes through `Publisher<Tick>`, `window` in flight.
 async fn typed_publish(
     publisher: &Publisher<Tick>,
@@ -580,6 +640,8 @@ enum Kind {
     /// `TYPED_PUBLISH[i]`.
     TypedPublish(usize),
     RawSameProperties,
+    /// The same properties, one id for all, bytes encoded before the clock starts.
+    RawSamePrebuilt,
     RawMinimalProperties,
     /// `delivery_mode` only and not mandatory: what the peer sends.
     RawMinimalNotMandatory,
@@ -745,6 +807,10 @@ async fn publish_once(
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
+            let ids = message_ids(n);
+            raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, window).await
+        }
+        Kind::RawSamePrebuilt => {
             raw_publish(&raw.channel, &s.topic, &s.payload, &s.same, true, n, window).await
         }
         Kind::RawMinimalProperties => {
@@ -801,6 +867,11 @@ async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
     rows.push(Row::new(
         "raw lapin, same properties",
         Kind::RawSameProperties,
+        true,
+    ));
+    rows.push(Row::new(
+        "raw lapin, same properties, prebuilt",
+        Kind::RawSamePrebuilt,
         true,
     ));
     rows.push(Row::new(
