@@ -51,9 +51,10 @@
 //! - `RustStream`: a `#[subscriber]` no-op handler taking the prost `Tick` (decoded from the
 //!   payload) through a RustStream service, prefetch `PREFETCH`, acked by the framework.
 //!
-//! Consume rows also give the CPU time the bench process (every thread) used per message,
-//! from the first message handled to the last (`event_bench_alloc::thread_cpu_times`); the
-//! broker's own is not in it.
+//! Every row also gives the CPU time the bench process (every thread) used per message
+//! (`event_bench_alloc::thread_cpu_times`): a consume row's from the first message handled to
+//! the last, a publish row's from the first publish to the last confirm. The broker's own is
+//! not in it, so a row's rate over its CPU tells client time from broker time.
 //!
 //! Needs RabbitMQ at `127.0.0.1:5672` (or `EVENT_TEST_AMQP`).
 
@@ -659,7 +660,7 @@ struct Row {
     baseline: bool,
     /// msg/s per size, one per round.
     rates: [Vec<f64>; SIZES.len()],
-    /// The process's CPU µs per message per size, one per round (consume rows).
+    /// The process's CPU µs per message per size, one per round.
     cpu: [Vec<f64>; SIZES.len()],
 }
 
@@ -803,7 +804,8 @@ async fn publish_once(
     peer: &peer::PeerPublisher,
     n: usize,
     window: usize,
-) -> Duration {
+) -> (Duration, Option<f64>) {
+    let cpu_before = process_cpu();
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
@@ -840,9 +842,12 @@ async fn publish_once(
         Kind::PeerPublish => peer.publish(&s.topic, &s.peer_msg, n, window).await,
         _ => unreachable!("not a publish row"),
     };
+    let cpu = cpu_before
+        .zip(process_cpu())
+        .map(|(before, after)| after.saturating_sub(before).as_secs_f64() * 1e6 / n as f64);
     // the sink only makes the publishes routable: keep it from growing over the rounds
     raw.purge(&s.sink).await;
-    elapsed
+    (elapsed, cpu)
 }
 
 async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
@@ -922,7 +927,8 @@ async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
         for (si, s) in sizes.iter().enumerate() {
             for k in 0..rows.len() {
                 let r = (k + round) % rows.len();
-                let elapsed = publish_once(rows[r].kind, s, raw, &peer, n, window).await;
+                let (elapsed, cpu) = publish_once(rows[r].kind, s, raw, &peer, n, window).await;
+                rows[r].cpu[si].extend(cpu);
                 let rate = rate(n, elapsed);
                 progress(round, config, Op::Publish, s.size, &rows[r], rate);
                 rows[r].rates[si].push(rate);
