@@ -433,28 +433,42 @@ async fn raw_publish(
         if in_flight.len() >= window {
             in_flight.next().await;
         }
-        let properties = properties.clone();
-        in_flight.push(async move {
-            let confirm = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    topic.into(),
-                    BasicPublishOptions {
-                        mandatory,
-                        immediate: false,
-                    },
-                    payload,
-                    properties,
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("confirm");
-            assert!(confirm.is_ack());
-        });
+        in_flight.push(publish_confirmed(
+            channel,
+            topic,
+            payload,
+            properties.clone(),
+            mandatory,
+        ));
     }
     while in_flight.next().await.is_some() {}
     t.elapsed()
+}
+
+/// One raw publish, awaited until its confirm, which must be an ack.
+async fn publish_confirmed(
+    channel: &Channel,
+    topic: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) {
+    let confirm = channel
+        .basic_publish(
+            EXCHANGE.into(),
+            topic.into(),
+            BasicPublishOptions {
+                mandatory,
+                immediate: false,
+            },
+            payload,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
 }
 
 /// Raw lapin as an application publishes new events: per event, `msg` encoded and sent with
@@ -483,22 +497,7 @@ async fn raw_publish_encoding(
             .with_message_id(id)
             .with_timestamp(since_epoch);
         in_flight.push(async move {
-            let confirm = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    topic.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &payload,
-                    properties,
-                )
-                .await
-                .expect("publish")
-                .await
-                .expect("confirm");
-            assert!(confirm.is_ack());
+            publish_confirmed(channel, topic, &payload, properties, true).await;
         });
     }
     while in_flight.next().await.is_some() {}
