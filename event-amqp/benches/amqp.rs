@@ -22,8 +22,8 @@
 //!   per entry of [`TYPED_PUBLISH`] (a label and a broker URL query, e.g. a wire profile);
 //! - `raw lapin, same properties`: the best loop a user of lapin writes for the same events:
 //!   per event it encodes the `Tick` and sends it with `basic_publish` (mandatory, one confirm
-//!   channel) and the properties our publisher writes, with that event's own `message_id` and
-//!   `timestamp` (made before the clock starts, as the application's code makes them). The
+//!   channel) and the properties our publisher writes, with that event's own `message_id`
+//!   (made before the clock starts, as the application's code makes them) and the time. The
 //!   properties come from the backend's own mapping (`event_amqp::__fuzz::to_amqp` of one
 //!   encoded message, the default wire profile), so they follow the wire format as it changes;
 //! - `raw lapin, same properties, prebuilt`: the same properties with one id for every message,
@@ -804,11 +804,13 @@ async fn publish_once(
     n: usize,
     window: usize,
 ) -> (Duration, Option<f64>) {
+    // ids, as the application makes them, before the clocks start
+    let mut ids = (kind == Kind::RawSameProperties).then(|| message_ids(n));
     let cpu_before = process_cpu();
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
-            let ids = message_ids(n);
+            let ids = ids.take().expect("made above");
             raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, window).await
         }
         Kind::RawSamePrebuilt => {
