@@ -805,12 +805,12 @@ async fn publish_once(
     window: usize,
 ) -> (Duration, Option<f64>) {
     // ids, as the application makes them, before the clocks start
-    let mut ids = (kind == Kind::RawSameProperties).then(|| message_ids(n));
+    let ids = (kind == Kind::RawSameProperties).then(|| message_ids(n));
     let cpu_before = process_cpu();
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
-            let ids = ids.take().expect("made above");
+            let ids = ids.expect("made above for this row");
             raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, window).await
         }
         Kind::RawSamePrebuilt => {
