@@ -276,7 +276,10 @@ fn seconds(value: &HeaderValue) -> Option<u64> {
 /// receiving reads first.
 fn cloudevents_header(name: &str) -> Result<ShortString, AmqpBackendError> {
     let attribute = &name["ce_".len()..];
-    match ShortString::try_new(format!("{CLOUDEVENTS_PREFIX}{attribute}")) {
+    let mut wire = String::with_capacity(CLOUDEVENTS_PREFIX.len() + attribute.len());
+    wire.push_str(CLOUDEVENTS_PREFIX);
+    wire.push_str(attribute);
+    match ShortString::try_new(wire) {
         Ok(wire) => Ok(wire),
         Err(_) => short("header name", name),
     }
@@ -301,6 +304,21 @@ impl Fact {
     /// for a CloudEvents attribute. The other CloudEvents forms are read into the same
     /// attribute, so they count as values of it, but stay headers as they are.
     fn of(name: &str) -> Option<(Fact, bool)> {
+        // the spellings the framework's publishers write, each a single comparison
+        let exact = match name {
+            names::CE_ID => Some(Fact::Id),
+            names::CE_TYPE => Some(Fact::Type),
+            names::CE_SOURCE => Some(Fact::Source),
+            names::CE_TIME => Some(Fact::Time),
+            names::CE_SPECVERSION => Some(Fact::SpecVersion),
+            names::CONTENT_TYPE => Some(Fact::ContentType),
+            names::CORRELATION_ID => Some(Fact::Correlation),
+            _ => None,
+        };
+        if let Some(fact) = exact {
+            return Some((fact, true));
+        }
+        // any other spelling, in any case
         if let Some((rank, attribute)) = cloudevents_form(name) {
             let fact = [
                 ("id", Fact::Id),
@@ -874,6 +892,22 @@ mod tests {
         let mut message = typed_message();
         message.headers.remove("traceparent");
         message.headers.remove("tenant");
+        let props = to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap();
+        assert_eq!(props, lean_properties());
+    }
+
+    #[test]
+    fn facts_in_another_case_go_to_their_properties_as_ours_do() {
+        // the names the framework writes are matched exactly first; any other case still
+        // names the same facts
+        let message = Message::new(&b"\x0a\x03abc"[..])
+            .with_header("CE_SpecVersion", "1.0")
+            .with_header("CE_ID", ID)
+            .with_header("Ce_Source", "orders")
+            .with_header("ce_TYPE", "shop.v1.OrderPlaced")
+            .with_header("CE_TIME", "2026-08-20T12:34:56.789Z")
+            .with_header("Content-Type", "application/protobuf")
+            .with_header("Correlation-ID", ID);
         let props = to_amqp("orders.placed", &message, WireProfile::LEAN).unwrap();
         assert_eq!(props, lean_properties());
     }
