@@ -10,7 +10,9 @@
 //!
 //! Settings (environment): `EVENTS` messages per run (20,000), `WINDOW` publishes in flight
 //! (64), `PREFETCH` the consumers' `basic.qos` (64), `ROUNDS` (5), `ONLY` = `publish` or
-//! `consume` (both), `ACK_EVERY` the batch of the `multiple=true` raw consumer (`PREFETCH` / 2).
+//! `consume` (both), `ACK_EVERY` the batch of the `multiple=true` raw consumer (`PREFETCH` / 2),
+//! `ROWS` the labels of the rows to run, separated by `|` (every row), for a profile of one row:
+//! `ROWS='typed|raw lapin, same properties'`.
 //!
 //! Every row runs once per round, for 64-byte and 1 KiB `Tick`s (persistent messages, durable
 //! queues), the rows of a round in a rotating order; the tables at the end give each row's
@@ -766,6 +768,17 @@ struct Config {
     ack_every: usize,
     publish: bool,
     consume: bool,
+    /// The labels of the rows to run (`None`: every row).
+    rows: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Drops the rows `ROWS` does not name.
+    fn keep_selected(&self, rows: &mut Vec<Row>) {
+        if let Some(selected) = &self.rows {
+            rows.retain(|row| selected.contains(&row.label));
+        }
+    }
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -891,6 +904,7 @@ async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
         true,
     ));
     rows.push(Row::new(PEER, Kind::PeerPublish, true));
+    config.keep_selected(&mut rows);
     let peer = peer::PeerPublisher::connect().await;
 
     let mut sizes = Vec::new();
@@ -959,6 +973,7 @@ async fn run_consume(config: &Config, raw: &Raw, broker: &AmqpBroker) -> Vec<Row
         ),
         Row::new(PEER, Kind::PeerConsume, true),
     ];
+    config.keep_selected(&mut rows);
     let queue = |kind: Kind, topic: &str, size: usize| match kind {
         Kind::TypedConsume => broker.group_queue_name(topic, group),
         Kind::RawPipelinedAcks => format!("event.bench.raw.{size}"),
@@ -1082,6 +1097,10 @@ fn main() {
         ack_every: env("ACK_EVERY", usize::from(prefetch / 2)).clamp(1, usize::from(prefetch)),
         publish,
         consume,
+        rows: std::env::var("ROWS")
+            .ok()
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| rows.split('|').map(str::to_owned).collect()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
