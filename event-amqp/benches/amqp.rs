@@ -773,10 +773,13 @@ struct Config {
 }
 
 impl Config {
-    /// Drops the rows `ROWS` does not name.
+    /// Drops the rows `ROWS` does not name, and says so when it names none of them.
     fn keep_selected(&self, rows: &mut Vec<Row>) {
-        if let Some(selected) = &self.rows {
-            rows.retain(|row| selected.contains(&row.label));
+        let Some(selected) = &self.rows else { return };
+        let labels: Vec<String> = rows.iter().map(|row| format!("{:?}", row.label)).collect();
+        rows.retain(|row| selected.contains(&row.label));
+        if rows.is_empty() {
+            println!("ROWS names none of these rows: {}", labels.join(", "));
         }
     }
 }
