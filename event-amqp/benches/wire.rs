@@ -66,14 +66,16 @@ fn main() {
         message.payload.len(),
         message.headers.len()
     );
-    for (label, profile) in [
-        ("lean", WireProfile::LEAN),
-        ("go-micro", WireProfile::GO_MICRO),
-        ("cloudevents", WireProfile::CLOUDEVENTS),
+    for profile in [
+        WireProfile::LEAN,
+        WireProfile::GO_MICRO,
+        WireProfile::CLOUDEVENTS,
     ] {
         if only.is_some_and(|only| only != profile) {
             continue;
         }
+        // the `wire` URL value
+        let label = profile.to_string();
         let ns = time(rounds, calls, || {
             black_box(__fuzz::to_amqp_with(topic, black_box(&message), profile).expect("maps"));
         });
