@@ -26,6 +26,7 @@ const OWN_PARAMETERS: &[&str] = &[
     "reconnect_min_ms",
     "reconnect_max_ms",
     "wire",
+    "mandatory",
 ];
 
 /// The query parameters lapin reads from the URI itself.
@@ -39,7 +40,7 @@ const LAPIN_PARAMETERS: &[&str] = &[
 
 const KNOWN_PARAMETERS: &str = "exchange, exchange_durable, durable_queues, prefetch, \
     connection_name, publish_timeout_ms, connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, \
-    wire, x-* (queue arguments), and lapin's heartbeat, frame_max, channel_max, \
+    wire, mandatory, x-* (queue arguments), and lapin's heartbeat, frame_max, channel_max, \
     connection_timeout, auth_mechanism";
 
 /// The value of a queue argument (`x-queue-type`, `x-message-ttl`, ...).
@@ -135,6 +136,7 @@ impl From<bool> for QueueArgument {
 /// | [`connect_timeout`](Self::connect_timeout) | `connect_timeout_ms` | 30 s |
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | `reconnect_min_ms`, `reconnect_max_ms` | 100 ms … 5 s |
 /// | [`wire_profile`](Self::wire_profile) | `wire` (`lean`, `go-micro`, `cloudevents`, `go-micro,cloudevents`) | `lean` |
+/// | [`mandatory`](Self::mandatory) | `mandatory` | `true` |
 ///
 /// lapin's own URI parameters (`heartbeat`, `frame_max`, `channel_max`, `connection_timeout`,
 /// `auth_mechanism`) are passed through. TLS is chosen by the `amqps://` scheme (rustls, with
@@ -170,6 +172,7 @@ pub struct AmqpBrokerBuilder {
     reconnect_min: Option<Duration>,
     reconnect_max: Option<Duration>,
     wire: Option<WireProfile>,
+    mandatory: Option<bool>,
 }
 
 impl AmqpBrokerBuilder {
@@ -187,6 +190,7 @@ impl AmqpBrokerBuilder {
             reconnect_min: None,
             reconnect_max: None,
             wire: None,
+            mandatory: None,
         }
     }
 
@@ -276,6 +280,27 @@ impl AmqpBrokerBuilder {
     /// WireProfile::CLOUDEVENTS`). Consuming reads every form whatever the profile.
     pub fn wire_profile(mut self, profile: WireProfile) -> Self {
         self.wire = Some(profile);
+        self
+    }
+
+    /// Whether a publish is `mandatory` (default `true`): a message that no queue receives
+    /// (no queue is bound to its routing key) is returned by RabbitMQ, and the publish fails
+    /// with [`BrokerError::Unroutable`](event_core::broker::BrokerError::Unroutable), giving
+    /// the message back.
+    ///
+    /// With `false`, RabbitMQ confirms such a message and drops it: the publish succeeds and
+    /// the message is lost. That is how go-micro and most AMQP clients publish: a service
+    /// may then publish events that no one subscribes to yet. Set it only where losing a
+    /// message nobody listens for is acceptable. It is not a speed setting: on the
+    /// benchmark machines the rate with and without it was the same within RabbitMQ's
+    /// run-to-run noise (`BENCHMARKS.md`).
+    ///
+    /// A dead letter (a message the delivery loop sends to a subscription's dead-letter topic,
+    /// which carries [`X_EVENT_ORIGINAL_TOPIC`](event_core::headers::names::X_EVENT_ORIGINAL_TOPIC))
+    /// is always published mandatory: the message it stands for is acknowledged only once the
+    /// dead letter is in a queue.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = Some(mandatory);
         self
     }
 
@@ -378,6 +403,7 @@ impl AmqpBrokerBuilder {
             reconnect_min,
             reconnect_max,
             wire: self.wire.unwrap_or_default(),
+            mandatory: self.mandatory.unwrap_or(true),
         })
     }
 
@@ -450,6 +476,10 @@ impl AmqpBrokerBuilder {
                 let v = value.parse::<WireProfile>()?;
                 self.wire.get_or_insert(v);
             }
+            "mandatory" => {
+                let v = boolean("mandatory", value)?;
+                self.mandatory.get_or_insert(v);
+            }
             _ => unreachable!("only OWN_PARAMETERS are applied"),
         }
         Ok(())
@@ -507,6 +537,8 @@ pub(crate) struct Config {
     pub(crate) reconnect_max: Duration,
     /// What a publish writes besides each fact once.
     pub(crate) wire: WireProfile,
+    /// Whether publishes other than dead letters are mandatory.
+    pub(crate) mandatory: bool,
 }
 
 #[cfg(test)]
@@ -559,6 +591,24 @@ mod tests {
         assert_eq!(c.uri.0, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(c.publish_timeout, Duration::from_secs(30));
         assert_eq!(c.wire, WireProfile::LEAN);
+        assert!(c.mandatory);
+    }
+
+    #[test]
+    fn mandatory_comes_from_the_uri_or_the_builder() {
+        let c = config("amqp://h/%2f?mandatory=false").unwrap();
+        assert!(!c.mandatory);
+        assert_eq!(c.uri.0, "amqp://h/%2f", "not passed to lapin");
+        let c = AmqpBrokerBuilder::new("amqp://h/%2f?mandatory=false")
+            .mandatory(true)
+            .into_config()
+            .unwrap();
+        assert!(c.mandatory, "the builder wins");
+        let e = config("amqp://h/%2f?mandatory=sometimes").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mandatory = \"sometimes\" is not valid: expected true or false"
+        );
     }
 
     #[test]

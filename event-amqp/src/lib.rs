@@ -109,7 +109,8 @@
 //!   channel, so many are in flight at once. Publishes are `mandatory`: a message no queue
 //!   receives is returned by RabbitMQ and the publish fails with
 //!   [`BrokerError::Unroutable`](event_core::broker::BrokerError::Unroutable), giving the
-//!   message back.
+//!   message back. [`AmqpBrokerBuilder::mandatory`] turns that off (such a message is then
+//!   confirmed and dropped), except for dead letters.
 //! - **Consume**: manual acks, after the handler's outcome (the delivery loop of
 //!   `event-core`), sent by a settle worker per channel so that the loop never waits for one:
 //!   a run of settled delivery tags goes out as one `basic.ack` with `multiple` (once it

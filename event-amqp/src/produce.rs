@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use event_core::broker::{BrokerError, Message, PublishError, Receipt};
+use event_core::headers::names;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
@@ -44,6 +45,10 @@ pub(crate) async fn publish(
         Ok(p) => Some(p),
         Err(error) => return fail(message, backend(error)),
     };
+    // a dead letter stands for a message acknowledged once it is published: it must be in a
+    // queue, whatever the setting
+    let mandatory =
+        shared.config.mandatory || message.headers.contains(names::X_EVENT_ORIGINAL_TOPIC);
     let _in_flight = shared.track_publish();
     let started = Instant::now();
     let timeout = shared.config.publish_timeout;
@@ -91,7 +96,7 @@ pub(crate) async fn publish(
                     shared.exchange.clone(),
                     routing_key.clone(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         immediate: false,
                     },
                     &message.payload,

@@ -421,6 +421,38 @@ async fn unroutable_publish_is_an_error() {
     broker.disconnect().await.expect("disconnect");
 }
 
+/// With `mandatory=false` a publish no queue receives is confirmed (and dropped by RabbitMQ),
+/// but a dead letter is still published mandatory: it fails and gives the message back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_mandatory_confirms_an_unroutable_publish_but_not_a_dead_letter() {
+    let _serial = SERIAL.lock().await;
+    let broker = connected(
+        AmqpBroker::builder(&common::url_with("mandatory=false"))
+            .exchange(EXCHANGE)
+            .connection_name("event-amqp not mandatory")
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let topic = unique("nobody-listens");
+    broker
+        .publish(&topic, Message::new("dropped by RabbitMQ"))
+        .await
+        .expect("a publish that is not mandatory is confirmed without a queue");
+    let dead_letter = Message::new("poison")
+        .with_header(event_core::headers::names::X_EVENT_ORIGINAL_TOPIC, "orders");
+    let error = broker
+        .publish(&format!("{topic}.dlq"), dead_letter.clone())
+        .await
+        .expect_err("a dead letter is mandatory");
+    assert!(
+        matches!(error.broker_error(), BrokerError::Unroutable { .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.into_message(), dead_letter);
+    broker.disconnect().await.expect("disconnect");
+}
+
 /// A publish while the broker is stopped waits at most the publish timeout, then gives the
 /// message back; after the broker is back, publishing works again without user code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
