@@ -28,6 +28,8 @@
 //!   (made before the clock starts, as the application's code makes them) and the time. The
 //!   properties come from the backend's own mapping (`event_amqp::__fuzz::to_amqp` of one
 //!   encoded message, the default wire profile), so they follow the wire format as it changes;
+//! - `raw lapin, same properties, not mandatory`: the same loop with publishes that are not
+//!   mandatory, the baseline of the row `typed, mandatory=false`;
 //! - `raw lapin, same properties, prebuilt`: the same properties with one id for every message,
 //!   and bytes encoded before the clock starts, which no producer of new events can do (for
 //!   reference: the baseline of the rounds before 2026-12-03);
@@ -91,6 +93,7 @@ const TYPED_PUBLISH: &[(&str, &str)] = &[
     ("typed", ""),
     ("typed, wire=go-micro", "wire=go-micro"),
     ("typed, wire=cloudevents", "wire=cloudevents"),
+    ("typed, mandatory=false", "mandatory=false"),
 ];
 
 /// The peer's name in the tables.
@@ -481,6 +484,7 @@ async fn raw_publish_encoding(
     msg: &Tick,
     template: &BasicProperties,
     ids: Vec<ShortString>,
+    mandatory: bool,
     window: usize,
 ) -> Duration {
     let since_epoch = std::time::SystemTime::now()
@@ -499,7 +503,7 @@ async fn raw_publish_encoding(
             .with_message_id(id)
             .with_timestamp(since_epoch);
         in_flight.push(async move {
-            publish_confirmed(channel, topic, &payload, properties, true).await;
+            publish_confirmed(channel, topic, &payload, properties, mandatory).await;
         });
     }
     while in_flight.next().await.is_some() {}
@@ -642,6 +646,8 @@ enum Kind {
     /// `TYPED_PUBLISH[i]`.
     TypedPublish(usize),
     RawSameProperties,
+    /// The same properties, not mandatory: the baseline of a typed row with `mandatory=false`.
+    RawSameNotMandatory,
     /// The same properties, one id for all, bytes encoded before the clock starts.
     RawSamePrebuilt,
     RawMinimalProperties,
@@ -821,13 +827,18 @@ async fn publish_once(
     window: usize,
 ) -> (Duration, Option<f64>) {
     // ids, as the application makes them, before the clocks start
-    let ids = (kind == Kind::RawSameProperties).then(|| message_ids(n));
+    let ids =
+        matches!(kind, Kind::RawSameProperties | Kind::RawSameNotMandatory).then(|| message_ids(n));
     let cpu_before = process_cpu();
     let elapsed = match kind {
         Kind::TypedPublish(i) => typed_publish(&s.publishers[i], &s.msg, n, window).await,
         Kind::RawSameProperties => {
             let ids = ids.expect("made above for this row");
-            raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, window).await
+            raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, true, window).await
+        }
+        Kind::RawSameNotMandatory => {
+            let ids = ids.expect("made above for this row");
+            raw_publish_encoding(&raw.channel, &s.topic, &s.msg, &s.same, ids, false, window).await
         }
         Kind::RawSamePrebuilt => {
             raw_publish(&raw.channel, &s.topic, &s.payload, &s.same, true, n, window).await
@@ -889,6 +900,11 @@ async fn run_publish(config: &Config, raw: &Raw) -> Vec<Row> {
     rows.push(Row::new(
         "raw lapin, same properties",
         Kind::RawSameProperties,
+        true,
+    ));
+    rows.push(Row::new(
+        "raw lapin, same properties, not mandatory",
+        Kind::RawSameNotMandatory,
         true,
     ));
     rows.push(Row::new(
