@@ -1,6 +1,6 @@
 //! The AMQP edge of the header scheme (the wire table in the `event_core` crate documentation,
-//! `docs/wire.md` in the repository): [`Message`] ↔ AMQP properties and header table, written
-//! in the broker's [`WireProfile`].
+//! `event-core/docs/wire.md` in the repository): [`Message`] ↔ AMQP properties and header
+//! table, written in the broker's [`WireProfile`].
 //!
 //! **Publishing: each fact once (the lean profile, the default).** A fact AMQP has a property
 //! for travels in that property, and only there:

@@ -1,6 +1,6 @@
 //! The NATS edge of the header scheme (the wire table in the `event_core` crate documentation,
-//! `docs/wire.md` in the repository): [`Message`] ↔ NATS headers, positions, and the names of
-//! streams and consumers.
+//! `event-core/docs/wire.md` in the repository): [`Message`] ↔ NATS headers, positions, and
+//! the names of streams and consumers.
 //!
 //! Publishing:
 //! - every header goes into the NATS headers under its own name (`ce_id`, `ce_type`,
