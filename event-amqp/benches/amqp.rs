@@ -12,7 +12,7 @@
 //! (64), `PREFETCH` the consumers' `basic.qos` (64), `ROUNDS` (5), `ONLY` = `publish` or
 //! `consume` (both), `ACK_EVERY` the batch of the `multiple=true` raw consumer (`PREFETCH` / 2),
 //! `ROWS` the labels of the rows to run, separated by `|` (every row), for a profile of one row:
-//! `ROWS='typed|raw lapin, same properties'`.
+//! `ROWS='typed|raw lapin, same properties'`. `WORKERS` the tokio worker threads (2).
 //!
 //! Every row runs once per round, for 64-byte and 1 KiB `Tick`s (persistent messages, durable
 //! queues), the rows of a round in a rotating order; the tables at the end give each row's
@@ -1122,7 +1122,7 @@ fn main() {
             .map(|rows| rows.split('|').map(str::to_owned).collect()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env("WORKERS", 2).max(1))
         .enable_all()
         .build()
         .expect("runtime");
