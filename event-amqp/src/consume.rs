@@ -321,7 +321,7 @@ pub(crate) struct AmqpAcker {
 }
 
 impl AmqpAcker {
-    async fn queue(self, verdict: Verdict) -> Result<(), BrokerError> {
+    fn queue(self, verdict: Verdict) -> Result<(), BrokerError> {
         let AmqpAcker {
             tag,
             acker,
@@ -333,20 +333,19 @@ impl AmqpAcker {
             Verdict::Requeue => "nack",
         };
         queue
-            .send(Settle {
+            .record(Settle {
                 tag,
                 acker,
                 verdict,
             })
-            .await
-            .map_err(|closed| {
+            .map_err(|gone| {
                 // the worker lives as long as an acker of its channel: it is gone only if
                 // it panicked, and the broker redelivers when the channel closes
                 tracing::debug!(generation, operation, "the channel's settle worker is gone");
                 BrokerError::Backend {
                     broker: BROKER_NAME,
                     operation,
-                    source: Box::new(closed),
+                    source: Box::new(gone),
                 }
             })
     }
@@ -354,19 +353,15 @@ impl AmqpAcker {
 
 impl Acknowledge for AmqpAcker {
     async fn ack(self) -> Result<(), BrokerError> {
-        self.queue(Verdict::Ack).await
+        self.queue(Verdict::Ack)
     }
 
     async fn nack(self, _delivery: Delivery) -> Result<(), BrokerError> {
-        self.queue(Verdict::Requeue).await
+        self.queue(Verdict::Requeue)
     }
 
     fn abandon(self, _delivery: Delivery) {
-        // Best effort: requeue now. If the queue is full, closing the channel requeues it.
-        let _ = self.queue.try_send(Settle {
-            tag: self.tag,
-            acker: self.acker,
-            verdict: Verdict::Requeue,
-        });
+        // requeued now; if the worker is gone, closing the channel requeues it
+        let _ = self.queue(Verdict::Requeue);
     }
 }
