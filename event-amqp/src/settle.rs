@@ -171,8 +171,9 @@ struct Outcomes {
     enough: u64,
 }
 
-/// What the worker sends next: `alone` in order, then `multiple` (a tag and its acker).
-#[derive(Debug, Default)]
+/// What the worker sends next: the requeues in `alone` in order, its acknowledgements, then
+/// `multiple` (a tag and its acker).
+#[derive(Debug)]
 struct Due {
     alone: Vec<Settle>,
     multiple: Option<(u64, Acker)>,
@@ -249,22 +250,22 @@ async fn run(mut rings: mpsc::Receiver<()>, state: Arc<Mutex<Outcomes>>, reporte
             None => rings.recv().await.is_none(),
         };
         let due = lock(&state).take_due(Instant::now(), closing);
-        for settle in &due.alone {
-            match settle.verdict {
-                Verdict::Requeue => {
-                    let requeue = BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    };
-                    reporter.sent("nack", settle.acker.nack(requeue)).await;
-                }
-                Verdict::Ack => {
-                    reporter
-                        .sent("ack", settle.acker.ack(BasicAckOptions::default()))
-                        .await;
-                }
-            }
+        let (requeues, singles): (Vec<&Settle>, Vec<&Settle>) = due
+            .alone
+            .iter()
+            .partition(|settle| settle.verdict == Verdict::Requeue);
+        for settle in requeues {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            reporter.sent("nack", settle.acker.nack(requeue)).await;
         }
+        // acknowledgements of different tags: in flight together
+        let singles = singles
+            .into_iter()
+            .map(|settle| reporter.sent("ack", settle.acker.ack(BasicAckOptions::default())));
+        futures_util::future::join_all(singles).await;
         if let Some((_, acker)) = due.multiple {
             reporter
                 .sent("ack", acker.ack(BasicAckOptions { multiple: true }))
