@@ -14,6 +14,7 @@
 //	                        [--meta k=v]... [--id-prefix P]
 //	go-micro-peer subscribe --broker rabbitmq|kafka|nats --topic T --queue Q --count N
 //	                        [--timeout 60s]
+//	go-micro-peer record    --broker kafka --topic T [--header-hex NAME=value]...
 //
 // Standard output carries one JSON object a line and nothing else (go-micro logs to
 // standard error):
@@ -21,6 +22,7 @@
 //	{"event":"published","topic":…,"type":…,"header":{…},"micro_id":…,"fields":{…}}
 //	{"event":"ready","topic":…,"queue":…}   (subscribe: from now on it consumes)
 //	{"event":"received","topic":…,"type":…,"fields":{…},"metadata":{…},"micro_id":…}
+//	{"event":"recorded","topic":…,"partition":…,"offset":…}   (record: sarama, not go-micro)
 //
 // A published line shows the broker message as go-micro's client handed it to the broker
 // (the header map it built, with the Micro-ID it generated), after the broker published it.

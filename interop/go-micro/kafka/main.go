@@ -24,6 +24,7 @@ import (
 	"go-micro.dev/v4/metadata"
 	"go-micro.dev/v4/registry"
 	"go-micro.dev/v4/server"
+	"google.golang.org/protobuf/proto"
 
 	"event-interop/go-micro-peer/internal/peer"
 	"event-interop/go-micro-peer/pb/usersv1"
@@ -130,12 +131,57 @@ func subscribeKafka(o peer.Options) error {
 	return received.Wait(o.Timeout)
 }
 
+// Writes one record with sarama itself, not through go-micro, as a Go service that uses
+// sarama directly does: the protobuf of the run's first message, the headers a typed
+// publisher of ours writes for it (ce_type, content-type), then each --header-hex, whose
+// name may be any bytes (a header name that is not UTF-8, which no Rust or Python Kafka
+// client can write). Prints {"event":"recorded","topic":…,"partition":…,"offset":…}.
+func recordKafka(o peer.Options) error {
+	config := sarama.NewConfig()
+	config.Version = sarama.V2_8_0_0
+	config.Producer.Return.Successes = true
+	config.Producer.RequiredAcks = sarama.WaitForAll
+	producer, err := sarama.NewSyncProducer(strings.Split(kafkaAddress(o), ","), config)
+	if err != nil {
+		return fmt.Errorf("connect to Kafka at %s: %w", kafkaAddress(o), err)
+	}
+	defer producer.Close()
+	m, err := peer.Message(o, 0)
+	if err != nil {
+		return err
+	}
+	value, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	headers := []sarama.RecordHeader{
+		{Key: []byte("ce_type"), Value: []byte(proto.MessageName(m))},
+		{Key: []byte("content-type"), Value: []byte("application/protobuf")},
+	}
+	for _, h := range o.RawHeaders {
+		headers = append(headers, sarama.RecordHeader{Key: h.Name, Value: []byte(h.Value)})
+	}
+	partition, offset, err := producer.SendMessage(&sarama.ProducerMessage{
+		Topic:   o.Topic,
+		Value:   sarama.ByteEncoder(value),
+		Headers: headers,
+	})
+	if err != nil {
+		return fmt.Errorf("produce to %s: %w", o.Topic, err)
+	}
+	peer.Emit(map[string]any{"event": "recorded", "topic": o.Topic, "partition": partition, "offset": offset})
+	return nil
+}
+
 func main() {
 	o := peer.Parse(os.Args[1:])
 	var err error
-	if o.Command == "publish" {
+	switch o.Command {
+	case "publish":
 		err = publishKafka(o)
-	} else {
+	case "record":
+		err = recordKafka(o)
+	default:
 		err = subscribeKafka(o)
 	}
 	if err != nil {

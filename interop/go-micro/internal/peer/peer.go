@@ -6,6 +6,7 @@
 package peer
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -45,7 +46,8 @@ const Usage = `usage:
                           [--type users.v1.UserCreated|shop.v1.OrderPlaced]
                           [--meta k=v]... [--id-prefix P] [--address A]
   go-micro-peer subscribe --broker rabbitmq|kafka|nats --topic T --queue Q [--count N]
-                          [--timeout 60s] [--address A]`
+                          [--timeout 60s] [--address A]
+  go-micro-peer record    --broker kafka --topic T [--header-hex NAME=value]... [--address A]`
 
 type metaFlag map[string]string
 
@@ -57,6 +59,27 @@ func (m metaFlag) Set(kv string) error {
 		return fmt.Errorf("--meta wants k=v, got %q", kv)
 	}
 	m[k] = v
+	return nil
+}
+
+// RawHeader is a record header whose name is given in hex (`--header-hex`), so that it can
+// be any bytes.
+type RawHeader struct {
+	Name  []byte
+	Value string
+}
+
+type rawHeaderFlag struct{ headers *[]RawHeader }
+
+func (f rawHeaderFlag) String() string { return "" }
+
+func (f rawHeaderFlag) Set(kv string) error {
+	k, v, ok := strings.Cut(kv, "=")
+	name, err := hex.DecodeString(k)
+	if !ok || k == "" || err != nil {
+		return fmt.Errorf("--header-hex wants HEXNAME=value, got %q", kv)
+	}
+	*f.headers = append(*f.headers, RawHeader{Name: name, Value: v})
 	return nil
 }
 
@@ -73,11 +96,12 @@ type Options struct {
 	Meta        map[string]string
 	Timeout     time.Duration
 	Address     string
+	RawHeaders  []RawHeader
 }
 
 // Parse reads `args` (without the program name); it exits with the usage on an error.
 func Parse(args []string) Options {
-	if len(args) < 1 || (args[0] != "publish" && args[0] != "subscribe") {
+	if len(args) < 1 || (args[0] != "publish" && args[0] != "subscribe" && args[0] != "record") {
 		Fail(Usage)
 	}
 	meta := metaFlag{}
@@ -91,6 +115,7 @@ func Parse(args []string) Options {
 	flags.StringVar(&o.TypeName, "type", "users.v1.UserCreated", "publish: users.v1.UserCreated or shop.v1.OrderPlaced")
 	flags.StringVar(&o.IDPrefix, "id-prefix", "go", "publish: the prefix of the user ids")
 	flags.Var(meta, "meta", "publish: context metadata k=v (repeatable)")
+	flags.Var(rawHeaderFlag{&o.RawHeaders}, "header-hex", "record: one more header, its name in hex (repeatable)")
 	flags.DurationVar(&o.Timeout, "timeout", 60*time.Second, "subscribe: give up after this long")
 	flags.StringVar(&o.Address, "address", "", "the broker's address (default: RabbitMQ "+RabbitURL+", Kafka "+KafkaAddr+", NATS $EVENT_TEST_NATS or "+NatsAddr+")")
 	_ = flags.Parse(args[1:])
@@ -102,6 +127,9 @@ func Parse(args []string) Options {
 	}
 	if o.Broker != "rabbitmq" && o.Broker != "kafka" && o.Broker != "nats" {
 		Fail("--broker: rabbitmq, kafka or nats, not " + o.Broker)
+	}
+	if o.Command == "record" && o.Broker != "kafka" {
+		Fail("record: Kafka only (--broker kafka)")
 	}
 	return o
 }
