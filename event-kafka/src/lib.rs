@@ -77,6 +77,11 @@
 //! [`go_micro_envelope`](KafkaBrokerBuilder::go_micro_envelope) (`wire=go-micro` on the URL)
 //! this broker publishes that envelope and unwraps the envelopes it consumes, so a topic is
 //! shared with go-micro services both ways.
+//!
+//! A record header whose name is not UTF-8 text cannot be read through rdkafka: the record is
+//! delivered without it, and with [`UNREADABLE_HEADERS`] naming its place among the record's
+//! headers. (rdkafka reports such a name by panicking; the poller catches it, and the
+//! process's panic hook prints the panic message to standard error.)
 
 mod admin;
 mod broker;
@@ -90,6 +95,7 @@ pub use admin::TopicSpec;
 pub use broker::KafkaBroker;
 pub use config::{Acks, Compression, KafkaBrokerBuilder};
 pub use error::KafkaBackendError;
+pub use wire::UNREADABLE_HEADERS;
 
 /// Backend name in logs, metrics and errors.
 pub(crate) const NAME: &str = "kafka";

@@ -1,6 +1,6 @@
 //! How Kafka records map onto the framework's messages: headers (a [`Message`]'s onto a
-//! record's, a record's onto a [`Delivery`]'s), positions, and the content type of a record
-//! whose headers cannot be read.
+//! record's, a record's onto a [`Delivery`]'s, headers rdkafka cannot read left out and
+//! named), and positions.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,9 +31,14 @@ pub(crate) fn position(partition: i32, offset: i64) -> Position {
     Position::new(&OFFSET, u64::try_from(offset).unwrap_or_default()).in_partition(partition)
 }
 
-/// Content type given to a record whose headers cannot be read, so that a typed subscriber
-/// dead-letters it with a diagnosis instead of decoding it blind.
-pub(crate) const INVALID_HEADERS_CONTENT_TYPE: &str = "application/x-kafka-invalid-headers";
+/// The header a delivery carries when some of its record's headers could not be read: their
+/// places among the record's headers (from 0), comma-separated, such as `0` or `2,5`.
+///
+/// rdkafka reads only header names that are UTF-8 text (it panics on another, and the
+/// poller catches that), so a header named otherwise, which a producer writing names as raw
+/// bytes can send, is left out of the delivery; its bytes cannot be had. The record's other
+/// headers are delivered as usual, and each such record is logged as a warning.
+pub const UNREADABLE_HEADERS: &str = "x-kafka-unreadable-headers";
 
 /// What the deliveries of one batch of records read from librdkafka share: the topic name,
 /// the time they were received, and a buffer their payloads and keys are copied into.
@@ -134,42 +139,56 @@ impl Copies {
     }
 }
 
-/// A record's headers; a record whose headers cannot be read is marked
-/// [`INVALID_HEADERS_CONTENT_TYPE`].
+/// A record's headers, those whose name is not UTF-8 left out and named in
+/// [`UNREADABLE_HEADERS`].
 fn read_headers(
     topic: &str,
     record: &BorrowedMessage<'_>,
     headers: &rdkafka::message::BorrowedHeaders,
 ) -> Headers {
-    // rdkafka panics on a header name that is not UTF-8; such a record must still be
-    // delivered (and diagnosed), not take the consumer down
-    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // copied without an allocation where that can be: a pooled vector, the names the
-        // framework writes shared, short values inline
-        let mut out = Headers::pooled(headers.count());
+    let count = headers.count();
+    // copied without an allocation where that can be: a pooled vector, the names the
+    // framework writes shared, short values inline
+    let mut out = Headers::pooled(count);
+    // rdkafka panics on a header name that is not UTF-8: the consumer must not go down for
+    // it, nor lose the record's other headers
+    let mut read = 0;
+    let all = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for header in headers.iter() {
             out.append_copied(
                 HeaderName::from_wire(header.key),
                 header.value.unwrap_or_default(),
             );
+            read += 1;
         }
-        out
     }));
-    read.unwrap_or_else(|_| {
-        tracing::error!(
-            %topic,
-            partition = record.partition(),
-            offset = record.offset(),
-            "record headers are not readable (a header name is not UTF-8); delivering it marked as {INVALID_HEADERS_CONTENT_TYPE}"
-        );
-        let mut marked = Headers::with_capacity(2);
-        marked.append("content-type", INVALID_HEADERS_CONTENT_TYPE);
-        marked.append(
-            "x-event-error",
-            "the record's headers could not be read: a header name is not UTF-8",
-        );
-        marked
-    })
+    if all.is_ok() {
+        return out;
+    }
+    // header `read` is the first unreadable one; each after it is read on its own
+    let mut unreadable = read.to_string();
+    for index in read + 1..count {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers.try_get(index))) {
+            Ok(Some(header)) => out.append_copied(
+                HeaderName::from_wire(header.key),
+                header.value.unwrap_or_default(),
+            ),
+            Ok(None) => {}
+            Err(_) => {
+                unreadable.push(',');
+                unreadable.push_str(&index.to_string());
+            }
+        }
+    }
+    tracing::warn!(
+        %topic,
+        partition = record.partition(),
+        offset = record.offset(),
+        headers = %unreadable,
+        "record headers whose name is not UTF-8 cannot be read; delivering the record without them, named in {UNREADABLE_HEADERS}"
+    );
+    out.append(UNREADABLE_HEADERS, unreadable);
+    out
 }
 
 /// A message's headers as a record's, except a `correlation-id` that only repeats the message's

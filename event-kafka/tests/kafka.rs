@@ -1,7 +1,12 @@
-//! Kafka behaviour against the real broker: poison messages, foreign producers, shutdown with
-//! handlers in flight, a consumer joining mid-stream, missing topics, URL selection.
+//! Kafka behaviour against the real broker: poison messages, foreign producers (rdkafka, and
+//! sarama through the go-micro peer's `record`, for header names rdkafka cannot read),
+//! shutdown with handlers in flight, a consumer joining mid-stream, missing topics, URL
+//! selection. The peer is built by `interop/go-micro/build.sh` (`EVENT_GO_MICRO_PEER`, which
+//! `scripts/test.sh` exports).
 
 mod common;
+#[path = "../../interop/go-micro/peer.rs"]
+mod peer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -141,6 +146,25 @@ async fn on_user(event: Event<UserCreated>, State(seen): State<Seen>) {
     let _ = seen.0.send((event.into_message(), verified));
 }
 
+/// A started service of `on_user` on `topic`, in a consumer group of its own, and what it
+/// handles (each event, and whether its type was verified).
+async fn user_service(
+    broker: &KafkaBroker,
+    topic: &str,
+) -> (event_core::RunningService, Collector<(UserCreated, bool)>) {
+    let (seen_tx, seen) = Collector::new(WAIT);
+    let service = Service::builder("foreign-test")
+        .broker(broker.clone())
+        .state(Seen(seen_tx))
+        .subscribe_with(topic, SubscribeOptions::new().queue(unique("g")), on_user)
+        .build()
+        .expect("build")
+        .start()
+        .await
+        .expect("start");
+    (service, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_a_foreign_producer_reach_the_diagnosis() {
     let broker = common::connect().await;
@@ -149,20 +173,7 @@ async fn records_from_a_foreign_producer_reach_the_diagnosis() {
     common::create_topics(&broker, &[&topic, &dlq]).await;
     let (dlq_tx, mut dead) = Collector::new(WAIT);
     let dlq_sub = testkit::delivery_subscriber(&broker, &dlq, dlq_tx).await;
-    let (seen_tx, mut seen) = Collector::new(WAIT);
-    let service = Service::builder("foreign-test")
-        .broker(broker.clone())
-        .state(Seen(seen_tx))
-        .subscribe_with(
-            topic.as_str(),
-            SubscribeOptions::new().queue(unique("g")),
-            on_user,
-        )
-        .build()
-        .expect("build")
-        .start()
-        .await
-        .expect("start");
+    let (service, mut seen) = user_service(&broker, &topic).await;
 
     // another program: rdkafka used directly, no headers of ours
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -535,4 +546,95 @@ async fn a_publish_is_enqueued_when_called_not_when_first_polled() {
         assert!(receipt.position().partition().is_some(), "{receipt:?}");
     }
     sub.unsubscribe().await;
+}
+
+/// A Go service that writes records with sarama itself can give a header a name that is not
+/// UTF-8, which rdkafka cannot read (it panics on one). Such a record is delivered with its
+/// other headers, the unreadable ones named in `x-kafka-unreadable-headers`, and the typed
+/// subscriber handles it; the consumer goes on with the next record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_header_whose_name_is_not_utf8_is_left_out_and_named() {
+    let broker = common::connect().await;
+    let topic = unique("users.created");
+    let dlq = format!("{topic}.dlq");
+    common::create_topics_with(&broker, &[&topic, &dlq], 1).await;
+    let (dlq_tx, mut dead) = Collector::new(WAIT);
+    let dlq_sub = testkit::delivery_subscriber(&broker, &dlq, dlq_tx).await;
+    // the raw deliveries, headers and all, beside the typed subscriber
+    let (raw_tx, mut raw) = Collector::new(WAIT);
+    let raw_sub = testkit::delivery_subscriber(&broker, &topic, raw_tx).await;
+    let (service, mut handled) = user_service(&broker, &topic).await;
+
+    // after the peer's ce_type and content-type: "\xff\xfename" (not UTF-8), "tenant", and
+    // "\xc3" (a UTF-8 sequence cut short)
+    let mut peer = peer::Peer::spawn(&[
+        "record",
+        "--broker",
+        "kafka",
+        "--address",
+        &common::bootstrap(),
+        "--topic",
+        &topic,
+        "--header-hex",
+        "fffe6e616d65=v",
+        "--header-hex",
+        "74656e616e74=acme",
+        "--header-hex",
+        "c3=w",
+    ]);
+    let recorded = peer.event("recorded").await;
+    peer.exit().await;
+    // the next record, a typed event of ours
+    let next = UserCreated {
+        user_id: "u-after".into(),
+        ..Default::default()
+    };
+    event_core::Publisher::<UserCreated>::new(
+        Arc::new(broker.clone()),
+        "unreadable-headers-test",
+        &topic,
+    )
+    .publish(&next)
+    .await
+    .expect("publish the next event");
+
+    let delivery = raw.next("the record").await;
+    assert_eq!(
+        delivery.position().to_string(),
+        format!(
+            "partition {} offset {}",
+            recorded["partition"], recorded["offset"]
+        )
+    );
+    let names: Vec<&str> = delivery
+        .headers()
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ce_type",
+            "content-type",
+            "tenant",
+            event_kafka::UNREADABLE_HEADERS
+        ],
+        "the readable headers, in order, then the places of the others"
+    );
+    let h = delivery.headers();
+    assert_eq!(h.get_str("tenant"), Some("acme"));
+    assert_eq!(h.get_str(event_kafka::UNREADABLE_HEADERS), Some("2,4"));
+
+    let (got, verified) = handled.next("the record, typed").await;
+    assert_eq!(got.user_id, "go-0");
+    assert!(verified, "its ce_type header was read: {got:?}");
+    assert_eq!(handled.next("the next event").await, (next, true));
+    dead.assert_quiet("a dead letter", Duration::from_millis(300))
+        .await;
+
+    let report = service.stop().await;
+    assert!(!report.timed_out, "{report:?}");
+    raw_sub.unsubscribe().await;
+    dlq_sub.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
 }
