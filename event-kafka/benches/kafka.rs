@@ -5,6 +5,7 @@
 //! cargo bench -p event-kafka --bench kafka                   # 20,000 records, 5 rounds
 //! EVENTS=50000 ROUNDS=7 EVENT_TEST_KAFKA=127.0.0.1:9092 cargo bench -p event-kafka --bench kafka
 //! ONLY=consume cargo bench -p event-kafka --bench kafka      # one direction (or ONLY=publish)
+//! ONLY=typed-consume cargo bench -p event-kafka --bench kafka   # the typed consume alone, to profile
 //! WORKERS=1 cargo bench -p event-kafka --bench kafka         # tokio worker threads (2)
 //! ```
 //!
@@ -562,8 +563,26 @@ fn main() {
             row("  vs pre", size, &rates(&prebuilt), &rates(&typed));
         }
         for size in [64usize, 1024] {
-            if only.as_deref().is_some_and(|o| o != "consume") {
+            if only.as_deref().is_some_and(|o| o != "consume" && o != "typed-consume") {
                 break;
+            }
+            if only.as_deref() == Some("typed-consume") {
+                // for a profile of the typed path alone
+                let topic = filled_topic(n, size).await;
+                let runs: Vec<Measured> = {
+                    let mut runs = Vec::with_capacity(rounds);
+                    for _ in 0..rounds {
+                        runs.push(consume_typed(&topic, n).await);
+                    }
+                    runs
+                };
+                println!(
+                    "typed consume {size} B: median {:.0} rec/s, CPU per record {:.2} µs (poller {:.2} µs)",
+                    median(runs.iter().map(|m| m.rate).collect()),
+                    median(runs.iter().filter_map(|m| m.cpu).map(|c| c[0]).collect()),
+                    median(runs.iter().filter_map(|m| m.cpu).map(|c| c[1]).collect())
+                );
+                continue;
             }
             let topic = filled_topic(n, size).await;
             let (mut raw, mut typed) = (Vec::new(), Vec::new());
