@@ -267,7 +267,10 @@ impl AmqpBrokerBuilder {
     }
 
     /// The delay between reconnection attempts: starts at `min`, doubles up to `max`
-    /// (default 100 ms … 5 s).
+    /// (default 100 ms … 5 s). A connection lost less than 10 s after it was made counts as
+    /// a failed attempt, so one that keeps failing as soon as it is made (lapin closes a
+    /// connection on a message it cannot parse, and RabbitMQ gives the message back) is made
+    /// again at most every `max`, and logged as an error.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = Some(min);
         self.reconnect_max = Some(max);

@@ -25,6 +25,14 @@ use crate::error::AmqpBackendError;
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Bound on closing a channel or connection.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection must have lasted for its loss to start the reconnect backoff over.
+///
+/// A connection lost sooner counts as one more failure, as a failed connect does, so the
+/// next one waits longer. Without this, a connection that fails at once would be made again
+/// and again without a pause. One such case is a message whose properties lapin cannot
+/// parse: lapin closes the connection, RabbitMQ puts the message back, and the next
+/// connection meets it again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One live connection.
 #[derive(Debug)]
@@ -230,21 +238,22 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                 } else {
                     tracing::debug!(broker = %config.address, "connected to RabbitMQ");
                 }
-                backoff.reset();
+                let up_at = Instant::now();
                 let session = Arc::new(session);
                 shared.set_link(Link::Up(session.clone()));
-                watch_session(&shared, &session, &stop).await;
+                let error = watch_session(&shared, &session, &stop).await;
                 if stop.is_cancelled() {
                     // the broker's disconnect closes the session
                     return;
                 }
                 down_since = Instant::now();
                 shared.set_link(Link::Down);
-                tracing::warn!(
-                    broker = %config.address,
-                    generation,
-                    "lost the RabbitMQ connection; reconnecting"
-                );
+                let up_for = up_at.elapsed();
+                if up_for >= STABLE_AFTER {
+                    backoff.reset();
+                }
+                let (wait, failures) = (backoff.next_delay(), backoff.failures());
+                lost(config, generation, up_for, failures, error.as_ref(), wait);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
@@ -252,7 +261,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                     )
                     .await;
                 });
-                continue;
+                wait
             }
             Ok(Err(error)) => {
                 let (wait, failures) = (backoff.next_delay(), backoff.failures());
@@ -285,26 +294,79 @@ pub(crate) async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Returns when the session stops being usable, or at `stop`.
-async fn watch_session(shared: &Shared, session: &Session, stop: &CancellationToken) {
+/// Returns when the session stops being usable, with the last error lapin reported on its
+/// connection, or at `stop`.
+async fn watch_session(
+    shared: &Shared,
+    session: &Session,
+    stop: &CancellationToken,
+) -> Option<lapin::Error> {
     let mut events = Box::pin(session.connection.events_listener());
     let mut events_open = true;
+    let mut error = None;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return error,
             _ = shared.kick.notified() => {}
-            event = events.next(), if events_open => {
-                if event.is_none() {
-                    events_open = false;
-                }
-            }
+            event = events.next(), if events_open => match event {
+                Some(lapin::Event::Error(e)) => error = Some(e),
+                Some(_) => {}
+                None => events_open = false,
+            },
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
         }
         if !session.is_usable() {
-            return;
+            return error;
         }
     }
 }
+
+/// Logs the loss of connection `generation` after `up_for`, which lapin gave as `error`.
+///
+/// A loss soon after the last one (`failures` above 1) is logged as an error the first time
+/// and then every tenth time, as failed connects are.
+fn lost(
+    config: &Config,
+    generation: u64,
+    up_for: Duration,
+    failures: u32,
+    error: Option<&lapin::Error>,
+    wait: Duration,
+) {
+    let text = error.map(|e| event_core::error_chain(e).to_string());
+    let text = text.as_deref().unwrap_or("none reported");
+    if failures <= 1 {
+        tracing::warn!(
+            broker = %config.address,
+            generation,
+            ?up_for,
+            error = text,
+            "lost the RabbitMQ connection; reconnecting in {wait:?}"
+        );
+        return;
+    }
+    if failures != 2 && !failures.is_multiple_of(10) {
+        return;
+    }
+    let unparsable = error.is_some_and(|e| matches!(e.kind(), lapin::ErrorKind::ParsingError(_)));
+    let cause = if unparsable { UNPARSABLE } else { "" };
+    tracing::error!(
+        broker = %config.address,
+        generation,
+        ?up_for,
+        failures,
+        error = text,
+        "the RabbitMQ connection keeps failing soon after it is made; reconnecting in {wait:?}{cause}"
+    );
+}
+
+/// What a connection that keeps failing on a frame lapin cannot parse means.
+const UNPARSABLE: &str = ". lapin closes it on a frame it cannot parse, most likely a message \
+    whose properties or headers hold text that is not UTF-8 (a header name, say): RabbitMQ puts \
+    it back in its queue each time, and until it is removed from there, the subscription cannot \
+    get past it. A quorum queue with a delivery limit and a dead-letter exchange moves such a \
+    message aside (queue arguments x-queue-type=quorum, x-delivery-limit, \
+    x-dead-letter-exchange; the event-amqp crate documentation, Reconnection)";
 
 /// Closes a session's channel and connection, bounded by [`CLOSE_TIMEOUT`].
 pub(crate) async fn close_session(session: &Session) {

@@ -139,6 +139,20 @@
 //! messages from the lost connection are dropped, never sent on the new one. Handlers must
 //! therefore tolerate duplicates.
 //!
+//! A connection lost within 10 s of being made counts as a failed attempt, so the next one
+//! waits longer. One message is known to cause this: lapin cannot parse a message whose
+//! properties or headers hold text that is not UTF-8, such as a header name another client
+//! sent as raw bytes. lapin then closes the connection, and RabbitMQ puts the message back
+//! at the head of its queue. The subscription cannot get past such a message, and the log
+//! says so. RabbitMQ can move it aside: on a quorum queue with a delivery limit and a
+//! dead-letter exchange (queue arguments `x-queue-type=quorum`, `x-delivery-limit=N`,
+//! `x-dead-letter-exchange=<the exchange>`, `x-dead-letter-routing-key=<topic>.dlq`, through
+//! [`AmqpBrokerBuilder::queue_argument`] or the URL), it goes to the subscription's
+//! dead-letter queue after N deliveries, and the subscription goes on (tested in
+//! `event-amqp/tests/foreign_producer.rs`). Queue arguments apply to every durable queue of
+//! a broker handle, so with that routing key this takes a handle per topic; a dead-letter
+//! exchange of your own, with a queue bound to it, serves every topic.
+//!
 //! # Shutdown
 //!
 //! [`disconnect`](event_core::Broker::disconnect) cancels the consumers, lets in-flight

@@ -1,4 +1,4 @@
-//! Messages from other AMQP producers, published with plain lapin:
+//! Messages from other AMQP producers, published with plain lapin (and pika):
 //!
 //! - without our headers (raw protobuf of another type, JSON, text): the typed subscriber's
 //!   diagnosis dead-letters them at once with the right classification;
@@ -7,7 +7,10 @@
 //!   consumed as a typed event;
 //! - and the other way round: what our typed publisher sends in the `go-micro` wire profile
 //!   (`wire=go-micro`) carries go-micro's headers as long strings, so a go-micro subscriber
-//!   reads it as it is.
+//!   reads it as it is;
+//! - a message lapin cannot parse (a header name that is not UTF-8, published with pika):
+//!   the connections lapin closes on it are made again with a growing pause, and a quorum
+//!   queue with a delivery limit moves the message to the dead-letter queue.
 
 mod common;
 
@@ -436,4 +439,216 @@ async fn our_messages_carry_go_micro_headers() {
     delivery.ack(BasicAckOptions::default()).await.expect("ack");
     foreign.close().await;
     broker.disconnect().await.expect("disconnect");
+}
+
+/// Publishes, with pika, a message whose header name is not UTF-8 (pika sends a name as the
+/// bytes it is given; lapin cannot parse it).
+fn publish_unparsable(url: &str, exchange: &str, topic: &str) {
+    let python = std::env::var("EVENT_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "EVENT_TEST_PYTHON is not set: scripts/brokers.sh env exports it (scripts/test.sh does)"
+        )
+    });
+    let script = format!(
+        r#"
+import pika
+connection = pika.BlockingConnection(pika.URLParameters("{url}"))
+channel = connection.channel()
+channel.confirm_delivery()
+channel.basic_publish("{exchange}", "{topic}", b"body",
+    pika.BasicProperties(headers={{b"\xff\xfename": "v"}}))
+connection.close()
+"#
+    );
+    let status = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .status()
+        .unwrap_or_else(|e| panic!("run {python}: {e}"));
+    assert!(status.success(), "pika could not publish the message");
+}
+
+/// RabbitMQ's address in `url`, `host:port`.
+fn address(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// A TCP proxy to RabbitMQ on a port of its own; reports the time of each connection it
+/// accepts.
+async fn counting_proxy(
+    upstream: String,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<std::time::Instant>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let _ = tx.send(std::time::Instant::now());
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// A message lapin cannot parse (here, a header name that is not UTF-8, which pika sends as
+/// it is given) makes lapin close the connection, and RabbitMQ puts the message back, so
+/// each new connection meets it again. The connections are made with a growing pause
+/// between them, not back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lapin_cannot_parse_does_not_make_the_connection_spin() {
+    let url = url();
+    let (port, mut accepted) = counting_proxy(address(&url).to_owned()).await;
+    let through_proxy = url.replacen(address(&url), &format!("127.0.0.1:{port}"), 1);
+    let exchange = "event.test.foreign";
+    let min = Duration::from_millis(100);
+    let broker = AmqpBroker::builder(&through_proxy)
+        .exchange(exchange)
+        .queue_argument("x-expires", 600_000)
+        .reconnect_backoff(min, Duration::from_secs(2))
+        .build()
+        .expect("config");
+    let broker = common::connected(broker).await;
+    let topic = unique("users.created");
+    let group = "mailer";
+    let subscription = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().queue(group),
+            event_core::broker::handler_fn("never-reached", |_d: Delivery| async {
+                event_core::broker::Outcome::Ack
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let first = accepted.recv().await.expect("the first connection");
+
+    publish_unparsable(&url, exchange, &topic);
+
+    // the connection that received it is lost; the next ones wait 100, 200, 400, 800 ms
+    let mut times = vec![first];
+    for n in 1..=5 {
+        let next = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+            .await
+            .unwrap_or_else(|_| panic!("connection #{n} was not made in 30 s"))
+            .expect("the proxy runs");
+        times.push(next);
+    }
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // the first gap is the subscription's life before the message came
+    for (i, gap) in gaps[1..].iter().enumerate() {
+        let delay = min * 2u32.pow(u32::try_from(i).expect("few"));
+        assert!(
+            *gap >= delay.mul_f64(0.9),
+            "reconnect #{} came {gap:?} after the one before, not after the backoff of {delay:?} (all gaps: {gaps:?})",
+            i + 2
+        );
+    }
+
+    // the message stays at the head of its queue: delete the queue with it
+    subscription.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
+    let foreign = Foreign::connect().await;
+    foreign
+        .channel
+        .queue_delete(
+            format!("{topic}.{group}").as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the queue");
+    foreign.close().await;
+}
+
+/// The way past such a message that RabbitMQ offers: a quorum queue with a delivery limit
+/// and a dead-letter exchange moves it to the subscription's dead-letter queue once it was
+/// delivered that many times, and the subscription goes on with the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_with_a_delivery_limit_moves_such_a_message_aside() {
+    let exchange = "event.test.foreign";
+    let topic = unique("users.created");
+    let group = "mailer";
+    let broker = AmqpBroker::builder(&url())
+        .exchange(exchange)
+        .queue_argument("x-queue-type", "quorum")
+        .queue_argument("x-delivery-limit", 2)
+        .queue_argument("x-dead-letter-exchange", exchange)
+        .queue_argument("x-dead-letter-routing-key", format!("{topic}.dlq"))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+        .expect("config");
+    let broker = common::connected(broker).await;
+    let (tx, mut handled) = Collector::new(Duration::from_secs(60));
+    let subscription = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new().queue(group),
+            event_core::broker::handler_fn("collect", move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(d.payload().clone());
+                    event_core::broker::Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .expect("subscribe");
+    let foreign = Foreign::connect().await;
+    publish_unparsable(&url(), exchange, &topic);
+    foreign
+        .publish(exchange, &topic, b"after", BasicProperties::default())
+        .await;
+    let first = handled.next("the message after it").await;
+    assert_eq!(&first[..], b"after", "the first message handled");
+    // the subscription's dead-letter queue, `<topic>.dlq`, keeps it (a subscriber of the
+    // dead-letter topic would meet the same message); it counts it once its process has
+    // it: asked until then
+    let parked = format!("{topic}.dlq");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let kept = foreign
+            .channel
+            .queue_declare(
+                parked.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the dead-letter queue");
+        if kept.message_count() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message did not reach the dead-letter queue in {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    subscription.unsubscribe().await;
+    broker.disconnect().await.expect("disconnect");
+    for queue in [format!("{topic}.{group}"), parked] {
+        foreign
+            .channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .expect("delete the queue");
+    }
+    foreign.close().await;
 }
