@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the go-micro peer the interop tests run (event-amqp/tests/go_micro.rs,
-# event-kafka/tests/go_micro_peer.rs, event-nats/tests/go_micro.rs): regenerates the Go types of proto/ (./gen, protoc-gen-go
+# event-kafka/tests/go_micro_peer.rs and kafka.rs, event-nats/tests/go_micro.rs): regenerates the Go types of proto/ (./gen, protoc-gen-go
 # driven in process, no protoc), then builds
 #   $EVENT_INTEROP_HOME/go-micro-peer        (RabbitMQ and NATS, go-micro v5)
 #   $EVENT_INTEROP_HOME/go-micro-peer-kafka  (Kafka, go-micro v4 + the Kafka plugin)

@@ -1,6 +1,7 @@
 //! Drives the go-micro peer (this directory, built by `interop/go-micro/build.sh`) from the
 //! Rust interop tests, which include this file (`#[path]`): `event-amqp/tests/go_micro.rs`,
-//! `event-kafka/tests/go_micro_peer.rs` and `event-nats/tests/go_micro.rs`.
+//! `event-kafka/tests/go_micro_peer.rs`, `event-kafka/tests/kafka.rs` (the `record` command) and
+//! `event-nats/tests/go_micro.rs`.
 //!
 //! The peer prints one JSON object a line on standard output (see `main.go`); a [`Peer`]
 //! hands them over as they come, with a timeout, and shows the peer's standard error (go-micro's
