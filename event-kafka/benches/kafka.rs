@@ -569,13 +569,10 @@ fn main() {
             if only.as_deref() == Some("typed-consume") {
                 // for a profile of the typed path alone
                 let topic = filled_topic(n, size).await;
-                let runs: Vec<Measured> = {
-                    let mut runs = Vec::with_capacity(rounds);
-                    for _ in 0..rounds {
-                        runs.push(consume_typed(&topic, n).await);
-                    }
-                    runs
-                };
+                let mut runs = Vec::with_capacity(rounds);
+                for _ in 0..rounds {
+                    runs.push(consume_typed(&topic, n).await);
+                }
                 println!(
                     "typed consume {size} B: median {:.0} rec/s, CPU per record {:.2} µs (poller {:.2} µs)",
                     median(runs.iter().map(|m| m.rate).collect()),
