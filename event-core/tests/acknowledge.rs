@@ -2,7 +2,9 @@
 //! an acknowledgement that fails is counted (`event_ack_failures_total`, by the broker error's
 //! kind) and the loop goes on with the next message (every ack fails, as when the connection
 //! is gone); a failed message the broker took away (`Acknowledge::owned` is `false`, as for a
-//! revoked Kafka partition) is given back, neither retried nor dead-lettered.
+//! revoked Kafka partition) is given back, neither retried nor dead-lettered; a message the
+//! broker gave up delivering (`Delivery::undeliverable`, as NATS hands over one past its
+//! `max_deliver`) is dead-lettered without a handler run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -110,7 +112,13 @@ impl Broker for Unacked {
                     .enumerate()
                     .filter(|(_, (t, _))| t == topic)
                     .map(|(i, (_, m))| {
-                        Delivery::new(topic, m.clone(), Position::sequence(i as u64 + 1))
+                        let delivery =
+                            Delivery::new(topic, m.clone(), Position::sequence(i as u64 + 1));
+                        if m.payload == "given up" {
+                            delivery.undeliverable("delivered 5 times without an outcome")
+                        } else {
+                            delivery
+                        }
                     });
             Ok(Source(deliveries.collect(), self.acks.clone()))
         };
@@ -217,4 +225,60 @@ async fn a_failed_message_taken_away_is_given_back_not_retried_nor_dead_lettered
         "nothing was dead-lettered: {:?}",
         log.iter().map(|(t, _)| t).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_gave_up_on_is_dead_lettered_without_a_handler_run() {
+    let broker = Unacked::new();
+    broker.connect().await.unwrap();
+    let topic = unique("given-up");
+    let mut given_up = Message::new("given up");
+    given_up.headers.append("tenant", "t-1");
+    broker.publish(&topic, given_up).await.unwrap();
+    broker.publish(&topic, Message::new("next")).await.unwrap();
+    let (tx, mut seen) = Collector::new(Duration::from_secs(10));
+    let sub = broker
+        .subscribe(
+            &topic,
+            SubscribeOptions::new(),
+            handler_fn("recorder", move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(d.payload().clone());
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let handled = seen
+        .until("the next message handled", |s| !s.is_empty())
+        .await;
+    assert_eq!(
+        handled,
+        ["next"],
+        "no handler ran on the message given up on"
+    );
+    sub.unsubscribe().await;
+    let log = broker.log.lock().unwrap();
+    let dead: Vec<&Message> = log
+        .iter()
+        .filter(|(t, _)| *t == format!("{topic}.dlq"))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let headers = &dead[0].headers;
+    assert_eq!(dead[0].payload, "given up");
+    assert_eq!(
+        headers.get_str("tenant"),
+        Some("t-1"),
+        "its own headers kept"
+    );
+    assert_eq!(headers.get_str("x-event-error-kind"), Some("undeliverable"));
+    assert_eq!(
+        headers.get_str("x-event-error"),
+        Some("delivered 5 times without an outcome")
+    );
+    assert_eq!(headers.get_str("x-event-handler"), Some("recorder"));
+    assert_eq!(broker.acks.nacks.load(Ordering::Acquire), 0, "acknowledged");
 }

@@ -107,6 +107,10 @@ pub enum FailureKind {
     UnsupportedContentType,
     /// A handler argument could not be extracted from the delivery.
     Extract,
+    /// The broker gave up delivering the message (it reached its delivery limit): the
+    /// backend handed it over with [`Delivery::undeliverable`](crate::broker::Delivery::undeliverable),
+    /// and no handler ran on it.
+    Undeliverable,
 }
 
 impl FailureKind {
@@ -120,6 +124,7 @@ impl FailureKind {
             FailureKind::Decode => "decode-error",
             FailureKind::UnsupportedContentType => "unsupported-content-type",
             FailureKind::Extract => "extract-error",
+            FailureKind::Undeliverable => "undeliverable",
         }
     }
 
@@ -132,6 +137,7 @@ impl FailureKind {
                 | FailureKind::UnsupportedContentType
                 | FailureKind::Rejected
                 | FailureKind::Extract
+                | FailureKind::Undeliverable
         )
     }
 }

@@ -97,6 +97,9 @@ pub struct Delivery {
     /// typed handler. A handle, not the subscription's instruments: without a metrics
     /// recorder it is empty, and cloning it into every delivery costs nothing.
     pub(crate) drift: metrics::Counter,
+    /// Why the broker gave up delivering this message, when it did
+    /// ([`Delivery::undeliverable`]).
+    undeliverable: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -120,7 +123,27 @@ impl Delivery {
             attempt: 1,
             received_at,
             drift: metrics::Counter::noop(),
+            undeliverable: None,
         }
+    }
+
+    /// Marks a message its broker gave up delivering: one that reached the broker's delivery
+    /// limit without an outcome (every member it went to crashed or lost its connection while
+    /// it was on its way, or the client could not read it). A backend that recovers such a
+    /// message from its broker hands it to the delivery loop marked so, with `reason` saying
+    /// why; the loop dead-letters it at once (kind
+    /// [`Undeliverable`](crate::broker::FailureKind::Undeliverable), the error `reason`)
+    /// without running the handler, which is what kept failing to finish it.
+    #[must_use]
+    pub fn undeliverable(mut self, reason: impl Into<Arc<str>>) -> Self {
+        self.undeliverable = Some(reason.into());
+        self
+    }
+
+    /// Why the broker gave up delivering this message, when it did
+    /// ([`Delivery::undeliverable`]).
+    pub fn undeliverable_reason(&self) -> Option<&str> {
+        self.undeliverable.as_deref()
     }
 
     /// Sets the attempt number (backends that carry attempts across redeliveries).

@@ -81,6 +81,12 @@ pub(super) async fn process<A: Acknowledge>(
     let _in_flight = ctx.telemetry.received();
     if let Some(delivery) = &mut pending.delivery {
         delivery.drift = ctx.telemetry.drift().clone();
+        if let Some(reason) = delivery.undeliverable_reason().map(str::to_owned) {
+            // given up on by the broker: no handler runs on it again
+            let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
+            let failure = Failure::new(FailureKind::Undeliverable, reason);
+            return Box::pin(dead_letter(ctx, pending, failure, span)).await;
+        }
     }
     loop {
         let span = ctx.telemetry.span(pending.delivery(), ctx.handler.name());
