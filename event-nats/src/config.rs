@@ -12,6 +12,10 @@ pub const DEFAULT_PORT: u16 = 4222;
 pub const DEFAULT_STREAM_PREFIX: &str = "EVENT_";
 
 /// The query parameters this backend reads.
+/// How many times a consumer made here delivers a message at most, unless set
+/// ([`NatsBrokerBuilder::max_deliver`]).
+const DEFAULT_MAX_DELIVER: i64 = 10;
+
 const PARAMETERS: &[&str] = &[
     "mode",
     "servers",
@@ -135,7 +139,7 @@ impl std::fmt::Debug for Auth {
 /// | [`max_messages`](Self::max_messages) | `max_messages` | -1: unlimited |
 /// | [`duplicate_window`](Self::duplicate_window) | `duplicate_window_ms` (at least 1) | the server's (2 min) |
 /// | [`ack_wait`](Self::ack_wait) | `ack_wait_ms` (at least 100) | 30 s |
-/// | [`max_deliver`](Self::max_deliver) | `max_deliver` | unlimited |
+/// | [`max_deliver`](Self::max_deliver) | `max_deliver` (-1: unlimited) | 10 |
 /// | [`prefetch`](Self::prefetch) | `prefetch` (raised to the concurrency if smaller) | the subscription's concurrency |
 /// | [`group_inactive_threshold`](Self::group_inactive_threshold) | `group_inactive_threshold_ms` | none: kept |
 /// | [`broadcast_inactive_threshold`](Self::broadcast_inactive_threshold) | `broadcast_inactive_threshold_ms` | 60 s |
@@ -347,14 +351,26 @@ impl NatsBrokerBuilder {
         self
     }
 
-    /// JetStream's `MaxDeliver` of the consumers this backend makes (default: unlimited).
+    /// JetStream's `MaxDeliver` of the consumers this backend makes (default 10; -1 for
+    /// unlimited).
     ///
     /// Failures are retried in place by the delivery loop (the subscription's
     /// [`RetryPolicy`](event_core::broker::RetryPolicy)) and then dead-lettered and
-    /// acknowledged, so the server redelivers a message only when a process holding it went
-    /// away or gave it back at shutdown. A limit therefore counts crashes, not failures: a
-    /// message that reached it is no longer delivered at all, and neither handled nor
-    /// dead-lettered. Leave it unlimited unless that is what you want.
+    /// acknowledged, so the server redelivers a message only when the member holding it went
+    /// away (crashed, lost its connection) or gave it back at shutdown, or when the client
+    /// could not read it (async-nats drops the connection on a header block it refuses, see
+    /// [`UNREADABLE_HEADERS`](crate::UNREADABLE_HEADERS)). The limit therefore counts such
+    /// deliveries, not failures.
+    ///
+    /// A message that reaches it is delivered no more: the server says so in an advisory, a
+    /// member of the subscription reads the message from the stream, and the delivery loop
+    /// dead-letters it to `<topic>.dlq` without running the handler (`x-event-error-kind:
+    /// undeliverable`, and `x-event-error` says why), then acknowledges it. Unlimited, such a
+    /// message comes back every [`ack_wait`](Self::ack_wait), forever. The advisory is a core
+    /// NATS message on `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`: a
+    /// user whose permissions do not allow subscribing to it gets no dead letter, and the
+    /// message stays in the stream, delivered no more. A queue group's consumer made before
+    /// with another limit keeps its own (joining it says so in a warning).
     pub fn max_deliver(mut self, max_deliver: i64) -> Self {
         self.max_deliver = Some(max_deliver);
         self
@@ -550,7 +566,7 @@ impl NatsBrokerBuilder {
                 expected: "at least 1 millisecond (leave it out for the server's 2 minutes)",
             });
         }
-        let max_deliver = self.max_deliver.unwrap_or(-1);
+        let max_deliver = self.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
         if max_deliver == 0 || max_deliver < -1 {
             return Err(NatsConfigError::InvalidValue {
                 name: "max_deliver",
@@ -1070,7 +1086,7 @@ mod tests {
         assert_eq!(c.stream, None);
         assert_eq!(c.stream_prefix, "EVENT_");
         assert_eq!(c.ack_wait, Duration::from_secs(30));
-        assert_eq!(c.max_deliver, -1);
+        assert_eq!(c.max_deliver, DEFAULT_MAX_DELIVER);
         assert_eq!(c.prefetch, 0);
         assert_eq!(c.storage, Storage::File);
         assert_eq!(c.retention, Retention::Limits);

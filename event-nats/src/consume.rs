@@ -29,6 +29,11 @@
 //! has (deleted, or lost with a memory stream) is made again: a queue group's with its configuration, a broadcast subscriber's from the
 //! message after the last one it received.
 //!
+//! A message the server gave up delivering (it reached the consumer's `max_deliver`: every
+//! member it went to went away before its handler finished, or the client could not read it)
+//! is read from the stream when the server's advisory says so, and dead-lettered without a
+//! handler run (see `given_up`).
+//!
 //! **Core NATS.** A plain or queue subscription; acknowledgements do nothing, and a message
 //! given back is lost.
 
@@ -50,6 +55,8 @@ use crate::BROKER_NAME;
 use crate::broker::{Inner, Session, client_error};
 use crate::error::NatsBackendError;
 use crate::wire;
+
+mod given_up;
 
 /// How long the server keeps a pull request: an idle subscription asks again this often, and
 /// closing it waits at most this long for its requests to end.
@@ -279,6 +286,7 @@ pub(crate) async fn open_jetstream(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
+    let watcher = tokio::spawn(given_up::watch(sub.clone(), tx.clone(), stop.clone()));
     let puller = tokio::spawn(
         Puller {
             sub: sub.clone(),
@@ -302,6 +310,7 @@ pub(crate) async fn open_jetstream(
         rx,
         stop,
         puller: Some(puller),
+        watcher: Some(watcher),
     })
 }
 
@@ -767,7 +776,7 @@ impl Puller {
             let mut current = self.sub.current();
             current.next_sequence = current.next_sequence.max(stream_sequence + 1);
         }
-        let key = self.sub.held.hold(reply.clone(), now);
+        let key = Some(self.sub.held.hold(reply.clone(), now));
         let delivery = Delivery::new(
             self.sub.spec.topic.clone(),
             wire::received(
@@ -1024,6 +1033,8 @@ pub(crate) struct JsSource {
     rx: mpsc::UnboundedReceiver<Incoming<NatsAcker>>,
     stop: CancellationToken,
     puller: Option<tokio::task::JoinHandle<()>>,
+    /// Listens for the consumer's max-deliveries advisories (`given_up`).
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl DeliverySource for JsSource {
@@ -1046,6 +1057,9 @@ impl DeliverySource for JsSource {
         self.stop.cancel();
         if let Some(puller) = self.puller.take() {
             let _ = puller.await;
+        }
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.await;
         }
         // what was fetched and not handled goes back at once, not after AckWait
         self.rx.close();
@@ -1080,7 +1094,9 @@ impl DeliverySource for JsSource {
 #[derive(Debug)]
 pub(crate) struct NatsAcker {
     sub: Arc<Sub>,
-    key: u64,
+    /// Where the message is held (and counted against the room to pull); `None` for one read
+    /// from the stream after the server gave up delivering it (`given_up`).
+    key: Option<u64>,
     reply: async_nats::Subject,
 }
 
@@ -1095,9 +1111,18 @@ impl std::fmt::Debug for Sub {
 impl NatsAcker {
     async fn send(self, token: &'static [u8], operation: &'static str) -> Result<(), BrokerError> {
         let NatsAcker { sub, key, reply } = self;
-        sub.held.release(key);
+        if key.is_none() && token == NAK {
+            // the server delivers it no more, whatever it is told
+            given_up::given_back(&sub, &reply);
+            return Ok(());
+        }
+        if let Some(key) = key {
+            sub.held.release(key);
+        }
         let sent = sub.client.publish(reply, Bytes::from_static(token)).await;
-        sub.give_back(1);
+        if key.is_some() {
+            sub.give_back(1);
+        }
         sent.map_err(|e| client_error(operation, e))
     }
 
@@ -1105,6 +1130,10 @@ impl NatsAcker {
     /// runtime; otherwise the server redelivers it after `AckWait`.
     fn abandon_now(self) {
         let NatsAcker { sub, key, reply } = self;
+        let Some(key) = key else {
+            given_up::given_back(&sub, &reply);
+            return;
+        };
         sub.held.release(key);
         sub.give_back(1);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -58,7 +58,7 @@
 //! default `EVENT_`), `create_streams` (default `true`), `storage` (`file` \| `memory`),
 //! `retention` (`limits` \| `interest` \| `workqueue`), `replicas`, `max_age_ms`, `max_bytes`,
 //! `max_messages`, `duplicate_window_ms`, `ack_wait_ms` (default 30 000), `max_deliver`
-//! (default unlimited), `prefetch`, `group_inactive_threshold_ms`,
+//! (default 10, -1 unlimited), `prefetch`, `group_inactive_threshold_ms`,
 //! `broadcast_inactive_threshold_ms`, `connect_timeout_ms`, `publish_timeout_ms`,
 //! `request_timeout_ms`, `reconnect_min_ms`, `reconnect_max_ms`, `tls`, `tls_ca`, `tls_cert`,
 //! `tls_key`, `wire` (`cloudevents`, the default, or `go-micro`: go-micro's JSON envelope as the
@@ -125,9 +125,11 @@
 //!   acknowledged: the server never loops a failing message. While a message is held (in a
 //!   handler, in its backoff, or fetched ahead), the backend tells the server every half
 //!   `AckWait` that it is in progress (`+WPI`), so it is not redelivered meanwhile.
-//!   `max_deliver` is unlimited by default: the server redelivers only what a process that
-//!   went away held, or what was given back at shutdown. The attempt number of a message is
-//!   the server's delivery count.
+//!   The server redelivers only what a member that went away held, what was given back at
+//!   shutdown, or what the client could not read; a message delivered `max_deliver` times
+//!   (default 10) is read from the stream and dead-lettered without a handler run (kind
+//!   `undeliverable`; see [`NatsBrokerBuilder::max_deliver`]), so that no message comes back
+//!   forever. The attempt number of a message is the server's delivery count.
 //! - **Acknowledgements** are publishes into the client's outgoing buffer: done once handed
 //!   to the client (bounded), flushed when the subscription closes. An acknowledgement lost
 //!   with the connection means a redelivery `AckWait` later: handlers must tolerate
@@ -196,6 +198,16 @@ mod streams;
 mod wire;
 
 pub use broker::NatsBroker;
+
+/// The header a dead letter carries when JetStream gave up delivering a message whose header
+/// block the client cannot read (see [`NatsBrokerBuilder::max_deliver`]): the lines of the
+/// block that could not be read, as they were, separated by CRLF.
+///
+/// async-nats reads only header names of printable ASCII (and lines with a colon); a message
+/// with another, which a client writing the protocol itself can publish, makes it drop the
+/// connection, so the message never reaches a subscription. Once the server gave up on it,
+/// it is read from the stream and dead-lettered with its readable headers, and these.
+pub const UNREADABLE_HEADERS: &str = "x-nats-unreadable-headers";
 pub use config::{
     DEFAULT_PORT, DEFAULT_STREAM_PREFIX, Mode, NatsBrokerBuilder, Retention, Storage,
 };

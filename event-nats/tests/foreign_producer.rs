@@ -7,7 +7,12 @@
 //! - protobuf with a `Content-Type` and a `ce_type` header of its own: consumed as a typed
 //!   event, its type verified;
 //! - and the other way round: what our typed publisher stores, nats-py reads with our header
-//!   names and the message id as `Nats-Msg-Id`.
+//!   names and the message id as `Nats-Msg-Id`;
+//! - a message written with the protocol itself (`HPUB`) whose header block async-nats
+//!   cannot read (a name that is not ASCII): the client drops its connection at each
+//!   delivery, so the message never reaches the handler; once the consumer's `max_deliver`
+//!   is reached, it is read from the stream and dead-lettered (kind `undeliverable`) with its
+//!   readable headers and its unreadable line kept, and acknowledged.
 
 mod common;
 
@@ -139,9 +144,12 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(common::builder("foreign-test")).await
+    }
+
+    async fn start_with(builder: event_nats::NatsBrokerBuilder) -> Harness {
         common::testkit_stream().await;
-        let broker =
-            common::connected(common::builder("foreign-test").build().expect("config")).await;
+        let broker = common::connected(builder.build().expect("config")).await;
         let topic = unique("users.created");
         let (dlq_tx, dead_letters) = Collector::new(WAIT);
         let dlq_subscription = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
@@ -407,4 +415,148 @@ async fn nats_py_reads_our_headers() {
         user()
     );
     broker.disconnect().await.expect("disconnect");
+}
+
+/// Publishes a message the way a client that writes the protocol itself does (`HPUB`, with
+/// `header_block` as it is) and returns its stream sequence from the PubAck.
+async fn raw_hpub(subject: &str, header_block: &[u8], payload: &[u8]) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = common::url().trim_start_matches("nats://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap_or_else(|e| panic!("connect to nats-server at {address}: {e}"));
+    let mut frame =
+        br#"CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}"#.to_vec();
+    frame.extend_from_slice(b"\r\nSUB raw.puback 1\r\n");
+    frame.extend_from_slice(
+        format!(
+            "HPUB {subject} raw.puback {} {}\r\n",
+            header_block.len(),
+            header_block.len() + payload.len()
+        )
+        .as_bytes(),
+    );
+    frame.extend_from_slice(header_block);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    socket.write_all(&frame).await.expect("write HPUB");
+    // INFO, then the PubAck: MSG raw.puback 1 <n>, {"stream":…,"seq":…}
+    let mut read = Vec::new();
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the server closed: {}", read.escape_ascii());
+            read.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&read).into_owned();
+            assert!(!text.contains("-ERR"), "{text}");
+            if let Some(at) = text.find("MSG raw.puback 1 ")
+                && let Some(json) = text[at..].split("\r\n").nth(1)
+                && json.ends_with('}')
+            {
+                break serde_json::from_str::<serde_json::Value>(json).expect("PubAck");
+            }
+        }
+    })
+    .await
+    .expect("a PubAck");
+    assert_eq!(ack["stream"], common::TESTKIT_STREAM, "{ack}");
+    ack["seq"].as_u64().expect("seq")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_the_client_cannot_read_is_dead_lettered_at_max_deliver() {
+    let mut harness = Harness::start_with(
+        common::builder("unreadable-headers")
+            .ack_wait(Duration::from_millis(200))
+            .max_deliver(2),
+    )
+    .await;
+    let publisher = Publisher::<UserCreated>::new(
+        std::sync::Arc::new(harness.broker.clone()),
+        "signup",
+        harness.topic.as_str(),
+    );
+    let before = UserCreated {
+        user_id: "before".into(),
+        ..user()
+    };
+    publisher.publish(&before).await.expect("publish");
+    assert_eq!(harness.calls.next("the first event").await.user, before);
+    let body = user().encode_to_vec();
+    let sequence = raw_hpub(
+        &harness.topic,
+        b"NATS/1.0\r\nce_type: users.v1.UserCreated\r\n\xff\xfename: v\r\ntenant: t-1\r\n\r\n",
+        &body,
+    )
+    .await;
+    let after = UserCreated {
+        user_id: "after".into(),
+        ..user()
+    };
+    publisher.publish(&after).await.expect("publish");
+    let dead = harness
+        .dead_letters
+        .next("the dead letter of the unreadable message")
+        .await;
+    let h = dead.headers();
+    let error = h.get_str(names::X_EVENT_ERROR).unwrap_or_default();
+    println!("{error}");
+    assert_eq!(
+        h.get_str(names::X_EVENT_ERROR_KIND),
+        Some("undeliverable"),
+        "{h:?}"
+    );
+    for fragment in [
+        "after 2 deliveries (max_deliver 2)",
+        "cannot read its header block",
+        r"header 1 (\xff\xfename: v): the name is not printable ASCII",
+    ] {
+        assert!(
+            error.contains(fragment),
+            "x-event-error lacks {fragment:?}: {error}"
+        );
+    }
+    assert_eq!(dead.payload().as_ref(), &body[..], "original bytes kept");
+    assert_eq!(h.get_str("ce_type"), Some("users.v1.UserCreated"));
+    assert_eq!(h.get_str("tenant"), Some("t-1"), "readable headers kept");
+    assert_eq!(
+        h.get(event_nats::UNREADABLE_HEADERS).map(|v| v.as_bytes()),
+        Some(&b"\xff\xfename: v"[..]),
+        "the unreadable line kept as it was"
+    );
+    assert_eq!(h.get_str(names::X_EVENT_ATTEMPTS), Some("2"));
+    assert_eq!(
+        h.get_str(names::X_EVENT_ORIGINAL_POSITION),
+        Some(format!("stream sequence {sequence} (redelivered)").as_str())
+    );
+    assert!(
+        h.get_str(names::X_EVENT_HANDLER)
+            .is_some_and(|n| n.ends_with("on_user_created")),
+        "{h:?}"
+    );
+    // the handler never saw it; the event behind it was handled
+    assert_eq!(harness.calls.next("the event behind it").await.user, after);
+    // and the consumer settled it: nothing pending, the acknowledgement floor past it (the
+    // acknowledgements are flushed when the service stops)
+    let report = harness
+        .calls
+        .assert_empty_after("handler calls after the test", harness.service.stop())
+        .await;
+    assert!(!report.timed_out, "{report:?}");
+    let js = async_nats::jetstream::new(common::raw_client().await);
+    let mut consumer = js
+        .get_stream(common::TESTKIT_STREAM)
+        .await
+        .expect("stream")
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            &harness.broker.group_consumer_name(&harness.topic, "mailer"),
+        )
+        .await
+        .expect("the group's consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert!(info.ack_floor.stream_sequence > sequence, "{info:?}");
+    harness.dlq_subscription.unsubscribe().await;
+    harness.broker.disconnect().await.expect("disconnect");
 }
