@@ -12,7 +12,9 @@
 //!   cannot read (a name that is not ASCII): the client drops its connection at each
 //!   delivery, so the message never reaches the handler; once the consumer's `max_deliver`
 //!   is reached, it is read from the stream and dead-lettered (kind `undeliverable`) with its
-//!   readable headers and its unreadable line kept, and acknowledged.
+//!   readable headers and its unreadable line kept, and acknowledged; and one that reached
+//!   it because every member it went to left it unsettled (another client's member that
+//!   fetched it twice and went away), dead-lettered the same way when our member joins.
 
 mod common;
 
@@ -148,9 +150,12 @@ impl Harness {
     }
 
     async fn start_with(builder: event_nats::NatsBrokerBuilder) -> Harness {
+        Harness::start_on(builder, unique("users.created")).await
+    }
+
+    async fn start_on(builder: event_nats::NatsBrokerBuilder, topic: String) -> Harness {
         common::testkit_stream().await;
         let broker = common::connected(builder.build().expect("config")).await;
-        let topic = unique("users.created");
         let (dlq_tx, dead_letters) = Collector::new(WAIT);
         let dlq_subscription = delivery_subscriber(&broker, &format!("{topic}.dlq"), dlq_tx).await;
         let (calls_tx, calls) = Collector::new(WAIT);
@@ -559,4 +564,80 @@ async fn a_header_block_the_client_cannot_read_is_dead_lettered_at_max_deliver()
     assert!(info.ack_floor.stream_sequence > sequence, "{info:?}");
     harness.dlq_subscription.unsubscribe().await;
     harness.broker.disconnect().await.expect("disconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_unsettled_max_deliver_times_is_dead_lettered_when_a_member_joins() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use futures_util::StreamExt as _;
+    common::testkit_stream().await;
+    let topic = unique("users.created");
+    let builder = common::builder("unsettled")
+        .ack_wait(Duration::from_millis(200))
+        .max_deliver(2);
+    // the group's consumer, and a member of another client that takes the message twice and
+    // never settles it (as a process that crashes on it would)
+    let consumer_name = builder
+        .clone()
+        .build()
+        .expect("config")
+        .group_consumer_name(&topic, "mailer");
+    let js = async_nats::jetstream::new(common::raw_client().await);
+    let stream = js.get_stream(common::TESTKIT_STREAM).await.expect("stream");
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(consumer_name),
+            filter_subject: topic.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(200),
+            max_deliver: 2,
+            inactive_threshold: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .expect("the group's consumer");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("ce_type", "users.v1.UserCreated");
+    headers.insert("content-type", "application/protobuf");
+    js.publish_with_headers(topic.clone(), headers, user().encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    for delivery in 1..=2 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .expect("fetch");
+        let message = batch.next().await.expect("a message").expect("a message");
+        assert_eq!(message.info().expect("info").delivered, delivery);
+    }
+    // our member joins; the server gives up on the message at its next pull
+    let mut harness = Harness::start_on(builder, topic).await;
+    let dead = harness
+        .calls
+        .assert_empty_after(
+            "no handler runs on a message given up on",
+            harness.dead_letters.next("the dead letter"),
+        )
+        .await;
+    let h = dead.headers();
+    let error = h.get_str(names::X_EVENT_ERROR).unwrap_or_default();
+    println!("{error}");
+    assert_eq!(h.get_str(names::X_EVENT_ERROR_KIND), Some("undeliverable"));
+    assert!(
+        error.contains("after 2 deliveries (max_deliver 2) without an outcome"),
+        "{error}"
+    );
+    assert_eq!(h.get_str(names::X_EVENT_ATTEMPTS), Some("2"));
+    assert_eq!(h.get_str("ce_type"), Some("users.v1.UserCreated"));
+    assert!(h.get(event_nats::UNREADABLE_HEADERS).is_none(), "{h:?}");
+    assert_eq!(
+        UserCreated::decode(dead.payload().clone()).expect("the original bytes"),
+        user()
+    );
+    harness.stop().await;
 }
