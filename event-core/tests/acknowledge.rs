@@ -35,6 +35,7 @@ struct Unacked {
 struct Acks {
     fail: AtomicBool,
     taken_away: AtomicBool,
+    acks: AtomicUsize,
     nacks: AtomicUsize,
 }
 
@@ -43,6 +44,7 @@ struct Ack(Arc<Acks>);
 
 impl Acknowledge for Ack {
     async fn ack(self) -> Result<(), BrokerError> {
+        self.0.acks.fetch_add(1, Ordering::AcqRel);
         if !self.0.fail.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -280,5 +282,12 @@ async fn a_message_the_broker_gave_up_on_is_dead_lettered_without_a_handler_run(
         Some("delivered 5 times without an outcome")
     );
     assert_eq!(headers.get_str("x-event-handler"), Some("recorder"));
-    assert_eq!(broker.acks.nacks.load(Ordering::Acquire), 0, "acknowledged");
+    assert_eq!(
+        (
+            broker.acks.acks.load(Ordering::Acquire),
+            broker.acks.nacks.load(Ordering::Acquire)
+        ),
+        (2, 0),
+        "both acknowledged, the one given up on after its dead letter"
+    );
 }

@@ -250,6 +250,11 @@ impl Inner {
                                 "a NATS subscription is full: the client drops its messages"
                             );
                         }
+                        // a permissions violation (a subscription or publish the user may not
+                        // make) comes only this way
+                        async_nats::Event::ServerError(error) => {
+                            tracing::warn!(broker = %address, %error, "the NATS server reported an error");
+                        }
                         other => tracing::debug!(broker = %address, event = %other, "NATS event"),
                     }
                 }

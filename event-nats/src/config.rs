@@ -11,11 +11,11 @@ pub const DEFAULT_PORT: u16 = 4222;
 /// The prefix of the streams made for one topic each (see [`NatsBrokerBuilder::stream_prefix`]).
 pub const DEFAULT_STREAM_PREFIX: &str = "EVENT_";
 
-/// The query parameters this backend reads.
-/// How many times a consumer made here delivers a message at most, unless set
-/// ([`NatsBrokerBuilder::max_deliver`]).
-const DEFAULT_MAX_DELIVER: i64 = 10;
+/// How many times a consumer made new by this backend delivers a message at most, unless
+/// [`NatsBrokerBuilder::max_deliver`] says otherwise.
+pub const DEFAULT_MAX_DELIVER: i64 = 10;
 
+/// The query parameters this backend reads.
 const PARAMETERS: &[&str] = &[
     "mode",
     "servers",
@@ -351,8 +351,9 @@ impl NatsBrokerBuilder {
         self
     }
 
-    /// JetStream's `MaxDeliver` of the consumers this backend makes (default 10; -1 for
-    /// unlimited).
+    /// JetStream's `MaxDeliver` of the consumers this backend makes (-1 for unlimited;
+    /// default: [`DEFAULT_MAX_DELIVER`] for a consumer made new, and a queue group's consumer
+    /// that exists keeps its own, so that an upgrade changes no limit).
     ///
     /// Failures are retried in place by the delivery loop (the subscription's
     /// [`RetryPolicy`](event_core::broker::RetryPolicy)) and then dead-lettered and
@@ -366,11 +367,18 @@ impl NatsBrokerBuilder {
     /// member of the subscription reads the message from the stream, and the delivery loop
     /// dead-letters it to `<topic>.dlq` without running the handler (`x-event-error-kind:
     /// undeliverable`, and `x-event-error` says why), then acknowledges it. Unlimited, such a
-    /// message comes back every [`ack_wait`](Self::ack_wait), forever. The advisory is a core
-    /// NATS message on `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`: a
-    /// user whose permissions do not allow subscribing to it gets no dead letter, and the
-    /// message stays in the stream, delivered no more. A queue group's consumer made before
-    /// with another limit keeps its own (joining it says so in a warning).
+    /// message comes back every [`ack_wait`](Self::ack_wait), forever.
+    ///
+    /// Messages pulled in the same batch right behind one the client cannot read are lost
+    /// with the connection too, and may reach the limit with it: they are dead-lettered the
+    /// same way (the reason says so), to be replayed from `<topic>.dlq`.
+    ///
+    /// The advisory is a core NATS message, sent once: one sent while no member is connected
+    /// or listening (the subscriptions stopping, the user not permitted to subscribe to
+    /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>`, or to read from the stream with
+    /// `$JS.API.STREAM.MSG.GET.<stream>`) is lost, and its message stays in the stream,
+    /// delivered no more; each such loss that a member sees is logged as an error with the
+    /// stream and sequence.
     pub fn max_deliver(mut self, max_deliver: i64) -> Self {
         self.max_deliver = Some(max_deliver);
         self
@@ -566,8 +574,10 @@ impl NatsBrokerBuilder {
                 expected: "at least 1 millisecond (leave it out for the server's 2 minutes)",
             });
         }
-        let max_deliver = self.max_deliver.unwrap_or(DEFAULT_MAX_DELIVER);
-        if max_deliver == 0 || max_deliver < -1 {
+        let max_deliver = self.max_deliver;
+        if let Some(max_deliver) = max_deliver
+            && (max_deliver == 0 || max_deliver < -1)
+        {
             return Err(NatsConfigError::InvalidValue {
                 name: "max_deliver",
                 value: max_deliver.to_string(),
@@ -985,8 +995,9 @@ pub(crate) struct Config {
     pub(crate) max_messages: i64,
     pub(crate) duplicate_window: Option<Duration>,
     pub(crate) ack_wait: Duration,
-    /// -1: unlimited.
-    pub(crate) max_deliver: i64,
+    /// -1: unlimited; `None`: [`DEFAULT_MAX_DELIVER`] for a consumer made new, an existing
+    /// group consumer's own.
+    pub(crate) max_deliver: Option<i64>,
     /// 0: the subscription's concurrency.
     pub(crate) prefetch: usize,
     /// Publish and read go-micro's JSON envelope.
@@ -1086,7 +1097,7 @@ mod tests {
         assert_eq!(c.stream, None);
         assert_eq!(c.stream_prefix, "EVENT_");
         assert_eq!(c.ack_wait, Duration::from_secs(30));
-        assert_eq!(c.max_deliver, DEFAULT_MAX_DELIVER);
+        assert_eq!(c.max_deliver, None);
         assert_eq!(c.prefetch, 0);
         assert_eq!(c.storage, Storage::File);
         assert_eq!(c.retention, Retention::Limits);
@@ -1128,7 +1139,7 @@ mod tests {
         assert_eq!(c.replicas, 3);
         assert_eq!(c.max_age, Duration::from_secs(60));
         assert_eq!(c.ack_wait, Duration::from_secs(2));
-        assert_eq!(c.max_deliver, 10);
+        assert_eq!(c.max_deliver, Some(10));
         assert_eq!(c.prefetch, 64);
         assert_eq!(c.name.as_deref(), Some("orders"));
         assert_eq!(c.publish_timeout, Duration::from_millis(1500));

@@ -141,6 +141,39 @@ impl Sub {
             self.credit.freed.notify_one();
         }
     }
+
+    /// The delivery of `message`, at stream `sequence`, delivered `delivered` times.
+    fn delivery(
+        &self,
+        message: event_core::broker::Message,
+        sequence: u64,
+        delivered: i64,
+    ) -> Delivery {
+        Delivery::new(
+            self.spec.topic.clone(),
+            message,
+            wire::stream_position(sequence, delivered),
+        )
+        .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX))
+    }
+
+    /// Hands a message to the delivery loop; `false`, the message given back, when the loop
+    /// is gone.
+    fn hand_over(
+        &self,
+        tx: &mpsc::UnboundedSender<Incoming<NatsAcker>>,
+        incoming: Incoming<NatsAcker>,
+    ) -> bool {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        match tx.send(incoming) {
+            Ok(()) => true,
+            Err(mpsc::error::SendError(incoming)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                incoming.acker.abandon_now();
+                false
+            }
+        }
+    }
 }
 
 fn api_error(
@@ -178,7 +211,10 @@ fn consumer_config(inner: &Inner, spec: &Spec, resume_at: Option<u64>) -> pull::
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         // 0 is left out of the request: the server's default, unlimited
-        max_deliver: config.max_deliver.max(0),
+        max_deliver: config
+            .max_deliver
+            .unwrap_or(crate::config::DEFAULT_MAX_DELIVER)
+            .max(0),
         inactive_threshold: match &spec.durable {
             Some(_) => config.group_inactive_threshold.unwrap_or_default(),
             None => config.broadcast_inactive_threshold,
@@ -196,7 +232,18 @@ async fn make_consumer(
     stream: &str,
     resume_at: Option<u64>,
 ) -> Result<(String, u64), BrokerError> {
-    let config = consumer_config(inner, spec, resume_at);
+    let mut config = consumer_config(inner, spec, resume_at);
+    if inner.config.max_deliver.is_none()
+        && let Some(durable) = &spec.durable
+        && let Ok(existing) = js
+            .get_consumer_from_stream::<pull::Config, _, _>(durable, stream)
+            .await
+    {
+        // the default limit is for consumers made new: one that exists keeps its own (made
+        // unlimited by an older version, it may hold messages delivered more often already,
+        // which a limit below their count would stop without an advisory)
+        config.max_deliver = existing.cached_info().config.max_deliver.max(0);
+    }
     let what = format!(
         "{} on stream {stream}",
         spec.durable.as_deref().unwrap_or("a broadcast consumer")
@@ -286,7 +333,15 @@ pub(crate) async fn open_jetstream(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
-    let watcher = tokio::spawn(given_up::watch(sub.clone(), tx.clone(), stop.clone()));
+    // before the puller's first request (see `given_up::listen`)
+    let watcher = given_up::listen(&sub).await.map(|advisories| {
+        tokio::spawn(given_up::watch(
+            sub.clone(),
+            advisories,
+            tx.clone(),
+            stop.clone(),
+        ))
+    });
     let puller = tokio::spawn(
         Puller {
             sub: sub.clone(),
@@ -310,7 +365,7 @@ pub(crate) async fn open_jetstream(
         rx,
         stop,
         puller: Some(puller),
-        watcher: Some(watcher),
+        watcher,
     })
 }
 
@@ -777,31 +832,22 @@ impl Puller {
             current.next_sequence = current.next_sequence.max(stream_sequence + 1);
         }
         let key = Some(self.sub.held.hold(reply.clone(), now));
-        let delivery = Delivery::new(
-            self.sub.spec.topic.clone(),
-            wire::received(
-                &self.sub.spec.topic,
-                message.headers.as_ref(),
-                message.payload,
-                self.sub.spec.go_micro_envelope,
-            ),
-            wire::stream_position(stream_sequence, delivered),
-        )
-        .with_attempt(u32::try_from(delivered).unwrap_or(u32::MAX));
+        let message = wire::received(
+            &self.sub.spec.topic,
+            message.headers.as_ref(),
+            message.payload,
+            self.sub.spec.go_micro_envelope,
+        );
         let incoming = Incoming {
-            delivery,
+            delivery: self.sub.delivery(message, stream_sequence, delivered),
             acker: NatsAcker {
                 sub: self.sub.clone(),
                 key,
                 reply,
             },
         };
-        self.sub.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError(incoming)) = self.tx.send(incoming) {
-            // the loop is gone: give it back
-            self.sub.queued.fetch_sub(1, Ordering::AcqRel);
-            incoming.acker.abandon_now();
-        }
+        // (when the loop is gone, the message is given back)
+        self.sub.hand_over(&self.tx, incoming);
     }
 
     async fn remake_consumer(&self) -> Result<(), BrokerError> {
@@ -1000,6 +1046,13 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The reply subject the server sends the message at stream `sequence` of `stream` with, for
+/// `consumer`, on its `delivered`-th delivery, as far as an acknowledgement reads it (the
+/// consumer sequence, time and pending count are 0), in the form [`ack_info`] reads.
+fn ack_subject(stream: &str, consumer: &str, delivered: i64, sequence: u64) -> String {
+    format!("$JS.ACK.{stream}.{consumer}.{delivered}.{sequence}.0.0.0")
 }
 
 /// The stream sequence and delivery count from a JetStream reply subject:
@@ -1267,6 +1320,16 @@ mod tests {
         assert_eq!(request_number(prefix, "_INBOX.abc"), None);
         assert_eq!(request_number(prefix, "_INBOX.abc.x"), None);
         assert_eq!(request_number(prefix, "orders.placed"), None);
+    }
+
+    #[test]
+    fn an_ack_subject_made_here_reads_back() {
+        let subject = ack_subject("EVENT_TESTKIT", "users_created_mailer", 10, 4711);
+        assert_eq!(
+            subject,
+            "$JS.ACK.EVENT_TESTKIT.users_created_mailer.10.4711.0.0.0"
+        );
+        assert_eq!(ack_info(&subject), Some((4711, 10)));
     }
 
     #[test]

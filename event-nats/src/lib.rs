@@ -127,7 +127,7 @@
 //!   `AckWait` that it is in progress (`+WPI`), so it is not redelivered meanwhile.
 //!   The server redelivers only what a member that went away held, what was given back at
 //!   shutdown, or what the client could not read; a message delivered `max_deliver` times
-//!   (default 10) is read from the stream and dead-lettered without a handler run (kind
+//!   (default 10 for a consumer made new) is read from the stream and dead-lettered without a handler run (kind
 //!   `undeliverable`; see [`NatsBrokerBuilder::max_deliver`]), so that no message comes back
 //!   forever. The attempt number of a message is the server's delivery count.
 //! - **Acknowledgements** are publishes into the client's outgoing buffer: done once handed
@@ -198,18 +198,11 @@ mod streams;
 mod wire;
 
 pub use broker::NatsBroker;
+pub use wire::UNREADABLE_HEADERS;
 
-/// The header a dead letter carries when JetStream gave up delivering a message whose header
-/// block the client cannot read (see [`NatsBrokerBuilder::max_deliver`]): the lines of the
-/// block that could not be read, as they were, separated by CRLF.
-///
-/// async-nats reads only header names of printable ASCII (and lines with a colon); a message
-/// with another, which a client writing the protocol itself can publish, makes it drop the
-/// connection, so the message never reaches a subscription. Once the server gave up on it,
-/// it is read from the stream and dead-lettered with its readable headers, and these.
-pub const UNREADABLE_HEADERS: &str = "x-nats-unreadable-headers";
 pub use config::{
-    DEFAULT_PORT, DEFAULT_STREAM_PREFIX, Mode, NatsBrokerBuilder, Retention, Storage,
+    DEFAULT_MAX_DELIVER, DEFAULT_PORT, DEFAULT_STREAM_PREFIX, Mode, NatsBrokerBuilder, Retention,
+    Storage,
 };
 pub use error::{NatsBackendError, NatsConfigError};
 

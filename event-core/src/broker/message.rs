@@ -128,12 +128,10 @@ impl Delivery {
     }
 
     /// Marks a message its broker gave up delivering: one that reached the broker's delivery
-    /// limit without an outcome (every member it went to crashed or lost its connection while
-    /// it was on its way, or the client could not read it). A backend that recovers such a
-    /// message from its broker hands it to the delivery loop marked so, with `reason` saying
-    /// why; the loop dead-letters it at once (kind
-    /// [`Undeliverable`](crate::broker::FailureKind::Undeliverable), the error `reason`)
-    /// without running the handler, which is what kept failing to finish it.
+    /// limit without an outcome. A backend that still gets such a message from its broker
+    /// hands it to the delivery loop marked so, with `reason` saying why; the loop
+    /// dead-letters it at once (kind [`Undeliverable`](crate::broker::FailureKind::Undeliverable),
+    /// the error `reason`) without running the handler, and then acknowledges it.
     #[must_use]
     pub fn undeliverable(mut self, reason: impl Into<Arc<str>>) -> Self {
         self.undeliverable = Some(reason.into());

@@ -1,14 +1,15 @@
 //! Messages JetStream gave up delivering: those that reached the consumer's `max_deliver`.
 //!
-//! The server stops delivering such a message and says so in an advisory
+//! The server stops delivering such a message and says so, once, in an advisory
 //! (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`). Each subscription
 //! listens for its consumer's (a queue group's members in a queue group of their own, so that
-//! one of them takes each), reads the message from the stream by its sequence (the stream's
-//! message-get API, whose JSON carries the header block as bytes), and hands it to the
-//! delivery loop marked [undeliverable](event_core::broker::Delivery::undeliverable): the loop
-//! dead-letters it without running the handler, and the acknowledgement then settles it with
-//! the consumer (an `+ACK` on the subject the server would have sent it with), which lets the
-//! consumer's acknowledgement floor pass it.
+//! one of them takes each), subscribed before its first pull request goes out. It reads the
+//! message from the stream by its sequence (the stream's message-get API, whose JSON carries
+//! the header block as bytes) and hands it to the delivery loop marked
+//! [undeliverable](event_core::broker::Delivery::undeliverable): the loop dead-letters it
+//! without running the handler, and its acknowledgement is an `+ACK` on the subject the server
+//! would have sent it with (on nats-server 2.9, which the tests run, that lets the consumer's
+//! acknowledgement floor pass it once nothing before it is pending).
 //!
 //! Two kinds of message get there. One whose every delivery ended without an outcome: the
 //! member it went to crashed, or lost its connection, while it was on its way or in a handler
@@ -21,15 +22,13 @@
 //! [`UNREADABLE_HEADERS`](crate::UNREADABLE_HEADERS).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use event_core::backend::Incoming;
-use event_core::broker::Delivery;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 use super::{NatsAcker, Sub};
 use crate::wire;
 
-/// The subject of every consumer's max-deliveries advisory (the last two tokens are the
-/// stream and the consumer).
-const ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.*.*";
+/// The subject of the consumers' max-deliveries advisories, before the stream and consumer
+/// tokens.
+const ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
 
 /// The advisory the server sends when a message reached its consumer's `max_deliver`.
 #[derive(Debug, Deserialize)]
@@ -88,8 +87,8 @@ pub(super) struct HeaderBlock {
 
 /// Reads a NATS header block (`NATS/1.0…` CRLF, then `name: value` lines), keeping what
 /// async-nats reads as it would (a value folded onto the next lines, trimmed) and setting
-/// aside every line it would refuse: a name that is not printable ASCII without a colon, a
-/// value that is not UTF-8, a line without a colon.
+/// aside, as it was, every header it would refuse: a line without a colon, a name with
+/// anything but printable ASCII, a value that is not UTF-8.
 pub(super) fn read_header_block(block: &[u8]) -> HeaderBlock {
     let mut read = HeaderBlock::default();
     let mut lines = block
@@ -100,13 +99,15 @@ pub(super) fn read_header_block(block: &[u8]) -> HeaderBlock {
     let mut lines = lines.filter(|line| !line.is_empty()).peekable();
     let mut index = 0;
     while let Some(line) = lines.next() {
+        // with the lines folded onto it: kept as they were, read joined (as the client does)
         let mut whole = line.to_vec();
-        while let Some(next) =
-            lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
-        {
+        let mut joined = line.to_vec();
+        while let Some(next) = lines.next_if(|l| l.first().is_some_and(u8::is_ascii_whitespace)) {
+            whole.extend_from_slice(b"\r\n");
             whole.extend_from_slice(next);
+            joined.extend_from_slice(next);
         }
-        match header(&whole) {
+        match header(&joined) {
             Ok((name, value)) => {
                 read.map.append(name, value);
             }
@@ -142,29 +143,51 @@ fn header(line: &[u8]) -> Result<(HeaderName, HeaderValue), &'static str> {
     Ok((name, value))
 }
 
-/// Listens for the advisories of the subscription's consumer until `stop`, and hands each
-/// message they name to the delivery loop through `tx`.
+/// Subscribes to the advisories of the subscription's consumer: a queue group's in a queue
+/// group of its members, a broadcast subscriber's (whose consumer's name changes when it is
+/// made again) all of the account's, each checked against its consumer. Awaited before the
+/// first pull request: the client sends its commands in order, so the server has the
+/// subscription before it can give up on a message of that request. `None`, logged, when the
+/// client cannot subscribe.
+pub(super) async fn listen(sub: &Sub) -> Option<async_nats::Subscriber> {
+    let (subject, group) = match &sub.spec.durable {
+        Some(durable) => (
+            format!("{ADVISORIES}.*.{durable}"),
+            Some(format!("event-nats-given-up.{durable}")),
+        ),
+        None => (format!("{ADVISORIES}.*.*"), None),
+    };
+    let subscribed = match &group {
+        Some(group) => {
+            sub.client
+                .queue_subscribe(subject.clone(), group.clone())
+                .await
+        }
+        None => sub.client.subscribe(subject.clone()).await,
+    };
+    match subscribed {
+        Ok(advisories) => Some(advisories),
+        Err(error) => {
+            tracing::warn!(
+                topic = %sub.spec.topic,
+                subject,
+                group,
+                error = %event_core::error_chain(&error),
+                "cannot subscribe to the consumer's max-deliveries advisories: a message that reaches max_deliver is not dead-lettered"
+            );
+            None
+        }
+    }
+}
+
+/// Takes the advisories [`listen`] subscribed to until `stop`, and hands each message they
+/// name to the delivery loop through `tx`.
 pub(super) async fn watch(
     sub: Arc<Sub>,
+    mut advisories: async_nats::Subscriber,
     tx: mpsc::UnboundedSender<Incoming<NatsAcker>>,
     stop: CancellationToken,
 ) {
-    let subscribed = match &sub.spec.durable {
-        // one member of the group takes each advisory
-        Some(durable) => {
-            sub.client
-                .queue_subscribe(ADVISORIES, format!("event-nats-given-up.{durable}"))
-                .await
-        }
-        None => sub.client.subscribe(ADVISORIES).await,
-    };
-    let mut advisories = match subscribed {
-        Ok(advisories) => advisories,
-        Err(error) => {
-            tracing::warn!(topic = %sub.spec.topic, %error, "cannot listen for the consumer's max-deliveries advisories: a message that reaches max_deliver is not dead-lettered");
-            return;
-        }
-    };
     loop {
         let advisory = tokio::select! {
             () = stop.cancelled() => break,
@@ -173,51 +196,101 @@ pub(super) async fn watch(
                 None => break,
             },
         };
-        let Ok(advisory) = serde_json::from_slice::<Advisory>(&advisory.payload) else {
+        let Some(advisory) = ours(&sub, &advisory) else {
             continue;
         };
-        let ours = {
-            let current = sub.current();
-            current.stream == advisory.stream && current.consumer == advisory.consumer
+        let recovered = tokio::select! {
+            () = stop.cancelled() => {
+                lost(&sub, &advisory, "the subscription stopped while it was read from the stream");
+                break;
+            }
+            recovered = recover(&sub, &advisory) => recovered,
         };
-        if !ours {
-            continue;
-        }
-        match recover(&sub, &advisory).await {
+        match recovered {
             Ok(incoming) => {
-                sub.queued.fetch_add(1, Ordering::AcqRel);
-                if let Err(mpsc::error::SendError(incoming)) = tx.send(incoming) {
-                    sub.queued.fetch_sub(1, Ordering::AcqRel);
-                    incoming.acker.abandon_now();
+                if !sub.hand_over(&tx, incoming) {
                     break;
                 }
             }
-            Err(error) => tracing::error!(
+            Err(Unrecovered::Gone(answer)) => tracing::warn!(
                 topic = %sub.spec.topic,
                 stream = %advisory.stream,
                 sequence = advisory.stream_seq,
                 deliveries = advisory.deliveries,
-                %error,
-                "JetStream gave up delivering a message (max_deliver), and it cannot be read from the stream to be dead-lettered; it stays in the stream, delivered no more"
+                answer,
+                "JetStream gave up delivering a message (max_deliver) that is no longer in the stream (removed by its limits, or deleted): nothing to dead-letter"
             ),
+            Err(Unrecovered::Failed(error)) => lost(&sub, &advisory, &error),
         }
     }
     let _ = advisories.unsubscribe().await;
+    // each advisory is sent once: one that came meanwhile is lost for good
+    while let Some(Some(advisory)) = advisories.next().now_or_never() {
+        if let Some(advisory) = ours(&sub, &advisory) {
+            lost(
+                &sub,
+                &advisory,
+                "the subscription stopped before it was read from the stream",
+            );
+        }
+    }
+}
+
+/// The advisory in `message` when it is about this subscription's consumer.
+fn ours(sub: &Sub, message: &async_nats::Message) -> Option<Advisory> {
+    let advisory = match serde_json::from_slice::<Advisory>(&message.payload) {
+        Ok(advisory) => advisory,
+        Err(error) => {
+            tracing::debug!(topic = %sub.spec.topic, subject = %message.subject, %error, "an advisory that does not read as max-deliveries; skipped");
+            return None;
+        }
+    };
+    let current = sub.current();
+    (current.stream == advisory.stream && current.consumer == advisory.consumer).then_some(advisory)
+}
+
+/// Logs a message given up on that cannot be dead-lettered, and why: it stays in the stream,
+/// and the server delivers it no more.
+fn lost(sub: &Sub, advisory: &Advisory, why: &str) {
+    tracing::error!(
+        topic = %sub.spec.topic,
+        stream = %advisory.stream,
+        consumer = %advisory.consumer,
+        sequence = advisory.stream_seq,
+        deliveries = advisory.deliveries,
+        "JetStream gave up delivering a message (max_deliver), and it cannot be dead-lettered: {why}; it stays in the stream at this sequence, delivered no more"
+    );
 }
 
 /// A message read here was given back (the subscription stopped before its dead letter was
 /// published): the server does not deliver it again, whatever it is told.
 pub(super) fn given_back(sub: &Sub, reply: &async_nats::Subject) {
-    tracing::warn!(
+    let sequence = super::ack_info(reply.as_str()).map(|(sequence, _)| sequence);
+    let stream = sub.current().stream.clone();
+    tracing::error!(
         topic = %sub.spec.topic,
-        %reply,
-        "a message JetStream gave up delivering was given back before its dead letter was published: it stays in the stream, delivered no more"
+        stream,
+        sequence,
+        "a message JetStream gave up delivering was given back before its dead letter was published: it stays in the stream at this sequence, delivered no more"
     );
 }
 
+/// Why a message given up on was not read.
+enum Unrecovered {
+    /// The stream no longer has it: the server's answer.
+    Gone(String),
+    /// Reading it failed: what was asked, and the error.
+    Failed(String),
+}
+
 /// Reads the message an advisory names from its stream, as a delivery the loop dead-letters.
-async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAcker>, String> {
+async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAcker>, Unrecovered> {
     let sequence = advisory.stream_seq;
+    let asked = format!(
+        "STREAM.MSG.GET of sequence {sequence} on stream {}",
+        advisory.stream
+    );
+    let failed = |what: String| Unrecovered::Failed(format!("{asked}: {what}"));
     let answer: MessageGet = sub
         .js
         .request(
@@ -225,24 +298,31 @@ async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAck
             &serde_json::json!({ "seq": sequence }),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(event_core::error_chain(&e)))?;
     let stored = match (answer.message, answer.error) {
         (Some(stored), _) => stored,
+        // "no message found" (error code 10037)
+        (None, Some(error)) if error.code == 404 => {
+            return Err(Unrecovered::Gone(format!(
+                "{} {}",
+                error.code, error.description
+            )));
+        }
         (None, Some(error)) => {
-            return Err(format!(
+            return Err(failed(format!(
                 "the server answered {} {}",
                 error.code, error.description
-            ));
+            )));
         }
-        (None, None) => return Err("the server answered without the message".to_owned()),
+        (None, None) => return Err(failed("the answer has no message".to_owned())),
     };
     let payload = STANDARD
         .decode(stored.data)
-        .map_err(|e| format!("its payload is not base64: {e}"))?;
+        .map_err(|e| failed(format!("its payload is not base64: {e}")))?;
     let block = match stored.hdrs {
         Some(hdrs) => {
             Some(read_header_block(&STANDARD.decode(hdrs).map_err(|e| {
-                format!("its header block is not base64: {e}")
+                failed(format!("its header block is not base64: {e}"))
             })?))
         }
         None => None,
@@ -251,51 +331,40 @@ async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAck
     if stored.subject != **topic {
         tracing::debug!(%topic, subject = %stored.subject, sequence, "a message given up on, stored under another subject than the topic");
     }
+    let deliveries = advisory.deliveries;
+    let unreadable = block.as_ref().filter(|block| !block.unreadable.is_empty());
+    let reason = match unreadable {
+        Some(block) => format!(
+            "JetStream gave up delivering it after {deliveries} deliveries (the consumer's max_deliver): the NATS client cannot read its header block, so no delivery reached a handler ({}); its readable headers are kept, the others as they were in {}",
+            block.problems.join("; "),
+            crate::UNREADABLE_HEADERS
+        ),
+        None => format!(
+            "JetStream gave up delivering it after {deliveries} deliveries (the consumer's max_deliver) without an outcome: each time, the member it went to stopped or lost its connection before its handler finished (a message that makes its handler's process crash comes back to every member; messages pulled right behind one the client cannot read are lost with the connection too)"
+        ),
+    };
     let mut message = wire::received(
         topic,
         block.as_ref().map(|block| &block.map),
         Bytes::from(payload),
         sub.spec.go_micro_envelope,
     );
-    let limit = sub.inner.config.max_deliver;
-    let reason = match &block {
-        Some(block) if !block.unreadable.is_empty() => {
-            message.headers.append(
-                crate::UNREADABLE_HEADERS,
-                Bytes::from(block.unreadable.join(&b"\r\n"[..])),
-            );
-            format!(
-                "JetStream gave up delivering it after {} deliveries (max_deliver {limit}): the NATS client cannot read its header block, so no delivery reached a handler ({}); its readable headers are kept, the others as they were in {}",
-                advisory.deliveries,
-                block.problems.join("; "),
-                crate::UNREADABLE_HEADERS
-            )
-        }
-        _ => format!(
-            "JetStream gave up delivering it after {} deliveries (max_deliver {limit}) without an outcome: each time, the member it went to stopped or lost its connection before its handler finished (a message that makes its handler's process crash comes back to every member)",
-            advisory.deliveries
-        ),
-    };
-    let deliveries = i64::try_from(advisory.deliveries).unwrap_or(i64::MAX);
-    let delivery = Delivery::new(
-        topic.clone(),
-        message,
-        wire::stream_position(sequence, deliveries),
-    )
-    .with_attempt(u32::try_from(advisory.deliveries).unwrap_or(u32::MAX))
-    .undeliverable(reason);
-    // the subject the server would have sent it with: stream, consumer, deliveries, stream
-    // sequence (the consumer sequence, time and pending count are not read by an ack)
-    let reply = format!(
-        "$JS.ACK.{}.{}.{}.{sequence}.0.0.0",
-        advisory.stream, advisory.consumer, advisory.deliveries
-    );
+    if let Some(block) = unreadable {
+        message.headers.append(
+            crate::UNREADABLE_HEADERS,
+            Bytes::from(block.unreadable.join(&b"\r\n"[..])),
+        );
+    }
+    let delivered = i64::try_from(deliveries).unwrap_or(i64::MAX);
     Ok(Incoming {
-        delivery,
+        delivery: sub
+            .delivery(message, sequence, delivered)
+            .undeliverable(reason),
         acker: NatsAcker {
             sub: sub.clone(),
             key: None,
-            reply: reply.into(),
+            reply: super::ack_subject(&advisory.stream, &advisory.consumer, delivered, sequence)
+                .into(),
         },
     })
 }
@@ -306,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_header_block_keeps_what_reads_and_sets_aside_what_does_not() {
-        let block = b"NATS/1.0\r\n\xff\xfename: v\r\nce_type: users.v1.UserCreated\r\nfolded: one\r\n two\r\nno colon here\r\nbad-value: \xc3\r\ntenant:  t-1 \r\n\r\n";
+        let block = b"NATS/1.0\r\n\xff\xfename: v\r\nce_type: users.v1.UserCreated\r\nfolded: one\r\n two\r\nno colon here\r\nbad-value: \xc3\r\n\tmore\r\ntenant:  t-1 \r\n\r\n";
         let read = read_header_block(block);
         assert_eq!(
             read.map.get("ce_type").map(HeaderValue::as_str),
@@ -322,7 +391,7 @@ mod tests {
             [
                 &b"\xff\xfename: v"[..],
                 b"no colon here",
-                b"bad-value: \xc3"
+                b"bad-value: \xc3\r\n\tmore"
             ]
         );
         assert_eq!(
@@ -330,7 +399,7 @@ mod tests {
             [
                 r"header 0 (\xff\xfename: v): the name is not printable ASCII",
                 "header 3 (no colon here): no colon between a name and a value",
-                r"header 4 (bad-value: \xc3): the value is not UTF-8",
+                r"header 4 (bad-value: \xc3\r\n\tmore): the value is not UTF-8",
             ]
         );
     }
