@@ -282,6 +282,26 @@ def gateway_seeds():
     ]
 
 
+# ---- nats_headers (src/nats_headers.rs): a header block as it is --------------------------
+
+def nats_header_seeds():
+    typed = (b"ce_specversion: 1.0\r\nce_type: users.v1.UserCreated\r\nce_id: " + ID
+             + b"\r\ncontent-type: application/protobuf\r\n")
+    return [
+        ("typed", b"NATS/1.0\r\n" + typed + b"\r\n"),
+        ("name-not-ascii", b"NATS/1.0\r\n" + typed + b"\xff\xfename: v\r\ntenant: t-1\r\n\r\n"),
+        ("no-colon", b"NATS/1.0\r\nno colon here\r\nce_type: users.v1.UserCreated\r\n\r\n"),
+        ("value-not-utf8", b"NATS/1.0\r\nbad-value: \xc3\r\n\tfolded\r\n\r\n"),
+        ("folded", b"NATS/1.0\r\nfolded: one\r\n two\r\n\tthree\r\n\r\n"),
+        ("escaped-and-key", b"NATS/1.0\r\nx-event-escaped: x-event-key\r\nx-event-key: %00k\r\n"
+         b"Nats-Msg-Id: " + ID + b"\r\n\r\n"),
+        ("status", b"NATS/1.0 503\r\n\r\n"),
+        ("ours-named", b"NATS/1.0\r\nx-nats-unreadable-headers: given\r\n\x80: v\r\n\r\n"),
+        # found by the fuzzer: the producer's own header of that name, in another case
+        ("ours-named-other-case", b"NATS/1.0\r\nx-nats-unreadAble-headers: \r\nS/1.0\r\n\r\n"),
+    ]
+
+
 def write(target, seed, data):
     directory = os.path.join("corpus", target)
     os.makedirs(directory, exist_ok=True)
@@ -301,6 +321,8 @@ def main():
         write("amqp_wire", seed, data)
     for seed, data in gateway_seeds():
         write("gateway", seed, data)
+    for seed, data in nats_header_seeds():
+        write("nats_headers", seed, data)
 
 
 if __name__ == "__main__":

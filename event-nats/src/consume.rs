@@ -56,7 +56,7 @@ use crate::broker::{Inner, Session, client_error};
 use crate::error::NatsBackendError;
 use crate::wire;
 
-mod given_up;
+pub(crate) mod given_up;
 
 /// How long the server keeps a pull request: an idle subscription asks again this often, and
 /// closing it waits at most this long for its requests to end.

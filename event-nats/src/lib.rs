@@ -227,3 +227,34 @@ pub mod __bench {
         crate::wire::to_nats(topic, message, true)
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use bytes::Bytes;
+    use event_core::broker::Message;
+
+    /// A message JetStream gave up delivering, as read back from the stream with the header
+    /// block `block` (`given_up::read_header_block`, then `given_up::recovered_message`),
+    /// and the lines of the block that could not be read.
+    pub fn recovered(topic: &str, block: &[u8], payload: Bytes) -> (Message, Vec<Vec<u8>>) {
+        let block = crate::consume::given_up::read_header_block(block);
+        let message =
+            crate::consume::given_up::recovered_message(topic, Some(&block), payload, false);
+        (message, block.unreadable)
+    }
+
+    /// `wire::to_nats` then `wire::from_nats`: `message` published to `topic` on JetStream
+    /// (as its dead letter is) and consumed again.
+    ///
+    /// # Errors
+    ///
+    /// Those of `wire::to_nats` (a header name NATS cannot carry).
+    pub fn republished(topic: &str, message: &Message) -> Result<Message, crate::NatsBackendError> {
+        let headers = crate::wire::to_nats(topic, message, true)?;
+        Ok(crate::wire::from_nats(
+            headers.as_ref(),
+            message.payload.clone(),
+        ))
+    }
+}

@@ -11,11 +11,12 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("classify", event_fuzz::classify::run),
     ("decode", event_fuzz::decode::run),
     ("amqp_wire", event_fuzz::amqp_wire::run),
     ("gateway", event_fuzz::gateway::run),
+    ("nats_headers", event_fuzz::nats_headers::run),
 ];
 
 /// Runs every file of `dir` (whose name starts with `prefix`) through `target`; the names of

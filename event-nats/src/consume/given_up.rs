@@ -28,6 +28,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use event_core::backend::Incoming;
+use event_core::broker::Message;
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -77,19 +78,19 @@ struct ApiError {
 /// A header block read leniently: what async-nats would make of it, and the lines it could
 /// not read.
 #[derive(Debug, Default)]
-pub(super) struct HeaderBlock {
-    pub(super) map: HeaderMap,
+pub(crate) struct HeaderBlock {
+    pub(crate) map: HeaderMap,
     /// The lines that could not be read, as they were.
-    pub(super) unreadable: Vec<Vec<u8>>,
+    pub(crate) unreadable: Vec<Vec<u8>>,
     /// Why each could not be read.
-    pub(super) problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 /// Reads a NATS header block (`NATS/1.0…` CRLF, then `name: value` lines), keeping what
 /// async-nats reads as it would (a value folded onto the next lines, trimmed) and setting
 /// aside, as it was, every header it would refuse: a line without a colon, a name with
 /// anything but printable ASCII, a value that is not UTF-8.
-pub(super) fn read_header_block(block: &[u8]) -> HeaderBlock {
+pub(crate) fn read_header_block(block: &[u8]) -> HeaderBlock {
     let mut read = HeaderBlock::default();
     let mut lines = block
         .split(|b| *b == b'\n')
@@ -122,6 +123,29 @@ pub(super) fn read_header_block(block: &[u8]) -> HeaderBlock {
         index += 1;
     }
     read
+}
+
+/// The message read back from a stream: its readable headers as a consumed message's, and
+/// the lines that could not be read in [`UNREADABLE_HEADERS`](crate::UNREADABLE_HEADERS).
+pub(crate) fn recovered_message(
+    topic: &str,
+    block: Option<&HeaderBlock>,
+    payload: Bytes,
+    go_micro_envelope: bool,
+) -> Message {
+    let mut message = wire::received(
+        topic,
+        block.map(|block| &block.map),
+        payload,
+        go_micro_envelope,
+    );
+    if let Some(block) = block.filter(|block| !block.unreadable.is_empty()) {
+        message.headers.append(
+            crate::UNREADABLE_HEADERS,
+            Bytes::from(block.unreadable.join(&b"\r\n"[..])),
+        );
+    }
+    message
 }
 
 /// One `name: value` line (with its folded continuation) as async-nats reads it.
@@ -343,18 +367,12 @@ async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAck
             "JetStream gave up delivering it after {deliveries} deliveries (the consumer's max_deliver) without an outcome: each time, the member it went to stopped or lost its connection before its handler finished (a message that makes its handler's process crash comes back to every member; messages pulled right behind one the client cannot read are lost with the connection too)"
         ),
     };
-    let mut message = wire::received(
+    let message = recovered_message(
         topic,
-        block.as_ref().map(|block| &block.map),
+        block.as_ref(),
         Bytes::from(payload),
         sub.spec.go_micro_envelope,
     );
-    if let Some(block) = unreadable {
-        message.headers.append(
-            crate::UNREADABLE_HEADERS,
-            Bytes::from(block.unreadable.join(&b"\r\n"[..])),
-        );
-    }
     let delivered = i64::try_from(deliveries).unwrap_or(i64::MAX);
     Ok(Incoming {
         delivery: sub
