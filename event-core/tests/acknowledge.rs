@@ -140,6 +140,26 @@ impl Unacked {
     }
 }
 
+/// A subscription to `topic` whose handler, `recorder`, records each payload and acks.
+async fn recorded(broker: &Unacked, topic: &str) -> (Subscription, Collector<bytes::Bytes>) {
+    let (tx, seen) = Collector::new(Duration::from_secs(10));
+    let sub = broker
+        .subscribe(
+            topic,
+            SubscribeOptions::new(),
+            handler_fn("recorder", move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(d.payload().clone());
+                    Outcome::Ack
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    (sub, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_acknowledgements_are_counted_and_the_loop_goes_on() {
     let metrics = testkit::metrics::install();
@@ -153,21 +173,7 @@ async fn failed_acknowledgements_are_counted_and_the_loop_goes_on() {
             .await
             .unwrap();
     }
-    let (tx, mut seen) = Collector::new(Duration::from_secs(10));
-    let sub = broker
-        .subscribe(
-            &topic,
-            SubscribeOptions::new(),
-            handler_fn("counted", move |d: Delivery| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(d.payload().clone());
-                    Outcome::Ack
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (sub, mut seen) = recorded(&broker, &topic).await;
     let handled = seen.until("every message handled", |s| s.len() == 3).await;
     assert_eq!(handled, ["0", "1", "2"]);
     sub.unsubscribe().await;
@@ -238,21 +244,7 @@ async fn a_message_the_broker_gave_up_on_is_dead_lettered_without_a_handler_run(
     given_up.headers.append("tenant", "t-1");
     broker.publish(&topic, given_up).await.unwrap();
     broker.publish(&topic, Message::new("next")).await.unwrap();
-    let (tx, mut seen) = Collector::new(Duration::from_secs(10));
-    let sub = broker
-        .subscribe(
-            &topic,
-            SubscribeOptions::new(),
-            handler_fn("recorder", move |d: Delivery| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(d.payload().clone());
-                    Outcome::Ack
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (sub, mut seen) = recorded(&broker, &topic).await;
     let handled = seen
         .until("the next message handled", |s| !s.is_empty())
         .await;

@@ -551,19 +551,8 @@ async fn a_header_block_the_client_cannot_read_is_dead_lettered_at_max_deliver()
         .assert_empty_after("handler calls after the test", harness.service.stop())
         .await;
     assert!(!report.timed_out, "{report:?}");
-    let client = common::raw_client().await;
-    let version = client.server_info().version;
-    let js = async_nats::jetstream::new(client);
-    let mut consumer = js
-        .get_stream(common::TESTKIT_STREAM)
-        .await
-        .expect("stream")
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-            &harness.broker.group_consumer_name(&harness.topic, "mailer"),
-        )
-        .await
-        .expect("the group's consumer");
-    let info = consumer.info().await.expect("consumer info");
+    let info = mailer_consumer(&harness.topic).await;
+    let version = common::raw_client().await.server_info().version;
     assert_eq!(info.num_ack_pending, 0, "{info:?}");
     if version.starts_with("2.9.") {
         assert!(info.ack_floor.stream_sequence > sequence, "{info:?}");
@@ -583,16 +572,11 @@ async fn a_message_left_unsettled_max_deliver_times_is_dead_lettered_when_a_memb
         .max_deliver(2);
     // the group's consumer, and a member of another client that takes the message twice and
     // never settles it (as a process that crashes on it would)
-    let consumer_name = builder
-        .clone()
-        .build()
-        .expect("config")
-        .group_consumer_name(&topic, "mailer");
     let js = async_nats::jetstream::new(common::raw_client().await);
     let stream = js.get_stream(common::TESTKIT_STREAM).await.expect("stream");
     let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some(consumer_name),
+            durable_name: Some(mailer_consumer_name(&topic)),
             filter_subject: topic.clone(),
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_millis(200),
@@ -647,12 +631,17 @@ async fn a_message_left_unsettled_max_deliver_times_is_dead_lettered_when_a_memb
     harness.stop().await;
 }
 
-/// The configuration and state of the queue group `mailer`'s consumer on `topic`.
-async fn mailer_consumer(topic: &str) -> async_nats::jetstream::consumer::Info {
-    let consumer = NatsBroker::builder(&common::url())
+/// The name of the queue group `mailer`'s consumer on `topic`.
+fn mailer_consumer_name(topic: &str) -> String {
+    NatsBroker::builder(&common::url())
         .build()
         .expect("config")
-        .group_consumer_name(topic, "mailer");
+        .group_consumer_name(topic, "mailer")
+}
+
+/// The configuration and state of the queue group `mailer`'s consumer on `topic`.
+async fn mailer_consumer(topic: &str) -> async_nats::jetstream::consumer::Info {
+    let consumer = mailer_consumer_name(topic);
     let js = async_nats::jetstream::new(common::raw_client().await);
     js.get_stream(common::TESTKIT_STREAM)
         .await
@@ -679,12 +668,7 @@ async fn a_group_consumer_that_exists_keeps_its_max_deliver_and_a_new_one_gets_t
         .await
         .expect("stream")
         .create_consumer(pull::Config {
-            durable_name: Some(
-                NatsBroker::builder(&common::url())
-                    .build()
-                    .expect("config")
-                    .group_consumer_name(&topic, "mailer"),
-            ),
+            durable_name: Some(mailer_consumer_name(&topic)),
             filter_subject: topic.clone(),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
             ack_policy: AckPolicy::Explicit,
