@@ -58,7 +58,7 @@
 //! default `EVENT_`), `create_streams` (default `true`), `storage` (`file` \| `memory`),
 //! `retention` (`limits` \| `interest` \| `workqueue`), `replicas`, `max_age_ms`, `max_bytes`,
 //! `max_messages`, `duplicate_window_ms`, `ack_wait_ms` (default 30 000), `max_deliver`
-//! (default 10, -1 unlimited), `prefetch`, `group_inactive_threshold_ms`,
+//! (default 10 for a consumer made new, -1 unlimited), `prefetch`, `group_inactive_threshold_ms`,
 //! `broadcast_inactive_threshold_ms`, `connect_timeout_ms`, `publish_timeout_ms`,
 //! `request_timeout_ms`, `reconnect_min_ms`, `reconnect_max_ms`, `tls`, `tls_ca`, `tls_cert`,
 //! `tls_key`, `wire` (`cloudevents`, the default, or `go-micro`: go-micro's JSON envelope as the
@@ -127,9 +127,10 @@
 //!   `AckWait` that it is in progress (`+WPI`), so it is not redelivered meanwhile.
 //!   The server redelivers only what a member that went away held, what was given back at
 //!   shutdown, or what the client could not read; a message delivered `max_deliver` times
-//!   (default 10 for a consumer made new) is read from the stream and dead-lettered without a handler run (kind
-//!   `undeliverable`; see [`NatsBrokerBuilder::max_deliver`]), so that no message comes back
-//!   forever. The attempt number of a message is the server's delivery count.
+//!   (default 10 for a consumer made new) is read from the stream and dead-lettered without
+//!   a handler run (kind `undeliverable`; see [`NatsBrokerBuilder::max_deliver`]), so that
+//!   no message comes back forever. The attempt number of a message is the server's delivery
+//!   count.
 //! - **Acknowledgements** are publishes into the client's outgoing buffer: done once handed
 //!   to the client (bounded), flushed when the subscription closes. An acknowledgement lost
 //!   with the connection means a redelivery `AckWait` later: handlers must tolerate
@@ -198,13 +199,12 @@ mod streams;
 mod wire;
 
 pub use broker::NatsBroker;
-pub use wire::UNREADABLE_HEADERS;
-
 pub use config::{
     DEFAULT_MAX_DELIVER, DEFAULT_PORT, DEFAULT_STREAM_PREFIX, Mode, NatsBrokerBuilder, Retention,
     Storage,
 };
 pub use error::{NatsBackendError, NatsConfigError};
+pub use wire::UNREADABLE_HEADERS;
 
 /// The backend name, as [`Broker::name`](event_core::Broker::name) returns it.
 pub(crate) const BROKER_NAME: &str = "nats";

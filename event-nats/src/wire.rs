@@ -35,13 +35,14 @@ use event_core::headers::{HeaderEntry, HeaderName, HeaderValue, Headers, names};
 use crate::error::NatsBackendError;
 
 /// The header a dead letter carries when JetStream gave up delivering a message whose header
-/// block the client cannot read (see [`NatsBrokerBuilder::max_deliver`](crate::NatsBrokerBuilder::max_deliver)): the lines of the
-/// block that could not be read, as they were, separated by CRLF.
+/// block the client cannot read (see
+/// [`NatsBrokerBuilder::max_deliver`](crate::NatsBrokerBuilder::max_deliver)): the lines of
+/// the block that could not be read, as they were, separated by CRLF.
 ///
 /// async-nats reads only header lines with a colon after a name of printable ASCII; a message
-/// with another line, which a client writing the protocol itself can publish, makes it drop the
-/// connection, so the message never reaches a subscription. Once the server gave up on it,
-/// it is read from the stream and dead-lettered with its readable headers, and these.
+/// with another line, which a client writing the protocol itself can publish, makes it drop
+/// the connection, so the message never reaches a subscription. Once the server gave up on
+/// it, it is read from the stream and dead-lettered with its readable headers, and these.
 pub const UNREADABLE_HEADERS: &str = "x-nats-unreadable-headers";
 
 /// The header that carries [`Message::key`].
