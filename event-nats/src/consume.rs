@@ -242,7 +242,17 @@ async fn make_consumer(
         // the default limit is for consumers made new: one that exists keeps its own (made
         // unlimited by an older version, it may hold messages delivered more often already,
         // which a limit below their count would stop without an advisory)
-        config.max_deliver = existing.cached_info().config.max_deliver.max(0);
+        let kept = existing.cached_info().config.max_deliver;
+        if kept != crate::config::DEFAULT_MAX_DELIVER {
+            tracing::info!(
+                topic = %spec.topic,
+                consumer = %durable,
+                stream,
+                max_deliver = kept,
+                "the queue group's consumer keeps its delivery limit (-1: unlimited); set max_deliver to change it"
+            );
+        }
+        config.max_deliver = kept.max(0);
     }
     let what = format!(
         "{} on stream {stream}",

@@ -50,6 +50,14 @@ struct Advisory {
     deliveries: u64,
 }
 
+impl Advisory {
+    /// The subject the message's acknowledgement goes to.
+    fn ack_subject(&self) -> String {
+        let delivered = i64::try_from(self.deliveries).unwrap_or(i64::MAX);
+        super::ack_subject(&self.stream, &self.consumer, delivered, self.stream_seq)
+    }
+}
+
 /// The answer of `STREAM.MSG.GET`.
 #[derive(Debug, Deserialize)]
 struct MessageGet {
@@ -236,14 +244,22 @@ pub(super) async fn watch(
                     break;
                 }
             }
-            Err(Unrecovered::Gone(answer)) => tracing::warn!(
-                topic = %sub.spec.topic,
-                stream = %advisory.stream,
-                sequence = advisory.stream_seq,
-                deliveries = advisory.deliveries,
-                answer,
-                "JetStream gave up delivering a message (max_deliver) that is no longer in the stream (removed by its limits, or deleted): nothing to dead-letter"
-            ),
+            Err(Unrecovered::Gone(answer)) => {
+                tracing::warn!(
+                    topic = %sub.spec.topic,
+                    stream = %advisory.stream,
+                    sequence = advisory.stream_seq,
+                    deliveries = advisory.deliveries,
+                    answer,
+                    "JetStream gave up delivering a message (max_deliver) that is no longer in the stream (removed by its limits, or deleted): nothing to dead-letter"
+                );
+                // settled all the same, as a dead-lettered one is
+                let reply = advisory.ack_subject();
+                let _ = sub
+                    .client
+                    .publish(reply, Bytes::from_static(super::ACK))
+                    .await;
+            }
             Err(Unrecovered::Failed(error)) => lost(&sub, &advisory, &error),
         }
     }
@@ -381,8 +397,7 @@ async fn recover(sub: &Arc<Sub>, advisory: &Advisory) -> Result<Incoming<NatsAck
         acker: NatsAcker {
             sub: sub.clone(),
             key: None,
-            reply: super::ack_subject(&advisory.stream, &advisory.consumer, delivered, sequence)
-                .into(),
+            reply: advisory.ack_subject().into(),
         },
     })
 }
